@@ -1,0 +1,72 @@
+"""dvdexit: send, receive, verify and track radiology studies between hospitals.
+
+The library never prints and never configures logging; it reports progress through
+events (``dvdexit_cli.events``) and raises the exceptions of ``dvdexit_cli.errors``.
+"""
+
+from dvdexit_cli.config import DimsePeer, Paths, PeerBook, resolve_paths
+from dvdexit_cli.dicom.digest import dataset_digest
+from dvdexit_cli.dicom.scan import Instance, Rejected, ScanResult, scan
+from dvdexit_cli.engine import SendResult, SendSettings, VerifyResult, send, verify_paths
+from dvdexit_cli.errors import (
+    AssociationRejectedError,
+    ConfigError,
+    DvdexitError,
+    InputError,
+    JournalBusyError,
+    JournalError,
+    NoDicomFoundError,
+    PeerError,
+    PeerUnreachableError,
+    UnknownPeerError,
+    UsageError,
+    VerificationError,
+)
+from dvdexit_cli.exitcodes import ExitCode
+from dvdexit_cli.journal import Journal
+from dvdexit_cli.receive import InstanceStore, ReceiveSettings, StorageServer
+from dvdexit_cli.transport import StoreOutcome, Transport
+from dvdexit_cli.transport.dimse import DimseTransport
+from dvdexit_cli.transport.memory import MemoryPeer, MemoryTransport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssociationRejectedError",
+    "ConfigError",
+    "DimsePeer",
+    "DimseTransport",
+    "DvdexitError",
+    "ExitCode",
+    "InputError",
+    "Instance",
+    "InstanceStore",
+    "Journal",
+    "JournalBusyError",
+    "JournalError",
+    "MemoryPeer",
+    "MemoryTransport",
+    "NoDicomFoundError",
+    "Paths",
+    "PeerBook",
+    "PeerError",
+    "PeerUnreachableError",
+    "ReceiveSettings",
+    "Rejected",
+    "ScanResult",
+    "SendResult",
+    "SendSettings",
+    "StorageServer",
+    "StoreOutcome",
+    "Transport",
+    "UnknownPeerError",
+    "UsageError",
+    "VerificationError",
+    "VerifyResult",
+    "__version__",
+    "dataset_digest",
+    "resolve_paths",
+    "scan",
+    "send",
+    "verify_paths",
+]

@@ -1,0 +1,1 @@
+"""The ``dvdexit`` command line: thin Typer commands over the library."""

@@ -1,0 +1,249 @@
+"""Where dvdexit keeps its files, and the peer address book (peers.toml).
+
+``DVDEXIT_HOME`` relocates configuration and data together (tests and cron use it);
+without it, platformdirs' per-user configuration and data directories are used.
+Everything read from disk is validated into frozen dataclasses with messages that say
+which file and which key is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import tomli_w
+
+from dvdexit_cli.errors import ConfigError, UnknownPeerError
+
+__all__ = [
+    "DEFAULT_CALLING_AE",
+    "DimsePeer",
+    "Paths",
+    "PeerBook",
+    "parse_host_port",
+    "resolve_paths",
+    "validate_ae_title",
+]
+
+DEFAULT_CALLING_AE = "DVDEXIT"
+_PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The files and folders of one dvdexit installation (or one DVDEXIT_HOME)."""
+
+    config_dir: Path
+    data_dir: Path
+
+    @property
+    def peers_file(self) -> Path:
+        return self.config_dir / "peers.toml"
+
+    @property
+    def journal_file(self) -> Path:
+        return self.data_dir / "journal.sqlite"
+
+    @property
+    def default_store(self) -> Path:
+        return self.data_dir / "received"
+
+
+def resolve_paths(environ: Mapping[str, str] | None = None) -> Paths:
+    """Return the paths in force: ``DVDEXIT_HOME`` when set, else the platform's."""
+    env = os.environ if environ is None else environ
+    home = env.get("DVDEXIT_HOME")
+    if home:
+        root = Path(home).expanduser()
+        return Paths(config_dir=root, data_dir=root)
+    return Paths(
+        config_dir=Path(platformdirs.user_config_dir("dvdexit", appauthor=False)),
+        data_dir=Path(platformdirs.user_data_dir("dvdexit", appauthor=False)),
+    )
+
+
+def validate_ae_title(value: str, *, what: str = "AE title") -> str:
+    """Return ``value`` if it is a valid DICOM AE title (1-16 printable ASCII, no backslash)."""
+    if not value or not value.strip():
+        raise ConfigError(f"{what} is empty", hint="an AE title has 1 to 16 characters")
+    if len(value) > 16:
+        raise ConfigError(
+            f"{what} {value!r} is longer than 16 characters",
+            hint="DICOM limits AE titles to 16 characters",
+        )
+    if any(ord(c) < 0x20 or ord(c) > 0x7E or c == "\\" for c in value):
+        raise ConfigError(
+            f"{what} {value!r} contains a character DICOM does not allow",
+            hint="use letters, digits, spaces and punctuation other than a backslash",
+        )
+    return value
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into a host and a port number."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{value!r} is not HOST:PORT", hint="for example 10.1.2.3:104")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"port {port_text!r} in {value!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port {port} in {value!r} is outside 1-65535")
+    return host, port
+
+
+@dataclass(frozen=True)
+class DimsePeer:
+    """A DICOM peer reached over DIMSE (C-ECHO, C-STORE, ...)."""
+
+    name: str
+    host: str
+    port: int
+    called_ae: str
+    calling_ae: str = DEFAULT_CALLING_AE
+
+    kind = "dimse"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def to_toml(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "host": self.host,
+            "port": self.port,
+            "called_ae": self.called_ae,
+            "calling_ae": self.calling_ae,
+        }
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-safe description (holds no secret)."""
+        return {"name": self.name, **self.to_toml()}
+
+
+Peer = DimsePeer
+
+
+def _validate_peer_name(name: str) -> str:
+    if not _PEER_NAME.match(name):
+        raise ConfigError(
+            f"peer name {name!r} is not allowed",
+            hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Peer:
+    where = f"{source} [peers.{name}]"
+    kind = table.get("kind", "dimse")
+    if kind != "dimse":
+        raise ConfigError(f"{where}: unknown kind {kind!r}", hint="supported kinds: dimse")
+    try:
+        host = table["host"]
+        port = table["port"]
+        called_ae = table["called_ae"]
+    except KeyError as exc:
+        raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
+    calling_ae = table.get("calling_ae", DEFAULT_CALLING_AE)
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"{where}: host must be a non-empty string")
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port must be a number from 1 to 65535")
+    if not isinstance(called_ae, str) or not isinstance(calling_ae, str):
+        raise ConfigError(f"{where}: called_ae and calling_ae must be strings")
+    return DimsePeer(
+        name=_validate_peer_name(name),
+        host=host,
+        port=port,
+        called_ae=validate_ae_title(called_ae, what=f"{where} called_ae"),
+        calling_ae=validate_ae_title(calling_ae, what=f"{where} calling_ae"),
+    )
+
+
+class PeerBook:
+    """The peers defined in peers.toml; changes are written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._peers = self._load()
+
+    def _load(self) -> dict[str, Peer]:
+        try:
+            with self.path.open("rb") as fh:
+                document = tomllib.load(fh)
+        except FileNotFoundError:
+            return {}
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                f"{self.path} is not valid TOML: {exc}", hint="fix or remove the file"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from exc
+        tables = document.get("peers", {})
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{self.path}: 'peers' must be a table")
+        peers: dict[str, Peer] = {}
+        for name, table in tables.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{self.path}: [peers.{name}] must be a table")
+            peers[name] = _peer_from_toml(name, table, self.path)
+        return peers
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(sorted(self._peers.values(), key=lambda p: p.name))
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def get(self, name: str) -> Peer:
+        """Return the peer called ``name``; raise UnknownPeerError when there is none."""
+        try:
+            return self._peers[name]
+        except KeyError:
+            known = ", ".join(sorted(self._peers)) or "none yet"
+            raise UnknownPeerError(
+                f"unknown peer {name!r} (known: {known})",
+                hint=f"add it with: dvdexit peers add {name} --dimse HOST:PORT --ae CALLED_AE",
+            ) from None
+
+    def add(self, peer: Peer, *, replace: bool = False) -> None:
+        """Add ``peer`` and save; an existing name needs ``replace=True``."""
+        _validate_peer_name(peer.name)
+        validate_ae_title(peer.called_ae, what="called AE title")
+        validate_ae_title(peer.calling_ae, what="calling AE title")
+        if peer.name in self._peers and not replace:
+            raise ConfigError(
+                f"peer {peer.name!r} already exists",
+                hint=f"remove it first (dvdexit peers remove {peer.name}) or use --replace",
+            )
+        self._peers[peer.name] = peer
+        self._save()
+
+    def remove(self, name: str) -> Peer:
+        """Remove the peer called ``name`` and save; return what was removed."""
+        peer = self.get(name)
+        del self._peers[name]
+        self._save()
+        return peer
+
+    def _save(self) -> None:
+        document = {"peers": {p.name: p.to_toml() for p in self._peers.values()}}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as fh:
+                tomli_w.dump(document, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(self.path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self.path}: {exc.strerror}") from exc

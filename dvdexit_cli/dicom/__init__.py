@@ -1,0 +1,1 @@
+"""Reading inputs: files, folders and DICOMDIR media; UIDs; the instance digest."""

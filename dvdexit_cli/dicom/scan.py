@@ -1,0 +1,350 @@
+"""Find the instances to send in files, folders and DICOMDIR media.
+
+Every input is untrusted. A file that is not DICOM at all (a viewer, a README, an empty
+file) is *skipped* with a reason. A file that is DICOM, or that a DICOMDIR names, but
+cannot be sent as it is (truncated, broken header, invalid UID, missing) is *failed*
+with a reason: it is part of a study that will not arrive whole, and the caller must say
+so. Nothing here stops the scan of the other inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from dvdexit_cli.dicom.digest import (
+    FileMeta,
+    MalformedFileError,
+    NotPart10Error,
+    check_structure,
+    digest_stream,
+    read_file_meta,
+)
+from dvdexit_cli.dicom.uids import is_valid_uid
+from dvdexit_cli.errors import InputError
+
+__all__ = ["Instance", "Rejected", "ScanResult", "UnsendableFile", "read_instance", "scan"]
+
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "InstanceNumber",
+]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One sendable DICOM instance: where it is, what it is, and its digest."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    size: int
+    dataset_offset: int
+    digest: str
+    modality: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input file that will not be sent, and why."""
+
+    path: Path
+    reason: str
+    disposition: Literal["skipped", "failed"]
+    sop_instance_uid: str | None = None
+
+
+@dataclass
+class ScanResult:
+    """What a scan found: instances in sending order, and the files left out."""
+
+    instances: list[Instance] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.size for i in self.instances)
+
+
+class UnsendableFile(Exception):
+    """A file that will not be sent; ``disposition`` says whether that is a failure."""
+
+    def __init__(self, reason: str, disposition: Literal["skipped", "failed"]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.disposition: Literal["skipped", "failed"] = disposition
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
+    """Read one file's header and digest; raise UnsendableFile with the reason it can't be sent.
+
+    ``known_dicom`` marks a file that a DICOMDIR names: if it is not DICOM after all,
+    that is a failure of the medium, not a file to skip.
+    """
+    not_dicom: Literal["skipped", "failed"] = "failed" if known_dicom else "skipped"
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            try:
+                meta = read_file_meta(fh)
+            except NotPart10Error as exc:
+                raise UnsendableFile(str(exc), not_dicom) from exc
+            if meta.sop_class_uid == _DICOMDIR_CLASS:
+                raise UnsendableFile("a DICOMDIR (media index), not an instance", "skipped")
+            check_structure(fh, meta, size)
+            header = _read_header(fh)
+            _check_identity(meta, header)
+            fh.seek(meta.dataset_offset)
+            digest = digest_stream(fh, deflated=meta.transfer_syntax == _DEFLATED)
+    except MalformedFileError as exc:
+        raise UnsendableFile(str(exc), "failed") from exc
+    except OSError as exc:
+        raise UnsendableFile(f"cannot read file: {exc.strerror or exc}", "failed") from exc
+    return Instance(
+        path=path,
+        sop_class_uid=meta.sop_class_uid,
+        sop_instance_uid=meta.sop_instance_uid,
+        study_uid=str(header.StudyInstanceUID),
+        series_uid=str(header.SeriesInstanceUID),
+        transfer_syntax=meta.transfer_syntax,
+        size=size,
+        dataset_offset=meta.dataset_offset,
+        digest=digest,
+        modality=str(header.get("Modality", "") or ""),
+        series_number=_int_or_none(header.get("SeriesNumber")),
+        instance_number=_int_or_none(header.get("InstanceNumber")),
+    )
+
+
+def _read_header(fh: BinaryIO) -> pydicom.Dataset:
+    try:
+        fh.seek(0)
+        return pydicom.dcmread(
+            fh,
+            stop_before_pixels=True,
+            specific_tags=_HEADER_TAGS,
+        )
+    except (InvalidDicomError, EOFError, ValueError, KeyError, IndexError) as exc:
+        raise MalformedFileError(f"cannot parse the DICOM header: {exc}") from exc
+
+
+def _check_identity(meta: FileMeta, header: pydicom.Dataset) -> None:
+    for name in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
+        value = header.get(name)
+        if value is None:
+            raise MalformedFileError(f"the dataset has no {name}")
+        if not is_valid_uid(str(value)):
+            raise MalformedFileError(f"{name} is not a valid UID")
+    for name, value in (
+        ("Transfer Syntax UID", meta.transfer_syntax),
+        ("Media Storage SOP Instance UID", meta.sop_instance_uid),
+        ("Media Storage SOP Class UID", meta.sop_class_uid),
+    ):
+        if not is_valid_uid(value):
+            raise MalformedFileError(f"File Meta {name} is not a valid UID")
+    if str(header.SOPInstanceUID) != meta.sop_instance_uid:
+        raise MalformedFileError(
+            "SOP Instance UID in the File Meta Information differs from the dataset's"
+        )
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath, name)
+
+
+def _resolve_case_insensitive(root: Path, parts: Sequence[str]) -> Path | None:
+    """Find ``root/parts`` even when the medium's names changed case (ISO 9660 mounts)."""
+    current = root
+    for part in parts:
+        candidate = current / part
+        if candidate.exists():
+            current = candidate
+            continue
+        try:
+            matches = [p for p in current.iterdir() if p.name.upper() == part.upper()]
+        except OSError:
+            return None
+        if len(matches) != 1:
+            return None
+        current = matches[0]
+    return current
+
+
+def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
+    """The files a DICOMDIR names, resolved inside its medium; refusals for the others."""
+    root = dicomdir.parent
+    real_root = root.resolve()
+    try:
+        ds = pydicom.dcmread(dicomdir)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        return [], [Rejected(dicomdir, f"cannot read DICOMDIR: {exc}", "failed")]
+    files: list[Path] = []
+    rejected: list[Rejected] = []
+    for record in ds.get("DirectoryRecordSequence", []):
+        file_id = record.get("ReferencedFileID")
+        if file_id is None:
+            continue
+        parts = [file_id] if isinstance(file_id, str) else [str(p) for p in file_id]
+        uid = record.get("ReferencedSOPInstanceUIDInFile")
+        uid_text = str(uid) if uid is not None else None
+        shown = Path(*parts) if parts else Path("?")
+        if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in parts) or not parts:
+            rejected.append(
+                Rejected(
+                    root / shown.name,
+                    f"DICOMDIR file ID {'/'.join(parts)!r} points outside the medium",
+                    "failed",
+                    uid_text,
+                )
+            )
+            continue
+        found = _resolve_case_insensitive(root, parts)
+        if found is None:
+            rejected.append(
+                Rejected(root / shown, "file named by the DICOMDIR is missing", "failed", uid_text)
+            )
+            continue
+        if not found.resolve().is_relative_to(real_root):
+            rejected.append(
+                Rejected(found, "file named by the DICOMDIR lies outside the medium", "failed")
+            )
+            continue
+        files.append(found)
+    return files, rejected
+
+
+def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]:
+    """Yield (file, named_by_dicomdir) pairs and refusals, in a stable order."""
+    seen: set[Path] = set()
+    for path in paths:
+        if path.is_dir():
+            dicomdir = _resolve_case_insensitive(path, ["DICOMDIR"])
+            named: set[Path] = set()
+            if dicomdir is not None and dicomdir.is_file():
+                files, refusals = _dicomdir_references(dicomdir)
+                yield from refusals
+                for f in files:
+                    key = f.resolve()
+                    named.add(key)
+                    if key not in seen:
+                        seen.add(key)
+                        yield f, True
+                seen.add(dicomdir.resolve())
+            for f in _walk(path):
+                key = f.resolve()
+                if key in seen:
+                    continue
+                seen.add(key)
+                if dicomdir is not None and key not in named:
+                    yield Rejected(f, "not named by the medium's DICOMDIR", "skipped")
+                else:
+                    yield f, False
+        else:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                yield path, False
+
+
+def _sort_key(i: Instance) -> tuple[str, int, str, int, str]:
+    return (
+        i.study_uid,
+        i.series_number if i.series_number is not None else 1 << 30,
+        i.series_uid,
+        i.instance_number if i.instance_number is not None else 1 << 30,
+        str(i.path),
+    )
+
+
+def scan(
+    paths: Sequence[Path],
+    *,
+    on_file: Callable[[Path], None] | None = None,
+) -> ScanResult:
+    """Scan ``paths`` (files, folders, DICOMDIR media) for instances to send.
+
+    Raises InputError when a path does not exist; everything else becomes a per-file
+    refusal in the result. Instances come back grouped by study, in series and instance
+    order. Two files with the same SOP Instance UID are sent once when their content is
+    identical; when it differs, both are failed as a conflict.
+    """
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"input path does not exist: {path}", hint="check the path")
+    result = ScanResult()
+    by_uid: dict[str, Instance] = {}
+    conflicted: set[str] = set()
+    for item in _candidates(paths):
+        if isinstance(item, Rejected):
+            result.rejected.append(item)
+            continue
+        path, known = item
+        if on_file is not None:
+            on_file(path)
+        if known is False and path.name.upper() == "DICOMDIR":
+            result.rejected.append(
+                Rejected(path, "a DICOMDIR (media index), not an instance", "skipped")
+            )
+            continue
+        try:
+            instance = read_instance(path, known_dicom=known)
+        except UnsendableFile as exc:
+            result.rejected.append(Rejected(path, exc.reason, exc.disposition))
+            continue
+        first = by_uid.get(instance.sop_instance_uid)
+        if first is None:
+            by_uid[instance.sop_instance_uid] = instance
+        elif first.digest == instance.digest:
+            result.rejected.append(
+                Rejected(path, f"same instance as {first.path}", "skipped", first.sop_instance_uid)
+            )
+        else:
+            conflicted.add(instance.sop_instance_uid)
+            result.rejected.append(
+                Rejected(
+                    path,
+                    f"same SOP Instance UID as {first.path} but different content",
+                    "failed",
+                    instance.sop_instance_uid,
+                )
+            )
+    for uid in conflicted:
+        first = by_uid.pop(uid)
+        result.rejected.append(
+            Rejected(
+                first.path,
+                "another input has the same SOP Instance UID but different content",
+                "failed",
+                uid,
+            )
+        )
+    result.instances = sorted(by_uid.values(), key=_sort_key)
+    return result

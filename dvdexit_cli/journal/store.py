@@ -1,0 +1,460 @@
+"""The journal: one SQLite file in WAL mode, written before and after every send.
+
+An item is inserted as ``pending`` before anything is sent, set to ``sending`` (in its
+own committed transaction) just before its C-STORE, and to ``sent`` or ``failed`` after
+the peer's answer. A ``kill -9`` at any moment therefore leaves a journal that says
+exactly which items are done, which are not, and which one was in flight (``sending``:
+unknown whether the peer got it). WAL with ``synchronous=NORMAL`` survives a killed
+process; a power cut may lose the last few state changes, which then read as not yet
+sent and are sent again (the receiver treats an identical resend as a duplicate).
+
+Schema changes are numbered migrations applied in order (``PRAGMA user_version``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dvdexit_cli.dicom.scan import Instance, Rejected
+from dvdexit_cli.errors import JournalBusyError, JournalError
+
+__all__ = ["ItemRecord", "Journal", "TransferSummary", "utc_now"]
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: transfers, their items, and what the receiver stored
+    """
+    CREATE TABLE transfers (
+        id INTEGER PRIMARY KEY,
+        peer TEXT NOT NULL,
+        peer_address TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        finished_at TEXT,
+        outcome TEXT NOT NULL DEFAULT 'running',
+        error TEXT,
+        note TEXT,
+        reason TEXT,
+        inputs TEXT NOT NULL
+    );
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        transfer_id INTEGER NOT NULL REFERENCES transfers(id),
+        path TEXT NOT NULL,
+        sop_class_uid TEXT,
+        sop_instance_uid TEXT,
+        study_uid TEXT,
+        series_uid TEXT,
+        transfer_syntax TEXT,
+        size INTEGER,
+        digest TEXT,
+        state TEXT NOT NULL CHECK (
+            state IN ('pending', 'sending', 'sent', 'failed', 'skipped', 'committed')
+        ),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        status INTEGER,
+        retryable INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX items_by_transfer ON items(transfer_id, state);
+    CREATE INDEX items_by_sop ON items(sop_instance_uid);
+    CREATE TABLE received (
+        id INTEGER PRIMARY KEY,
+        received_at TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        peer_address TEXT NOT NULL,
+        sop_class_uid TEXT,
+        sop_instance_uid TEXT,
+        study_uid TEXT,
+        series_uid TEXT,
+        transfer_syntax TEXT,
+        size INTEGER,
+        digest TEXT,
+        path TEXT,
+        outcome TEXT NOT NULL CHECK (outcome IN ('stored', 'duplicate', 'conflict', 'refused')),
+        status INTEGER NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX received_by_sop ON received(sop_instance_uid);
+    CREATE INDEX received_by_study ON received(study_uid);
+    """,
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC string, as the journal stores it."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class TransferSummary:
+    """One transfer with its item counts per state."""
+
+    id: int
+    peer: str
+    peer_address: str
+    created_at: str
+    finished_at: str | None
+    outcome: str
+    error: str | None
+    note: str | None
+    reason: str | None
+    counts: dict[str, int]
+    bytes_sent: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One item of a transfer as the journal holds it."""
+
+    id: int
+    transfer_id: int
+    path: str
+    sop_instance_uid: str | None
+    study_uid: str | None
+    digest: str | None
+    size: int | None
+    state: str
+    attempts: int
+    status: int | None
+    retryable: bool
+    reason: str | None
+
+
+def _translate(exc: sqlite3.Error, path: Path) -> JournalError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        return JournalBusyError(
+            f"journal {path} is locked by another process",
+            hint="wait for the other dvdexit process to finish, then retry",
+        )
+    return JournalError(
+        f"journal {path} cannot be used: {text}",
+        hint="check the disk and permissions; a damaged journal can be moved aside",
+    )
+
+
+class Journal:
+    """The SQLite journal. Safe to share between the threads of one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise _translate(exc, path) from exc
+        except OSError as exc:
+            raise JournalError(f"cannot create journal {path}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path} has schema {version}, newer than this dvdexit "
+                f"understands ({SCHEMA_VERSION})",
+                hint="upgrade dvdexit",
+            )
+        for number in range(version, SCHEMA_VERSION):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- sending -------------------------------------------------------------------
+
+    def create_transfer(
+        self,
+        *,
+        peer: str,
+        peer_address: str,
+        inputs: Sequence[Path],
+        instances: Iterable[Instance],
+        rejected: Iterable[Rejected],
+        note: str | None = None,
+        reason: str | None = None,
+    ) -> tuple[int, list[int]]:
+        """Record a new transfer with every item pending (or skipped/failed as scanned).
+
+        Returns the transfer id and the item ids of ``instances``, in order.
+        """
+        now = utc_now()
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO transfers (peer, peer_address, created_at, note, reason, inputs)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (peer, peer_address, now, note, reason, json.dumps([str(p) for p in inputs])),
+            )
+            transfer_id = int(cur.lastrowid or 0)
+            ids: list[int] = []
+            for inst in instances:
+                cur = db.execute(
+                    "INSERT INTO items (transfer_id, path, sop_class_uid, sop_instance_uid,"
+                    " study_uid, series_uid, transfer_syntax, size, digest, state, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    (
+                        transfer_id,
+                        str(inst.path),
+                        inst.sop_class_uid,
+                        inst.sop_instance_uid,
+                        inst.study_uid,
+                        inst.series_uid,
+                        inst.transfer_syntax,
+                        inst.size,
+                        inst.digest,
+                        now,
+                    ),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            db.executemany(
+                "INSERT INTO items (transfer_id, path, sop_instance_uid, state, reason,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (transfer_id, str(r.path), r.sop_instance_uid, r.disposition, r.reason, now)
+                    for r in rejected
+                ],
+            )
+        return transfer_id, ids
+
+    def mark_sending(self, item_id: int) -> None:
+        """Record that the item is about to go on the wire (one more attempt)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE items SET state = 'sending', attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ?",
+                (utc_now(), item_id),
+            )
+
+    def record_outcome(
+        self,
+        item_id: int,
+        *,
+        state: str,
+        status: int | None,
+        reason: str | None,
+        retryable: bool = False,
+    ) -> None:
+        """Record the peer's answer (or its absence) for an item."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE items SET state = ?, status = ?, reason = ?, retryable = ?,"
+                " updated_at = ? WHERE id = ?",
+                (state, status, reason, int(retryable), utc_now(), item_id),
+            )
+
+    def finish_transfer(self, transfer_id: int, *, outcome: str, error: str | None) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE transfers SET outcome = ?, error = ?, finished_at = ? WHERE id = ?",
+                (outcome, error, utc_now(), transfer_id),
+            )
+
+    # -- reading -------------------------------------------------------------------
+
+    def transfers(self, *, limit: int = 20) -> list[TransferSummary]:
+        """The most recent transfers, newest first, with item counts per state."""
+        rows = self._read("SELECT * FROM transfers ORDER BY id DESC LIMIT ?", (limit,))
+        summaries = []
+        for row in rows:
+            counts = {
+                r["state"]: int(r["n"])
+                for r in self._read(
+                    "SELECT state, COUNT(*) AS n FROM items WHERE transfer_id = ? GROUP BY state",
+                    (row["id"],),
+                )
+            }
+            (sent_bytes,) = self._read(
+                "SELECT COALESCE(SUM(size), 0) FROM items WHERE transfer_id = ?"
+                " AND state IN ('sent', 'committed')",
+                (row["id"],),
+            )[0]
+            summaries.append(
+                TransferSummary(
+                    id=int(row["id"]),
+                    peer=row["peer"],
+                    peer_address=row["peer_address"],
+                    created_at=row["created_at"],
+                    finished_at=row["finished_at"],
+                    outcome=row["outcome"],
+                    error=row["error"],
+                    note=row["note"],
+                    reason=row["reason"],
+                    counts=counts,
+                    bytes_sent=int(sent_bytes),
+                )
+            )
+        return summaries
+
+    def items(self, transfer_id: int, *, states: Sequence[str] = ()) -> list[ItemRecord]:
+        sql = "SELECT * FROM items WHERE transfer_id = ?"
+        params: list[object] = [transfer_id]
+        if states:
+            sql += f" AND state IN ({', '.join('?' for _ in states)})"
+            params.extend(states)
+        return [
+            ItemRecord(
+                id=int(r["id"]),
+                transfer_id=int(r["transfer_id"]),
+                path=r["path"],
+                sop_instance_uid=r["sop_instance_uid"],
+                study_uid=r["study_uid"],
+                digest=r["digest"],
+                size=r["size"],
+                state=r["state"],
+                attempts=int(r["attempts"]),
+                status=r["status"],
+                retryable=bool(r["retryable"]),
+                reason=r["reason"],
+            )
+            for r in self._read(sql + " ORDER BY id", params)
+        ]
+
+    def sent_digests(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
+        """Digest last recorded as sent (or committed) for each of these SOP Instance UIDs."""
+        return self._latest_digests(
+            "SELECT sop_instance_uid, digest FROM items WHERE state IN ('sent', 'committed')"
+            " AND sop_instance_uid IN ({}) ORDER BY id",
+            sop_instance_uids,
+        )
+
+    def received_digests(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
+        """Digest last stored by the receiver for each of these SOP Instance UIDs."""
+        return self._latest_digests(
+            "SELECT sop_instance_uid, digest FROM received WHERE outcome IN"
+            " ('stored', 'duplicate') AND sop_instance_uid IN ({}) ORDER BY id",
+            sop_instance_uids,
+        )
+
+    def _latest_digests(self, sql: str, uids: Iterable[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        pending = list(dict.fromkeys(uids))
+        for start in range(0, len(pending), 500):
+            chunk = pending[start : start + 500]
+            for row in self._read(sql.format(", ".join("?" for _ in chunk)), chunk):
+                found[row[0]] = row[1]
+        return found
+
+    # -- receiving -----------------------------------------------------------------
+
+    def record_received(
+        self,
+        *,
+        calling_ae: str,
+        peer_address: str,
+        sop_class_uid: str | None,
+        sop_instance_uid: str | None,
+        study_uid: str | None,
+        series_uid: str | None,
+        transfer_syntax: str | None,
+        size: int | None,
+        digest: str | None,
+        path: str | None,
+        outcome: str,
+        status: int,
+        reason: str | None,
+    ) -> None:
+        """Record what the receiver did with one incoming instance."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO received (received_at, calling_ae, peer_address, sop_class_uid,"
+                " sop_instance_uid, study_uid, series_uid, transfer_syntax, size, digest, path,"
+                " outcome, status, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    utc_now(),
+                    calling_ae,
+                    peer_address,
+                    sop_class_uid,
+                    sop_instance_uid,
+                    study_uid,
+                    series_uid,
+                    transfer_syntax,
+                    size,
+                    digest,
+                    path,
+                    outcome,
+                    status,
+                    reason,
+                ),
+            )
+
+    def received_summary(self, *, limit: int = 20) -> list[dict[str, object]]:
+        """Per study received: instance counts by outcome, calling AE, first and last time."""
+        rows = self._read(
+            "SELECT study_uid, calling_ae, MIN(received_at) AS first, MAX(received_at) AS last,"
+            " SUM(outcome = 'stored') AS stored, SUM(outcome = 'duplicate') AS duplicate,"
+            " SUM(outcome = 'conflict') AS conflict, SUM(outcome = 'refused') AS refused,"
+            " COALESCE(SUM(CASE WHEN outcome = 'stored' THEN size END), 0) AS bytes"
+            " FROM received GROUP BY study_uid, calling_ae ORDER BY last DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {
+                "study_uid": r["study_uid"],
+                "calling_ae": r["calling_ae"],
+                "first_received_at": r["first"],
+                "last_received_at": r["last"],
+                "stored": int(r["stored"]),
+                "duplicate": int(r["duplicate"]),
+                "conflict": int(r["conflict"]),
+                "refused": int(r["refused"]),
+                "bytes": int(r["bytes"]),
+            }
+            for r in rows
+        ]

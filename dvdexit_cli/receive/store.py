@@ -1,0 +1,194 @@
+"""The durable instance store: ``STORE/<study>/<series>/<sop>.dcm``, written atomically.
+
+An instance is written to a temporary file in its final folder (our File Meta
+Information, then the received dataset bytes unchanged), fsynced, renamed into place,
+and the folder entry fsynced; only then is it reported stored. Every path part is a UID
+that passed the UID check, so nothing a peer sends can name a path outside the store.
+
+Duplicates: the same SOP Instance UID with the same dataset digest is stored once and
+reported ``duplicate``; with different content the newcomer goes to ``conflicts/`` and
+is reported ``conflict``; the first instance is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+
+from dvdexit_cli.dicom.digest import (
+    CHUNK_SIZE,
+    MalformedFileError,
+    NotPart10Error,
+    dataset_digest,
+    read_file_meta,
+)
+from dvdexit_cli.dicom.uids import is_valid_uid
+
+__all__ = ["IMPLEMENTATION_VERSION", "InstanceStore", "PutResult", "RefusedInstance"]
+
+IMPLEMENTATION_VERSION = "DVDEXIT_010"
+_HEADER_TAGS = ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
+
+
+class RefusedInstance(Exception):
+    """The incoming instance cannot be stored as it is (bad UID, unparsable, mismatch)."""
+
+
+@dataclass(frozen=True)
+class PutResult:
+    outcome: str  # stored, duplicate, conflict
+    path: Path
+    digest: str
+    size: int
+    study_uid: str
+    series_uid: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """Stores received instances durably under ``root``."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        for uid in (study_uid, series_uid, sop_instance_uid):
+            if not is_valid_uid(uid):
+                raise RefusedInstance(f"{uid!r} is not a valid UID")
+        return self.root / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+
+    def put(
+        self,
+        source: Path,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        calling_ae: str,
+    ) -> PutResult:
+        """Store the received dataset in ``source`` (a Part 10 file pynetdicom wrote).
+
+        Raises RefusedInstance for content that must not be stored, OSError when the disk
+        fails (the caller answers "out of resources").
+        """
+        for name, uid in (
+            ("Affected SOP Instance UID", sop_instance_uid),
+            ("Affected SOP Class UID", sop_class_uid),
+            ("transfer syntax", transfer_syntax),
+        ):
+            if not is_valid_uid(uid):
+                raise RefusedInstance(f"{name} is not a valid UID")
+        with source.open("rb") as src:
+            try:
+                offset = read_file_meta(src).dataset_offset
+            except (NotPart10Error, MalformedFileError) as exc:
+                raise RefusedInstance(f"received data could not be framed: {exc}") from exc
+            header = self._header(src)
+            dataset_sop = str(header.get("SOPInstanceUID", ""))
+            if dataset_sop != sop_instance_uid:
+                raise RefusedInstance(
+                    "the dataset's SOP Instance UID differs from the C-STORE request's"
+                )
+            study = str(header.get("StudyInstanceUID", ""))
+            series = str(header.get("SeriesInstanceUID", ""))
+            final = self.path_for(study, series, sop_instance_uid)
+            self._ensure_dir(final.parent)
+            tmp = final.parent / f".{sop_instance_uid}.{secrets.token_hex(4)}.tmp"
+            try:
+                src.seek(offset)
+                digest, size = self._write(
+                    tmp, src, sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae
+                )
+                return self._commit(tmp, final, digest, size, study, series, sop_instance_uid)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def _ensure_dir(self, folder: Path) -> None:
+        """Create ``folder`` below the root, syncing each parent whose entries changed."""
+        if folder.is_dir():
+            return
+        self._ensure_dir(folder.parent)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            return  # another association created it meanwhile
+        if self.fsync:
+            _fsync_dir(folder.parent)
+
+    @staticmethod
+    def _header(src: BinaryIO) -> pydicom.Dataset:
+        src.seek(0)
+        try:
+            return pydicom.dcmread(src, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        except Exception as exc:  # pydicom raises many types on garbage; all mean "refuse"
+            raise RefusedInstance(f"received dataset cannot be parsed: {exc}") from exc
+
+    def _write(
+        self,
+        tmp: Path,
+        src: BinaryIO,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        calling_ae: str,
+    ) -> tuple[str, int]:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+        meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+        meta.TransferSyntaxUID = UID(transfer_syntax)
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+        if calling_ae:
+            meta.SourceApplicationEntityTitle = calling_ae
+        sha = hashlib.sha256()
+        with tmp.open("xb") as out:
+            out.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+            while chunk := src.read(CHUNK_SIZE):
+                sha.update(chunk)
+                out.write(chunk)
+            out.flush()
+            if self.fsync:
+                os.fsync(out.fileno())
+            size = out.tell()
+        return sha.hexdigest(), size
+
+    def _commit(
+        self, tmp: Path, final: Path, digest: str, size: int, study: str, series: str, sop: str
+    ) -> PutResult:
+        with self._lock:
+            if final.exists():
+                _, existing = dataset_digest(final)
+                if existing == digest:
+                    return PutResult("duplicate", final, digest, size, study, series)
+                conflicts = self.root / "conflicts"
+                conflicts.mkdir(exist_ok=True)
+                aside = conflicts / f"{sop}.{digest[:16]}.dcm"
+                os.replace(tmp, aside)
+                if self.fsync:
+                    _fsync_dir(conflicts)
+                return PutResult("conflict", aside, digest, size, study, series)
+            os.replace(tmp, final)
+            if self.fsync:
+                _fsync_dir(final.parent)
+            return PutResult("stored", final, digest, size, study, series)

@@ -1,0 +1,271 @@
+"""DIMSE transport (pynetdicom): C-STORE each instance streamed from its file.
+
+Notes on pynetdicom 3.0 that shape this module (see shared PEERS.md):
+
+* Files are sent with ``STORE_SEND_CHUNKED_DATASET``: pynetdicom streams the dataset
+  bytes that follow the File Meta Information straight from disk, so the bytes on the
+  wire are the file's bytes and the receiver's digest equals ours.
+* Nagle's algorithm stalls every C-STORE on loopback and LANs (command and dataset are
+  separate writes): TCP_NODELAY is set on every association socket.
+* pynetdicom's association reactor may take a C-STORE response off the DIMSE queue while
+  ``send_c_store`` waits for it (a pause/unpause race), leaving the call to time out. The
+  reactor of a requestor has no business with responses, so its non-blocking reads are
+  limited to requests (``_guard_reactor``). Should an answer still go missing, the item is
+  a retryable failure and the association is re-opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pydicom
+from pydicom.uid import UID
+from pynetdicom import AE, _config
+from pynetdicom.presentation import build_context
+
+from dvdexit_cli.config import DimsePeer
+from dvdexit_cli.dicom.contexts import UNCOMPRESSED, ContextPlan, plan_contexts
+from dvdexit_cli.dicom.scan import Instance
+from dvdexit_cli.errors import AssociationRejectedError, PeerUnreachableError
+from dvdexit_cli.events import AssociationOpened, Observer, ignore
+from dvdexit_cli.transport.base import StoreOutcome
+from dvdexit_cli.transport.statuses import classify_store_status
+
+__all__ = ["DimseTransport", "set_nodelay", "uid_name"]
+
+log = logging.getLogger(__name__)
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+# Module-wide in pynetdicom: stream datasets from files instead of decoding them.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def uid_name(uid: str) -> str:
+    """A UID's registered name when pydicom knows it, else the UID itself."""
+    name = UID(uid).name
+    return name if name and name != uid else uid
+
+
+def set_nodelay(assoc: Any) -> None:
+    """Disable Nagle's algorithm on an association's socket."""
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError) as exc:  # socket already gone: nothing to tune
+        log.debug("could not set TCP_NODELAY: %s", exc)
+
+
+def _guard_reactor(assoc: Any) -> None:
+    """Keep the requestor's reactor thread from consuming DIMSE responses."""
+    dimse = assoc.dimse
+    original = dimse.get_msg
+    queue = dimse.msg_queue
+
+    def get_msg(block: bool = False) -> Any:
+        if not block and threading.current_thread() is assoc:
+            with queue.mutex:
+                head = queue.queue[0] if queue.queue else None
+            if head is None or getattr(head[1], "Status", None) is not None:
+                return None, None
+        return original(block=block)
+
+    dimse.get_msg = get_msg
+
+
+def _reject_message(assoc: Any, peer: DimsePeer) -> AssociationRejectedError:
+    primitive = assoc.acceptor.primitive
+    if assoc.is_rejected and primitive is not None:
+        reason = primitive.reason_str
+        result = primitive.result_str
+        hint = {
+            "Called AE title not recognised": (
+                f"the peer does not know called AE title {peer.called_ae!r}; compare "
+                f"'dvdexit peers list' with the peer's configuration"
+            ),
+            "Calling AE title not recognised": (
+                f"the peer does not accept our calling AE title {peer.calling_ae!r}; ask its "
+                f"administrator to register it, or set --calling-ae on the peer"
+            ),
+            "Temporary congestion": "the peer is busy; retry later",
+            "Local limit exceeded": "the peer has too many associations open; retry later",
+        }.get(reason, "check the peer's configuration for our AE titles")
+        return AssociationRejectedError(
+            f"association rejected by {peer.name} ({result}: {reason})", hint=hint
+        )
+    return AssociationRejectedError(
+        f"association aborted by {peer.name} during negotiation",
+        hint="the peer may not accept our AE titles or proposed SOP classes; check its log",
+    )
+
+
+def _connect_error(peer: DimsePeer, timeout: float) -> str:
+    """Why a TCP connection to the peer fails, in the operating system's words."""
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=timeout):
+            return "TCP connects, but no DICOM association could be negotiated"
+    except socket.gaierror as exc:
+        return f"cannot resolve host {peer.host!r}: {exc.strerror}"
+    except TimeoutError:
+        return f"no answer from {peer.address} within {timeout:g} s"
+    except OSError as exc:
+        return f"cannot connect to {peer.address}: {exc.strerror or exc}"
+
+
+class DimseTransport:
+    """Send instances to a DIMSE peer over as few associations as the context plan allows."""
+
+    def __init__(
+        self,
+        peer: DimsePeer,
+        *,
+        connect_timeout: float = 15.0,
+        acse_timeout: float = 30.0,
+        dimse_timeout: float = 60.0,
+        network_timeout: float = 120.0,
+        observer: Observer = ignore,
+    ) -> None:
+        self.peer = peer
+        self._observer = observer
+        self._ae = AE(ae_title=peer.calling_ae)
+        self._ae.connection_timeout = connect_timeout
+        self._ae.acse_timeout = acse_timeout
+        self._ae.dimse_timeout = dimse_timeout
+        self._ae.network_timeout = network_timeout
+        self._connect_timeout = connect_timeout
+        self._plans: list[ContextPlan] = []
+        self._assoc: Any = None
+        self._plan_index = -1
+
+    @property
+    def description(self) -> str:
+        return f"{self.peer.name} ({self.peer.called_ae}@{self.peer.address})"
+
+    def open(self, instances: Sequence[Instance]) -> None:
+        """Plan presentation contexts and open the first association (raises PeerError)."""
+        self._plans = plan_contexts((i.sop_class_uid, i.transfer_syntax) for i in instances)
+        if self._plans:
+            self._associate(0)
+
+    def close(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+        elif assoc is not None:
+            assoc.abort()
+
+    def _associate(self, index: int) -> None:
+        self._release()
+        plan = self._plans[index]
+        contexts = [
+            build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in plan.contexts
+        ]
+        assoc = self._ae.associate(
+            self.peer.host, self.peer.port, contexts=contexts, ae_title=self.peer.called_ae
+        )
+        if not assoc.is_established:
+            if assoc.is_rejected or assoc.is_aborted:
+                raise _reject_message(assoc, self.peer)
+            raise PeerUnreachableError(
+                f"peer {self.peer.name} unreachable: "
+                f"{_connect_error(self.peer, self._connect_timeout)}",
+                hint=f"check that the peer runs and that {self.peer.address} is right "
+                f"('dvdexit peers list')",
+            )
+        set_nodelay(assoc)
+        _guard_reactor(assoc)
+        self._assoc = assoc
+        self._plan_index = index
+        accepted = len(assoc.accepted_contexts)
+        self._observer(
+            AssociationOpened(
+                peer=self.peer.name,
+                accepted_contexts=accepted,
+                rejected_contexts=len(assoc.rejected_contexts),
+                max_pdu=int(assoc.acceptor.maximum_length or 0),
+            )
+        )
+
+    def _plan_for(self, instance: Instance) -> int:
+        key = (instance.sop_class_uid, instance.transfer_syntax)
+        if self._plan_index >= 0 and key in self._plans[self._plan_index].serves:
+            return self._plan_index
+        for index, plan in enumerate(self._plans):
+            if key in plan.serves:
+                return index
+        raise ValueError(f"instance {instance.sop_instance_uid} is not in the context plan")
+
+    def store(self, instance: Instance) -> StoreOutcome:
+        """C-STORE one instance; PeerError only when the peer can no longer be reached."""
+        index = self._plan_for(instance)
+        if self._assoc is None or not self._assoc.is_established or index != self._plan_index:
+            self._associate(index)
+        assoc = self._assoc
+        accepted = [
+            cx for cx in assoc.accepted_contexts if cx.abstract_syntax == instance.sop_class_uid
+        ]
+        exact = any(cx.transfer_syntax[0] == instance.transfer_syntax for cx in accepted)
+        warning = None
+        if exact:
+            payload: object = instance.path
+        elif accepted and self._can_reencode(instance, accepted):
+            payload = pydicom.dcmread(instance.path)
+            warning = (
+                f"re-encoded from {uid_name(instance.transfer_syntax)} to "
+                f"{uid_name(accepted[0].transfer_syntax[0])}: the peer accepted no context "
+                f"in the file's own syntax"
+            )
+        else:
+            return self._no_context(instance, accepted)
+        try:
+            status = assoc.send_c_store(payload)
+        except (ValueError, AttributeError, OSError) as exc:
+            return StoreOutcome("failed", None, f"could not send: {exc}", retryable=False)
+        except RuntimeError as exc:  # the association died under us
+            self._assoc = None
+            return StoreOutcome("failed", None, f"association lost: {exc}", retryable=True)
+        if "Status" not in status:
+            self._release()
+            return StoreOutcome(
+                "failed",
+                None,
+                f"no C-STORE response within {self._ae.dimse_timeout:g} s (or the association "
+                f"was lost); whether the peer kept the instance is unknown",
+                retryable=True,
+            )
+        code = int(status.Status)
+        meaning = classify_store_status(code)
+        comment = status.get("ErrorComment")
+        text = f"{code:04X} {meaning.text}" + (f": {comment}" if comment else "")
+        if meaning.category == "success":
+            return StoreOutcome("sent", code, warning)
+        if meaning.category == "warning":
+            return StoreOutcome("sent", code, text if warning is None else f"{text}; {warning}")
+        return StoreOutcome("failed", code, text, retryable=meaning.retryable)
+
+    @staticmethod
+    def _can_reencode(instance: Instance, accepted: Sequence[Any]) -> bool:
+        return instance.transfer_syntax in UNCOMPRESSED and any(
+            cx.transfer_syntax[0] in UNCOMPRESSED for cx in accepted
+        )
+
+    def _no_context(self, instance: Instance, accepted: Sequence[Any]) -> StoreOutcome:
+        sop = uid_name(instance.sop_class_uid)
+        ts = uid_name(instance.transfer_syntax)
+        if not accepted:
+            reason = f"the peer accepts no presentation context for {sop}"
+        elif instance.transfer_syntax == _DEFLATED:
+            reason = f"the peer does not accept {sop} in {ts}; inflating is not supported yet"
+        else:
+            reason = (
+                f"the peer accepts {sop} only as "
+                f"{', '.join(uid_name(cx.transfer_syntax[0]) for cx in accepted)}, not in {ts}; "
+                f"decompression is not supported yet"
+            )
+        return StoreOutcome("failed", None, reason, retryable=False)

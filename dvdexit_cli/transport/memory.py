@@ -1,0 +1,75 @@
+"""An in-memory peer, shipped for tests and examples: keeps dataset bytes by SOP Instance UID.
+
+It behaves like a receiver that keeps exactly the bytes it is sent, and can be told to
+answer chosen instances with a failure status, or to be unreachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dvdexit_cli.dicom.scan import Instance
+from dvdexit_cli.errors import PeerUnreachableError
+from dvdexit_cli.transport.base import StoreOutcome
+from dvdexit_cli.transport.statuses import classify_store_status
+
+__all__ = ["MemoryPeer", "MemoryTransport"]
+
+
+@dataclass
+class MemoryPeer:
+    """What an in-memory peer holds: SOP Instance UID -> dataset bytes."""
+
+    name: str = "memory"
+    stored: dict[str, bytes] = field(default_factory=dict)
+    reachable: bool = True
+    fail_with: dict[str, list[int]] = field(default_factory=dict)
+    """Per SOP Instance UID, statuses to answer on successive attempts (then success)."""
+
+    def digest(self, sop_instance_uid: str) -> str | None:
+        data = self.stored.get(sop_instance_uid)
+        return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+class MemoryTransport:
+    """A Transport over a MemoryPeer."""
+
+    def __init__(
+        self, peer: MemoryPeer, *, fail_with: Mapping[str, Sequence[int]] | None = None
+    ) -> None:
+        self.peer = peer
+        for uid, codes in (fail_with or {}).items():
+            peer.fail_with[uid] = list(codes)
+
+    @property
+    def description(self) -> str:
+        return f"{self.peer.name} (in memory)"
+
+    def open(self, instances: Sequence[Instance]) -> None:
+        if not self.peer.reachable:
+            raise PeerUnreachableError(
+                f"peer {self.peer.name} unreachable (in-memory, switched off)"
+            )
+
+    def store(self, instance: Instance) -> StoreOutcome:
+        if not self.peer.reachable:
+            raise PeerUnreachableError(
+                f"peer {self.peer.name} unreachable (in-memory, switched off)"
+            )
+        queued = self.peer.fail_with.get(instance.sop_instance_uid)
+        if queued:
+            code = queued.pop(0)
+            meaning = classify_store_status(code)
+            if meaning.category == "failure":
+                return StoreOutcome(
+                    "failed", code, f"{code:04X} {meaning.text}", retryable=meaning.retryable
+                )
+        with instance.path.open("rb") as fh:
+            fh.seek(instance.dataset_offset)
+            self.peer.stored[instance.sop_instance_uid] = fh.read()
+        return StoreOutcome("sent", 0)
+
+    def close(self) -> None:
+        return None
