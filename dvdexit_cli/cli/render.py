@@ -28,7 +28,8 @@ from dvdexit_cli.events import (
 
 __all__ = ["SendProgress", "err", "human_bytes", "out", "print_json"]
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (cron mail, a log file) gets room for full 64-character UIDs in tables.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -118,10 +118,16 @@ class StorageServer:
         server, self._server = self._server, None
         server.shutdown()  # stops accepting; running associations go on in their threads
         deadline = time.monotonic() + self.settings.stop_timeout
-        active = list(server.active_associations)
+        running = list(server.active_associations)
+        # A connection that never completed its association request (a port probe, a
+        # half-open socket) holds no data: close it now rather than wait out its timeout.
+        for assoc in running:
+            if not assoc.is_established:
+                assoc.abort()
+        active = [a for a in running if a.is_established]
         while active and time.monotonic() < deadline:
             time.sleep(0.05)
-            active = [a for a in active if a.is_alive()]
+            active = [a for a in active if a.is_alive() and a.is_established]
         for assoc in active:
             assoc.abort()
         return len(active)

@@ -1,0 +1,266 @@
+"""Plain helpers for tests that talk to real peers on loopback.
+
+Fixtures in ``conftest.py`` wrap these; tests may also import them directly
+(``from peers import free_port, run_dcmsend``). Every process started here is stopped
+by its PID, and all traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "DEBIAN_PACKAGES",
+    "LOOPBACK",
+    "REPO_ROOT",
+    "DvdexitReceiver",
+    "StorageSCP",
+    "dcmtk_env",
+    "dvdexit_env",
+    "free_port",
+    "require_tool",
+    "run_dcmsend",
+    "run_dvdexit",
+    "stop_process",
+    "wait_for_port",
+]
+
+LOOPBACK = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Which Debian package ships each external tool the tests use.
+DEBIAN_PACKAGES: Mapping[str, str] = {
+    "storescp": "dcmtk",
+    "storescu": "dcmtk",
+    "dcmsend": "dcmtk",
+    "echoscu": "dcmtk",
+    "findscu": "dcmtk",
+    "dcmdump": "dcmtk",
+    "dciodvfy": "dicom3tools",
+    "Orthanc": "orthanc",
+}
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def require_tool(name: str) -> str:
+    """Return the path of an external tool; skip the test without it (fail under CI=true)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    package = DEBIAN_PACKAGES.get(name, name)
+    message = (
+        f"{name} missing: install Debian package {package} "
+        f"(apt-get install {package}, or run scripts/ensure-peers.sh as root)"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _read_text(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def wait_for_port(
+    port: int,
+    timeout: float = 15.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    *,
+    stderr_path: Path | None = None,
+    settle: float = 0.2,
+) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``.
+
+    With ``proc``, also require that it is still running ``settle`` seconds after the port
+    answered: a server that lost the race for its port exits at once, while another
+    program may be the one answering. Raises RuntimeError if ``proc`` exits (with its
+    stderr, read from ``stderr_path`` when given) and TimeoutError after ``timeout`` s.
+    """
+
+    def check_alive(when: str) -> None:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"process {proc.pid} ({proc.args!r}) exited with {proc.returncode} "
+                f"{when} on port {port}:\n{_read_text(stderr_path)}"
+            )
+
+    deadline = time.monotonic() + timeout
+    while True:
+        check_alive("before listening")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.5):
+                pass
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"nothing listening on {LOOPBACK}:{port} after {timeout} s"
+                ) from None
+            time.sleep(0.05)
+            continue
+        if proc is not None:
+            time.sleep(settle)
+            check_alive("just after something answered")
+        return
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 5.0
+) -> tuple[int, bool]:
+    """Stop ``proc`` by its PID: ``sig``, wait ``timeout`` s, then SIGKILL.
+
+    Returns (return code, whether SIGKILL was needed). Safe to call twice.
+    """
+    if proc.poll() is not None:
+        return proc.returncode, False
+    # poll() has not reaped it, so the PID still belongs to our child.
+    os.kill(proc.pid, sig)
+    try:
+        return proc.wait(timeout=timeout), False
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        return proc.wait(timeout=30), True
+
+
+def dcmtk_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for any DCMTK process: TCP_NODELAY=1 (see PEERS.md)."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def dvdexit_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a dvdexit process: its own DVDEXIT_HOME, nothing inherited."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DVDEXIT_")}
+    env["DVDEXIT_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    # Works from a checkout even when the package is not installed in this interpreter.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class StorageSCP:
+    """A running DCMTK ``storescp``; unpacks as ``port, ae, outdir, proc``."""
+
+    port: int
+    ae: str
+    outdir: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def __iter__(self) -> Iterator[object]:
+        return iter((self.port, self.ae, self.outdir, self.proc))
+
+    def stored_files(self) -> list[Path]:
+        """Files storescp has written so far (excluding its temporary files)."""
+        return sorted(p for p in self.outdir.rglob("*") if p.is_file())
+
+
+@dataclass
+class DvdexitReceiver:
+    """A running ``dvdexit receive``; ``stop()`` fills in returncode, stdout and stderr."""
+
+    port: int
+    ae: str
+    store: Path
+    home: Path
+    proc: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    returncode: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    killed: bool = False
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Stop the receiver by PID (``sig``, then SIGKILL after ``timeout`` s); idempotent."""
+        if not self._stopped:
+            self.returncode, self.killed = stop_process(self.proc, sig=sig, timeout=timeout)
+            self.stdout = _read_text(self.stdout_path)
+            self.stderr = _read_text(self.stderr_path)
+            self._stopped = True
+        assert self.returncode is not None
+        return self.returncode
+
+
+def run_dcmsend(
+    files_or_dir: Path | str | Sequence[Path | str],
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str = "DCMSEND",
+    extra: Sequence[str] = (),
+    timeout: float = 300.0,
+) -> subprocess.CompletedProcess[str]:
+    """Send files (or folders, scanned recursively) to 127.0.0.1:``port`` with dcmsend.
+
+    Each file keeps its own transfer syntax (``--decompress-never``). Does not raise on a
+    non-zero exit: check ``returncode``.
+    """
+    exe = require_tool("dcmsend")
+    items = [files_or_dir] if isinstance(files_or_dir, str | Path) else list(files_or_dir)
+    args = [exe, "--decompress-never", "-aet", calling_ae, "-aec", called_ae]
+    if any(Path(item).is_dir() for item in items):
+        args += ["--scan-directories", "--recurse"]
+    args += [*extra, LOOPBACK, str(port), *map(str, items)]
+    return subprocess.run(
+        args,
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_dvdexit(
+    *args: str | Path,
+    home: Path,
+    input: str | None = None,
+    timeout: float = 120.0,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m dvdexit_cli ARGS`` with DVDEXIT_HOME=``home``; never raises on exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "dvdexit_cli", *map(str, args)],
+        env=dvdexit_env(home, env),
+        input=input,
+        # No input means a closed stdin: the CLI must not wait for a prompt.
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+    )
