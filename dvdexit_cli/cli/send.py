@@ -91,7 +91,7 @@ def _list(title: str, problems: tuple[FileProblem, ...], style: str) -> None:
         return
     out.print(f"[{style}]{title} ({len(problems)}):[/{style}]")
     for p in problems[:_LISTED]:
-        status = f" [{p.status:04X}]" if p.status is not None else ""
+        status = f" [{p.status:04X}]" if p.status else ""
         out.print(f"  {p.path}{status}: {p.reason}", markup=False)
     if len(problems) > _LISTED:
         out.print(f"  ... and {len(problems) - _LISTED} more (--json lists them all)")

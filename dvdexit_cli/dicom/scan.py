@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from dvdexit_cli.dicom.digest import (
     FileMeta,
@@ -60,6 +59,8 @@ class Instance:
     modality: str = ""
     series_number: int | None = None
     instance_number: int | None = None
+    meta_mismatch: str | None = None
+    """Set when the File Meta Information disagrees with the dataset; the dataset wins."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
                 raise UnsendableFile("a DICOMDIR (media index), not an instance", "skipped")
             check_structure(fh, meta, size)
             header = _read_header(fh)
-            _check_identity(meta, header)
+            meta_mismatch = _check_identity(meta, header)
             fh.seek(meta.dataset_offset)
             digest = digest_stream(fh, deflated=meta.transfer_syntax == _DEFLATED)
     except MalformedFileError as exc:
@@ -127,8 +128,8 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
         raise UnsendableFile(f"cannot read file: {exc.strerror or exc}", "failed") from exc
     return Instance(
         path=path,
-        sop_class_uid=meta.sop_class_uid,
-        sop_instance_uid=meta.sop_instance_uid,
+        sop_class_uid=str(header.SOPClassUID),
+        sop_instance_uid=str(header.SOPInstanceUID),
         study_uid=str(header.StudyInstanceUID),
         series_uid=str(header.SeriesInstanceUID),
         transfer_syntax=meta.transfer_syntax,
@@ -138,6 +139,7 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
         modality=str(header.get("Modality", "") or ""),
         series_number=_int_or_none(header.get("SeriesNumber")),
         instance_number=_int_or_none(header.get("InstanceNumber")),
+        meta_mismatch=meta_mismatch,
     )
 
 
@@ -149,11 +151,12 @@ def _read_header(fh: BinaryIO) -> pydicom.Dataset:
             stop_before_pixels=True,
             specific_tags=_HEADER_TAGS,
         )
-    except (InvalidDicomError, EOFError, ValueError, KeyError, IndexError) as exc:
+    except Exception as exc:  # pydicom raises many kinds on damaged input; all mean "bad file"
         raise MalformedFileError(f"cannot parse the DICOM header: {exc}") from exc
 
 
-def _check_identity(meta: FileMeta, header: pydicom.Dataset) -> None:
+def _check_identity(meta: FileMeta, header: pydicom.Dataset) -> str | None:
+    """Raise for missing or invalid UIDs; describe a File Meta / dataset disagreement."""
     for name in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
         value = header.get(name)
         if value is None:
@@ -167,10 +170,17 @@ def _check_identity(meta: FileMeta, header: pydicom.Dataset) -> None:
     ):
         if not is_valid_uid(value):
             raise MalformedFileError(f"File Meta {name} is not a valid UID")
-    if str(header.SOPInstanceUID) != meta.sop_instance_uid:
-        raise MalformedFileError(
-            "SOP Instance UID in the File Meta Information differs from the dataset's"
+    differs = [
+        label
+        for label, in_meta, in_dataset in (
+            ("SOP Instance UID", meta.sop_instance_uid, str(header.SOPInstanceUID)),
+            ("SOP Class UID", meta.sop_class_uid, str(header.SOPClassUID)),
         )
+        if in_meta != in_dataset
+    ]
+    if differs:
+        return f"the File Meta Information names another {' and '.join(differs)} than the dataset"
+    return None
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -204,7 +214,7 @@ def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
     real_root = root.resolve()
     try:
         ds = pydicom.dcmread(dicomdir)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # as above: a damaged DICOMDIR is a failure of the medium
         return [], [Rejected(dicomdir, f"cannot read DICOMDIR: {exc}", "failed")]
     files: list[Path] = []
     rejected: list[Rejected] = []

@@ -76,6 +76,13 @@ def _guard_reactor(assoc: Any) -> None:
     dimse.get_msg = get_msg
 
 
+def _dataset_with_own_identity(instance: Instance) -> pydicom.Dataset:
+    ds = pydicom.dcmread(instance.path)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    return ds
+
+
 def _reject_message(assoc: Any, peer: DimsePeer) -> AssociationRejectedError:
     primitive = assoc.acceptor.primitive
     if assoc.is_rejected and primitive is not None:
@@ -212,10 +219,15 @@ class DimseTransport:
         ]
         exact = any(cx.transfer_syntax[0] == instance.transfer_syntax for cx in accepted)
         warning = None
-        if exact:
-            payload: object = instance.path
+        if exact and instance.meta_mismatch:
+            # Streaming from the file would announce the File Meta's UIDs; the dataset's
+            # UIDs are the ones every PACS indexes, so send the decoded dataset under them.
+            payload: object = _dataset_with_own_identity(instance)
+            warning = f"{instance.meta_mismatch}: sent under the dataset's UIDs, re-encoded"
+        elif exact:
+            payload = instance.path
         elif accepted and self._can_reencode(instance, accepted):
-            payload = pydicom.dcmread(instance.path)
+            payload = _dataset_with_own_identity(instance)
             warning = (
                 f"re-encoded from {uid_name(instance.transfer_syntax)} to "
                 f"{uid_name(accepted[0].transfer_syntax[0])}: the peer accepted no context "

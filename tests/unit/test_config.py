@@ -1,0 +1,80 @@
+"""peers.toml and DVDEXIT_HOME: validated, atomic, with messages that say what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dvdexit_cli.config import DimsePeer, PeerBook, parse_host_port, resolve_paths
+from dvdexit_cli.errors import ConfigError, UnknownPeerError
+
+
+def test_dvdexit_home_relocates_config_and_data_together(tmp_path: Path) -> None:
+    paths = resolve_paths({"DVDEXIT_HOME": str(tmp_path)})
+    assert paths.peers_file == tmp_path / "peers.toml"
+    assert paths.journal_file == tmp_path / "journal.sqlite"
+    assert paths.default_store == tmp_path / "received"
+
+
+def test_without_dvdexit_home_the_platform_folders_are_used() -> None:
+    paths = resolve_paths({})
+    assert paths.config_dir.name == "dvdexit"
+    assert paths.data_dir.name == "dvdexit"
+
+
+def test_a_peer_survives_a_reload_and_can_be_removed(tmp_path: Path) -> None:
+    book = PeerBook(tmp_path / "peers.toml")
+    book.add(DimsePeer(name="pacs", host="10.0.0.5", port=104, called_ae="PACS"))
+
+    again = PeerBook(tmp_path / "peers.toml")
+    assert again.get("pacs") == DimsePeer(name="pacs", host="10.0.0.5", port=104, called_ae="PACS")
+    again.remove("pacs")
+    assert len(PeerBook(tmp_path / "peers.toml")) == 0
+
+
+def test_adding_a_peer_twice_needs_replace(tmp_path: Path) -> None:
+    book = PeerBook(tmp_path / "peers.toml")
+    book.add(DimsePeer(name="pacs", host="h", port=104, called_ae="A"))
+    with pytest.raises(ConfigError, match="already exists"):
+        book.add(DimsePeer(name="pacs", host="h", port=105, called_ae="B"))
+    book.add(DimsePeer(name="pacs", host="h", port=105, called_ae="B"), replace=True)
+    assert PeerBook(tmp_path / "peers.toml").get("pacs").port == 105
+
+
+def test_unknown_peer_names_the_known_ones(tmp_path: Path) -> None:
+    book = PeerBook(tmp_path / "peers.toml")
+    book.add(DimsePeer(name="pacs", host="h", port=104, called_ae="A"))
+    with pytest.raises(UnknownPeerError, match="known: pacs"):
+        book.get("other")
+
+
+@pytest.mark.parametrize(
+    ("called_ae", "message"),
+    [("", "empty"), ("A" * 17, "longer than 16"), ("BAD\\AE", "does not allow")],
+)
+def test_invalid_ae_titles_are_refused(tmp_path: Path, called_ae: str, message: str) -> None:
+    book = PeerBook(tmp_path / "peers.toml")
+    with pytest.raises(ConfigError, match=message):
+        book.add(DimsePeer(name="pacs", host="h", port=104, called_ae=called_ae))
+    assert not (tmp_path / "peers.toml").exists()
+
+
+@pytest.mark.parametrize("value", ["host", "host:", ":104", "host:port", "host:70000"])
+def test_bad_host_port_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_host_port(value)
+
+
+def test_ipv6_host_port_is_understood() -> None:
+    assert parse_host_port("[::1]:11112") == ("::1", 11112)
+
+
+def test_a_damaged_peers_file_says_which_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "peers.toml"
+    path.write_text('[peers.pacs]\nhost = "h"\nport = 104\n')
+    with pytest.raises(ConfigError, match=r"peers.toml \[peers.pacs\]: missing key 'called_ae'"):
+        PeerBook(path)
+    path.write_text("not = [toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        PeerBook(path)
