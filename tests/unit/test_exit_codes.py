@@ -1,4 +1,4 @@
-"""The exit codes documented in docs/exit-codes.md are exactly the enum's, and errors map to them."""
+"""The exit codes in docs/exit-codes.md are exactly the enum's; errors map to them."""
 
 from __future__ import annotations
 
