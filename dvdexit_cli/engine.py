@@ -29,6 +29,7 @@ from dvdexit_cli.journal import ItemRecord, Journal
 from dvdexit_cli.transport.base import StoreOutcome, Transport
 
 __all__ = [
+    "VERDICTS",
     "FileProblem",
     "SendResult",
     "SendSettings",
@@ -315,12 +316,15 @@ def _fail_all(journal: Journal, items: Sequence[tuple[int, Instance]], reason: s
 # -- verify ---------------------------------------------------------------------------
 
 
+VERDICTS = ("identical", "different", "conflict", "unknown", "invalid")
+
+
 @dataclass(frozen=True)
 class VerifiedFile:
     path: str
     sop_instance_uid: str | None
     study_uid: str | None
-    verdict: str  # identical, different, unknown, invalid
+    verdict: str  # identical, different, conflict, unknown, invalid
     reason: str | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -351,7 +355,7 @@ class VerifyResult:
         for f in self.files:
             row = table.setdefault(
                 f.study_uid or "(unknown study)",
-                {"identical": 0, "different": 0, "unknown": 0, "invalid": 0},
+                dict.fromkeys(VERDICTS, 0),
             )
             row[f.verdict] += 1
         return table
@@ -360,6 +364,7 @@ class VerifyResult:
         return {
             "identical": self.count("identical"),
             "different": self.count("different"),
+            "conflict": self.count("conflict"),
             "unknown": self.count("unknown"),
             "invalid": self.count("invalid"),
             "ignored": len(self.ignored),
@@ -377,17 +382,26 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
     for a file this machine received, with what the receiver *stored*. A file the journal
     does not know is ``unknown``: it cannot be verified, and verification fails.
     """
-    found = scan(list(paths))
+    found = scan(list(paths), deduplicate=False)
     uids = [i.sop_instance_uid for i in found.instances]
     sent = journal.sent_digests(uids)
     received = journal.received_digests(uids)
+    conflicts = journal.conflict_digests(uids)
     files: list[VerifiedFile] = []
     for inst in found.instances:
         expected = sent.get(inst.sop_instance_uid) or received.get(inst.sop_instance_uid)
-        if expected is None:
-            verdict, reason = "unknown", "not in the journal (never sent or received here)"
-        elif expected == inst.digest:
+        if expected == inst.digest:
             verdict, reason = "identical", None
+        elif inst.digest in conflicts.get(inst.sop_instance_uid, ()):
+            verdict, reason = (
+                "conflict",
+                (
+                    "kept aside by the receiver: another instance with this SOP Instance UID "
+                    "and other content is stored"
+                ),
+            )
+        elif expected is None:
+            verdict, reason = "unknown", "not in the journal (never sent or received here)"
         else:
             verdict, reason = "different", "dataset digest differs from the journal's"
         files.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
+import pydicom.config
 import typer
 
 from dvdexit_cli import __version__
@@ -56,6 +57,9 @@ def _global(
     # pynetdicom reports failures that we translate and report ourselves; its own lines
     # are protocol detail, shown with -v.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL if verbose == 0 else level)
+    # dvdexit validates every UID it uses itself. pydicom's own warnings about invalid
+    # values would let a hostile peer or file flood the log (and may quote identifiers).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import out, print_json
 from dvdexit_cli.config import resolve_paths
-from dvdexit_cli.engine import verify_paths
+from dvdexit_cli.engine import VERDICTS, verify_paths
 from dvdexit_cli.errors import InputError
 from dvdexit_cli.journal import Journal
 
@@ -37,11 +37,9 @@ def verify_command(
     if json_output:
         print_json(result.to_json())
         raise typer.Exit(int(result.exit_code))
-    table = Table("study", "identical", "different", "unknown", "invalid")
+    table = Table("study", *VERDICTS)
     for study, counts in sorted(result.studies().items()):
-        table.add_row(
-            study, *(str(counts[k]) for k in ("identical", "different", "unknown", "invalid"))
-        )
+        table.add_row(study, *(str(counts[k]) for k in VERDICTS))
     if result.files:
         out.print(table)
     problems = [f for f in result.files if f.verdict != "identical"]
@@ -53,7 +51,8 @@ def verify_command(
     verdict = "all identical" if result.exit_code == 0 else "NOT verified"
     out.print(
         f"verified {total} instance(s): {result.count('identical')} identical, "
-        f"{result.count('different')} different, {result.count('unknown')} unknown, "
+        f"{result.count('different')} different, {result.count('conflict')} conflict, "
+        f"{result.count('unknown')} unknown, "
         f"{result.count('invalid')} invalid; {len(result.ignored)} non-DICOM file(s) ignored "
         f"-> {verdict}",
         markup=False,

@@ -10,7 +10,7 @@ so. Nothing here stops the scan of the other inputs.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -32,6 +32,7 @@ __all__ = ["Instance", "Rejected", "ScanResult", "UnsendableFile", "read_instanc
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+_DICOMDIR_REASON = "a DICOMDIR (media index), not an instance"
 _HEADER_TAGS = [
     "SOPClassUID",
     "SOPInstanceUID",
@@ -116,7 +117,7 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
             except NotPart10Error as exc:
                 raise UnsendableFile(str(exc), not_dicom) from exc
             if meta.sop_class_uid == _DICOMDIR_CLASS:
-                raise UnsendableFile("a DICOMDIR (media index), not an instance", "skipped")
+                raise UnsendableFile(_DICOMDIR_REASON, "skipped")
             check_structure(fh, meta, size)
             header = _read_header(fh)
             meta_mismatch = _check_identity(meta, header)
@@ -294,53 +295,59 @@ def _sort_key(i: Instance) -> tuple[str, int, str, int, str]:
     )
 
 
-def scan(
-    paths: Sequence[Path],
-    *,
-    on_file: Callable[[Path], None] | None = None,
-) -> ScanResult:
+def scan(paths: Sequence[Path], *, deduplicate: bool = True) -> ScanResult:
     """Scan ``paths`` (files, folders, DICOMDIR media) for instances to send.
 
     Raises InputError when a path does not exist; everything else becomes a per-file
     refusal in the result. Instances come back grouped by study, in series and instance
-    order. Two files with the same SOP Instance UID are sent once when their content is
-    identical; when it differs, both are failed as a conflict.
+    order. With ``deduplicate`` (for sending), two files with the same SOP Instance UID
+    are sent once when their content is identical, and both fail as a conflict when it
+    differs; without it (for verifying), every file is reported on its own.
     """
     for path in paths:
         if not path.exists():
             raise InputError(f"input path does not exist: {path}", hint="check the path")
     result = ScanResult()
-    by_uid: dict[str, Instance] = {}
-    conflicted: set[str] = set()
+    found: list[Instance] = []
     for item in _candidates(paths):
         if isinstance(item, Rejected):
             result.rejected.append(item)
             continue
         path, known = item
-        if on_file is not None:
-            on_file(path)
         if known is False and path.name.upper() == "DICOMDIR":
-            result.rejected.append(
-                Rejected(path, "a DICOMDIR (media index), not an instance", "skipped")
-            )
+            result.rejected.append(Rejected(path, _DICOMDIR_REASON, "skipped"))
             continue
         try:
-            instance = read_instance(path, known_dicom=known)
+            found.append(read_instance(path, known_dicom=known))
         except UnsendableFile as exc:
             result.rejected.append(Rejected(path, exc.reason, exc.disposition))
-            continue
+    if deduplicate:
+        found = _deduplicate(found, result.rejected)
+    result.instances = sorted(found, key=_sort_key)
+    return result
+
+
+def _deduplicate(found: list[Instance], rejected: list[Rejected]) -> list[Instance]:
+    by_uid: dict[str, Instance] = {}
+    conflicted: set[str] = set()
+    for instance in found:
         first = by_uid.get(instance.sop_instance_uid)
         if first is None:
             by_uid[instance.sop_instance_uid] = instance
         elif first.digest == instance.digest:
-            result.rejected.append(
-                Rejected(path, f"same instance as {first.path}", "skipped", first.sop_instance_uid)
+            rejected.append(
+                Rejected(
+                    instance.path,
+                    f"same instance as {first.path}",
+                    "skipped",
+                    first.sop_instance_uid,
+                )
             )
         else:
             conflicted.add(instance.sop_instance_uid)
-            result.rejected.append(
+            rejected.append(
                 Rejected(
-                    path,
+                    instance.path,
                     f"same SOP Instance UID as {first.path} but different content",
                     "failed",
                     instance.sop_instance_uid,
@@ -348,7 +355,7 @@ def scan(
             )
     for uid in conflicted:
         first = by_uid.pop(uid)
-        result.rejected.append(
+        rejected.append(
             Rejected(
                 first.path,
                 "another input has the same SOP Instance UID but different content",
@@ -356,5 +363,4 @@ def scan(
                 uid,
             )
         )
-    result.instances = sorted(by_uid.values(), key=_sort_key)
-    return result
+    return list(by_uid.values())

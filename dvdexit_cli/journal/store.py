@@ -382,6 +382,20 @@ class Journal:
             sop_instance_uids,
         )
 
+    def conflict_digests(self, sop_instance_uids: Iterable[str]) -> dict[str, set[str]]:
+        """Digests the receiver kept aside as conflicts, per SOP Instance UID."""
+        found: dict[str, set[str]] = {}
+        pending = list(dict.fromkeys(sop_instance_uids))
+        for start in range(0, len(pending), 500):
+            chunk = pending[start : start + 500]
+            for row in self._read(
+                "SELECT sop_instance_uid, digest FROM received WHERE outcome = 'conflict'"
+                f" AND sop_instance_uid IN ({', '.join('?' for _ in chunk)})",
+                chunk,
+            ):
+                found.setdefault(row[0], set()).add(row[1])
+        return found
+
     def _latest_digests(self, sql: str, uids: Iterable[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         pending = list(dict.fromkeys(uids))

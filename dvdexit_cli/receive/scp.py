@@ -106,6 +106,14 @@ class StorageServer:
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}",
                 hint="choose another --port, or stop the program that uses it",
             ) from exc
+        try:
+            self.settings.store.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.stop()
+            raise ConfigError(
+                f"cannot create the store {self.settings.store}: {exc.strerror}",
+                hint="choose another --store, or fix its permissions",
+            ) from exc
 
     def stop(self) -> int:
         """Refuse new associations, let running ones finish (up to ``stop_timeout``).

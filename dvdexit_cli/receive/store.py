@@ -69,7 +69,6 @@ class InstanceStore:
         self.root = root
         self.fsync = fsync
         self._lock = threading.Lock()
-        root.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         for uid in (study_uid, series_uid, sop_instance_uid):
