@@ -87,16 +87,19 @@ def validate_ae_title(value: str, *, what: str = "AE title") -> str:
 def parse_host_port(value: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into a host and a port number."""
     host, sep, port_text = value.rpartition(":")
+    example = "give the address as HOST:PORT, for example 10.1.2.3:104 or [fd00::5]:104"
     if not sep or not host:
-        raise ConfigError(f"{value!r} is not HOST:PORT", hint="for example 10.1.2.3:104")
+        raise ConfigError(f"{value!r} is not HOST:PORT", hint=example)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
         port = int(port_text)
     except ValueError:
-        raise ConfigError(f"port {port_text!r} in {value!r} is not a number") from None
+        raise ConfigError(
+            f"port {port_text!r} in {value!r} is not a number", hint=example
+        ) from None
     if not 1 <= port <= 65535:
-        raise ConfigError(f"port {port} in {value!r} is outside 1-65535")
+        raise ConfigError(f"port {port} in {value!r} is outside 1-65535", hint=example)
     return host, port
 
 

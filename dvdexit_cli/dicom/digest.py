@@ -26,6 +26,7 @@ __all__ = [
     "check_structure",
     "dataset_digest",
     "digest_stream",
+    "needs_padding",
     "read_file_meta",
 ]
 
@@ -163,7 +164,12 @@ class _Walker:
                 (length,) = struct.unpack(self.endian + "H", raw[6:8])
                 header_len = 8
             pos += header_len
-            if length == _UNDEFINED:
+            if length == _UNDEFINED and header_len == 12 and raw[4:6] == b"UN":
+                # PS3.5 6.2.2: a UN element of undefined length holds a sequence encoded
+                # in implicit VR little endian, whatever the transfer syntax.
+                implicit = _Walker(self.fh, self.end, _IMPLICIT_LE)
+                pos = implicit.sequence(pos, depth=depth + 1, where=where)
+            elif length == _UNDEFINED:
                 pos = self.sequence(pos, depth=depth + 1, where=where)
             else:
                 if pos + length > self.end:
@@ -204,11 +210,18 @@ def check_structure(fh: BinaryIO, meta: FileMeta, size: int) -> None:
 
 
 def digest_stream(fh: BinaryIO, *, deflated: bool = False) -> str:
-    """SHA-256 (hex) of everything left in ``fh``; for deflated data, prove the stream ends."""
+    """SHA-256 (hex) of everything left in ``fh``; for deflated data, prove the stream ends.
+
+    A deflated dataset of odd length is hashed with the one trailing NULL byte that
+    PS3.5 A.5 requires of its encoding: that padded stream is what goes on the wire and
+    what a receiver stores, so sender and receiver agree on the digest.
+    """
     sha = hashlib.sha256()
     inflater = zlib.decompressobj(-zlib.MAX_WBITS) if deflated else None
+    length = 0
     while chunk := fh.read(CHUNK_SIZE):
         sha.update(chunk)
+        length += len(chunk)
         if inflater is not None:
             try:
                 # Bounded output: we only need to know the stream is complete and valid.
@@ -219,7 +232,14 @@ def digest_stream(fh: BinaryIO, *, deflated: bool = False) -> str:
                 raise MalformedFileError(f"deflated dataset is corrupt: {exc}") from exc
     if inflater is not None and not inflater.eof:
         raise MalformedFileError("file is truncated: the deflated dataset stream does not end")
+    if deflated and length % 2:
+        sha.update(b"\x00")
     return sha.hexdigest()
+
+
+def needs_padding(transfer_syntax: str, dataset_length: int) -> bool:
+    """True for a deflated dataset of odd length, which must be sent with one NULL more."""
+    return transfer_syntax == _DEFLATED and dataset_length % 2 == 1
 
 
 def dataset_digest(path: Path) -> tuple[FileMeta, str]:

@@ -89,10 +89,16 @@ class ScanResult:
 class UnsendableFile(Exception):
     """A file that will not be sent; ``disposition`` says whether that is a failure."""
 
-    def __init__(self, reason: str, disposition: Literal["skipped", "failed"]) -> None:
+    def __init__(
+        self,
+        reason: str,
+        disposition: Literal["skipped", "failed"],
+        sop_instance_uid: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.disposition: Literal["skipped", "failed"] = disposition
+        self.sop_instance_uid = sop_instance_uid
 
 
 def _int_or_none(value: object) -> int | None:
@@ -109,6 +115,7 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
     that is a failure of the medium, not a file to skip.
     """
     not_dicom: Literal["skipped", "failed"] = "failed" if known_dicom else "skipped"
+    named: str | None = None  # the SOP Instance UID the File Meta names, once known
     try:
         with path.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -118,15 +125,17 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
                 raise UnsendableFile(str(exc), not_dicom) from exc
             if meta.sop_class_uid == _DICOMDIR_CLASS:
                 raise UnsendableFile(_DICOMDIR_REASON, "skipped")
+            if is_valid_uid(meta.sop_instance_uid):
+                named = meta.sop_instance_uid
             check_structure(fh, meta, size)
             header = _read_header(fh)
             meta_mismatch = _check_identity(meta, header)
             fh.seek(meta.dataset_offset)
             digest = digest_stream(fh, deflated=meta.transfer_syntax == _DEFLATED)
     except MalformedFileError as exc:
-        raise UnsendableFile(str(exc), "failed") from exc
+        raise UnsendableFile(str(exc), "failed", named) from exc
     except OSError as exc:
-        raise UnsendableFile(f"cannot read file: {exc.strerror or exc}", "failed") from exc
+        raise UnsendableFile(f"cannot read file: {exc.strerror or exc}", "failed", named) from exc
     return Instance(
         path=path,
         sop_class_uid=str(header.SOPClassUID),
@@ -320,7 +329,9 @@ def scan(paths: Sequence[Path], *, deduplicate: bool = True) -> ScanResult:
         try:
             found.append(read_instance(path, known_dicom=known))
         except UnsendableFile as exc:
-            result.rejected.append(Rejected(path, exc.reason, exc.disposition))
+            result.rejected.append(
+                Rejected(path, exc.reason, exc.disposition, exc.sop_instance_uid)
+            )
     if deduplicate:
         found = _deduplicate(found, result.rejected)
     result.instances = sorted(found, key=_sort_key)

@@ -17,9 +17,12 @@ Notes on pynetdicom 3.0 that shape this module (see shared PEERS.md):
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -29,6 +32,7 @@ from pynetdicom.presentation import build_context
 
 from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.dicom.contexts import UNCOMPRESSED, ContextPlan, plan_contexts
+from dvdexit_cli.dicom.digest import CHUNK_SIZE, needs_padding
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.errors import AssociationRejectedError, PeerUnreachableError
 from dvdexit_cli.events import AssociationOpened, Observer, ignore
@@ -177,7 +181,10 @@ class DimseTransport:
             self.peer.host, self.peer.port, contexts=contexts, ae_title=self.peer.called_ae
         )
         if not assoc.is_established:
-            if assoc.is_rejected or assoc.is_aborted:
+            # pynetdicom marks a failed TCP connect as "aborted" too; only an answer from
+            # the peer (a primitive) means it was reached and said no.
+            answered = assoc.acceptor.primitive is not None
+            if assoc.is_rejected or (assoc.is_aborted and answered):
                 raise _reject_message(assoc, self.peer)
             raise PeerUnreachableError(
                 f"peer {self.peer.name} unreachable: "
@@ -224,6 +231,10 @@ class DimseTransport:
             # UIDs are the ones every PACS indexes, so send the decoded dataset under them.
             payload: object = _dataset_with_own_identity(instance)
             warning = f"{instance.meta_mismatch}: sent under the dataset's UIDs, re-encoded"
+        elif exact and needs_padding(
+            instance.transfer_syntax, instance.size - instance.dataset_offset
+        ):
+            return self._send_padded(assoc, instance)
         elif exact:
             payload = instance.path
         elif accepted and self._can_reencode(instance, accepted):
@@ -235,6 +246,22 @@ class DimseTransport:
             )
         else:
             return self._no_context(instance, accepted)
+        return self._c_store(assoc, payload, warning)
+
+    def _send_padded(self, assoc: Any, instance: Instance) -> StoreOutcome:
+        """Send an odd-length deflated dataset with the NULL byte PS3.5 A.5 requires."""
+        with tempfile.TemporaryDirectory(prefix="dvdexit-pad-") as tmp:
+            padded = Path(tmp) / "padded.dcm"
+            with instance.path.open("rb") as src, padded.open("wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK_SIZE)
+                dst.write(b"\x00")
+            return self._c_store(
+                assoc,
+                padded,
+                "deflated dataset of odd length: sent with the trailing NULL byte PS3.5 requires",
+            )
+
+    def _c_store(self, assoc: Any, payload: object, warning: str | None) -> StoreOutcome:
         try:
             status = assoc.send_c_store(payload)
         except (ValueError, AttributeError, OSError) as exc:
@@ -243,14 +270,19 @@ class DimseTransport:
             self._assoc = None
             return StoreOutcome("failed", None, f"association lost: {exc}", retryable=True)
         if "Status" not in status:
+            aborted = assoc.is_aborted
             self._release()
-            return StoreOutcome(
-                "failed",
-                None,
-                f"no C-STORE response within {self._ae.dimse_timeout:g} s (or the association "
-                f"was lost); whether the peer kept the instance is unknown",
-                retryable=True,
-            )
+            if aborted:
+                reason = (
+                    "the peer aborted the association while this instance was sent; "
+                    "whether it kept the instance is unknown"
+                )
+            else:
+                reason = (
+                    f"no C-STORE response within {self._ae.dimse_timeout:g} s; whether the "
+                    f"peer kept the instance is unknown"
+                )
+            return StoreOutcome("failed", None, reason, retryable=True)
         code = int(status.Status)
         meaning = classify_store_status(code)
         comment = status.get("ErrorComment")

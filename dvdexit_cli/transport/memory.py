@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dvdexit_cli.dicom.digest import needs_padding
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.errors import PeerUnreachableError
 from dvdexit_cli.transport.base import StoreOutcome
@@ -68,7 +69,10 @@ class MemoryTransport:
                 )
         with instance.path.open("rb") as fh:
             fh.seek(instance.dataset_offset)
-            self.peer.stored[instance.sop_instance_uid] = fh.read()
+            data = fh.read()
+        if needs_padding(instance.transfer_syntax, len(data)):
+            data += b"\x00"  # as a DIMSE peer receives it (PS3.5 A.5)
+        self.peer.stored[instance.sop_instance_uid] = data
         return StoreOutcome("sent", 0)
 
     def close(self) -> None:

@@ -1,0 +1,214 @@
+"""The command line as scripts and cron jobs use it: `--json` documents, messages, exit codes.
+
+A script pipes `dvdexit ... --json` into a parser, so stdout must hold one JSON document and
+nothing else, whatever happened; a person reads stderr, so a mistake in `peers add` must
+say what is wrong; and the exit code must be the documented one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from peers import LOOPBACK, free_port, run_dvdexit
+from pydicom.data import get_testdata_file
+
+from dvdexit_cli.samples import write_study
+
+
+def one_json_document(result: Any) -> Any:
+    """The single JSON document on stdout; fail if anything else is there."""
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(
+            f"stdout is not exactly one JSON document (exit {result.returncode}):\n"
+            f"{result.stdout!r}\nstderr: {result.stderr}"
+        )
+
+
+def error_lines(result: Any) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("dvdexit: error:")]
+
+
+def add_peer(home: Path, name: str, port: int, ae: str, *extra: str) -> Any:
+    return run_dvdexit(
+        "peers", "add", name, "--dimse", f"{LOOPBACK}:{port}", "--ae", ae, *extra, home=home
+    )
+
+
+def peer_names(home: Path) -> dict[str, Any]:
+    result = run_dvdexit("peers", "list", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    return {p["name"]: p for p in one_json_document(result)["peers"]}
+
+
+# -- --json: one document on stdout -------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_send_status_verify_and_peers_list_each_print_one_json_document(
+    storescp, dvdexit_home: Path, tmp_path: Path
+):
+    study = tmp_path / "study"
+    good = write_study(study, n_instances=3, seed="cli-json")
+    truncated = study / "MR_truncated.dcm"
+    truncated.write_bytes(Path(get_testdata_file("MR_truncated.dcm")).read_bytes())
+    scp = storescp(tmp_path / "arrived")
+    assert add_peer(dvdexit_home, "pacs", scp.port, scp.ae).returncode == 0
+
+    sent = run_dvdexit("send", study, "--to", "pacs", "--json", home=dvdexit_home)
+    status = run_dvdexit("status", "--json", home=dvdexit_home)
+    verified = run_dvdexit("verify", *good, "--json", home=dvdexit_home)
+    listed = run_dvdexit("peers", "list", "--json", home=dvdexit_home)
+
+    assert sent.returncode == 6, sent.stderr
+    document = one_json_document(sent)
+    for key in ("transfer_id", "sent", "failed", "skipped"):
+        assert type(document[key]) is int, (key, document[key])
+    assert (document["sent"], document["failed"], document["skipped"]) == (3, 1, 0)
+    assert isinstance(document["failures"], list)
+    (failure,) = document["failures"]
+    assert {"path", "sop_instance_uid", "reason"} <= set(failure)
+    assert failure["path"] == str(truncated)
+    assert isinstance(failure["reason"], str)
+    assert failure["reason"]
+
+    assert status.returncode == 0, status.stderr
+    (transfer,) = one_json_document(status)["transfers"]
+    assert transfer["transfer_id"] == document["transfer_id"]
+    assert transfer["counts"]["sent"] == 3
+
+    assert verified.returncode == 0, verified.stderr
+    assert one_json_document(verified)["identical"] == len(good)
+
+    assert listed.returncode == 0, listed.stderr
+    (peer,) = one_json_document(listed)["peers"]
+    assert (peer["name"], peer["port"], peer["called_ae"]) == ("pacs", scp.port, scp.ae)
+
+
+def test_status_and_peers_list_print_a_json_document_on_a_fresh_install(dvdexit_home: Path):
+    status = run_dvdexit("status", "--json", home=dvdexit_home)
+    listed = run_dvdexit("peers", "list", "--json", home=dvdexit_home)
+
+    assert status.returncode == 0, status.stderr
+    assert one_json_document(status)["transfers"] == []
+    assert listed.returncode == 0, listed.stderr
+    assert one_json_document(listed) == {"peers": []}
+
+
+def test_verify_json_of_a_file_never_sent_exits_7_with_one_document(
+    dvdexit_home: Path, tmp_path: Path
+):
+    (stranger,) = write_study(tmp_path / "never-sent", n_instances=1, seed="stranger")
+
+    result = run_dvdexit("verify", stranger, "--json", home=dvdexit_home)
+
+    assert result.returncode == 7, result.stderr
+    document = one_json_document(result)
+    assert document["unknown"] == 1
+    assert document["identical"] == 0
+
+
+def test_send_to_an_unknown_peer_exits_3_with_a_json_error_document(
+    dvdexit_home: Path, tmp_path: Path
+):
+    write_study(tmp_path / "study", n_instances=1, seed="unknown-peer")
+
+    result = run_dvdexit("send", tmp_path / "study", "--to", "nowhere", "--json", home=dvdexit_home)
+
+    assert result.returncode == 3, result.stderr
+    document = one_json_document(result)
+    assert document["exit_code"] == 3
+    assert "nowhere" in document["error"]["message"]
+    assert document["error"]["hint"]
+    (line,) = error_lines(result)
+    assert "unknown peer 'nowhere'" in line
+
+
+# -- peers: mistakes are refused with a reason ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["pacs.example.org", "127.0.0.1:", "127.0.0.1:http", "127.0.0.1:0", "127.0.0.1:65536"],
+)
+def test_peers_add_refuses_an_address_that_is_not_host_and_port(dvdexit_home: Path, address: str):
+    result = run_dvdexit(
+        "peers", "add", "pacs", "--dimse", address, "--ae", "PACS", home=dvdexit_home
+    )
+
+    assert result.returncode == 3, result.stderr
+    (line,) = error_lines(result)
+    assert repr(address) in line, line
+    assert peer_names(dvdexit_home) == {}
+
+
+def test_peers_add_refuses_an_ae_title_longer_than_16_characters(dvdexit_home: Path):
+    port = free_port()
+
+    too_long = add_peer(dvdexit_home, "pacs", port, "A" * 17)
+    just_right = add_peer(dvdexit_home, "pacs", port, "A" * 16)
+
+    assert too_long.returncode == 3, too_long.stderr
+    (line,) = error_lines(too_long)
+    assert "longer than 16 characters" in line
+    assert just_right.returncode == 0, just_right.stderr
+    assert peer_names(dvdexit_home)["pacs"]["called_ae"] == "A" * 16
+
+
+def test_peers_add_without_an_address_is_a_usage_error(dvdexit_home: Path):
+    result = run_dvdexit("peers", "add", "pacs", "--ae", "PACS", home=dvdexit_home)
+
+    assert result.returncode == 2, result.stderr
+    assert "--dimse" in result.stderr
+    assert peer_names(dvdexit_home) == {}
+
+
+def test_peers_add_twice_is_refused_unless_replace(dvdexit_home: Path):
+    first, second = free_port(), free_port()
+    assert add_peer(dvdexit_home, "pacs", first, "PACS").returncode == 0
+
+    again = add_peer(dvdexit_home, "pacs", second, "PACS")
+    assert again.returncode == 3, again.stderr
+    (line,) = error_lines(again)
+    assert "already exists" in line
+    assert "--replace" in line
+    assert peer_names(dvdexit_home)["pacs"]["port"] == first
+
+    replaced = add_peer(dvdexit_home, "pacs", second, "PACS", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert peer_names(dvdexit_home)["pacs"]["port"] == second
+
+
+def test_peers_remove_of_an_unknown_peer_exits_3(dvdexit_home: Path):
+    assert add_peer(dvdexit_home, "pacs", free_port(), "PACS").returncode == 0
+
+    result = run_dvdexit("peers", "remove", "archive", home=dvdexit_home)
+
+    assert result.returncode == 3, result.stderr
+    (line,) = error_lines(result)
+    assert "unknown peer 'archive'" in line
+    assert set(peer_names(dvdexit_home)) == {"pacs"}
+
+
+# -- usage errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("send", ".", "--to", "pacs", "--json", "--bogus"), "--bogus"),
+        (("send", ".", "--to", "pacs", "--retries", "-1"), "--retries"),
+        (("send", "."), "--to"),
+        (("status", "--limit", "many"), "--limit"),
+    ],
+)
+def test_a_bad_option_exits_2_and_names_it(dvdexit_home: Path, args: tuple[str, ...], named: str):
+    result = run_dvdexit(*args, home=dvdexit_home)
+
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr
+    assert result.stdout == ""
