@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -59,7 +58,6 @@ def report(exc: BaseException, *, as_json: bool) -> ExitCode:
         code = ExitCode.INTERNAL
         message = f"internal error: {type(exc).__name__}: {exc}"
         kind = "InternalError"
-        logging.getLogger("dvdexit_cli").debug("internal error", exc_info=exc)
     hint = (
         _hint_for(exc)
         if code != ExitCode.INTERNAL
@@ -96,8 +94,9 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
                 print_json({"error": {"type": "Interrupted"}, "exit_code": 130})
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except Exception as exc:
-            if not isinstance(exc, errors.DvdexitError) and "-v" in sys.argv:
-                logging.getLogger("dvdexit_cli").exception("internal error")
+            log = logging.getLogger("dvdexit_cli")
+            if not isinstance(exc, errors.DvdexitError) and log.isEnabledFor(logging.INFO):
+                log.exception("internal error")
             raise typer.Exit(int(report(exc, as_json=as_json))) from None
 
     return wrapper

@@ -385,25 +385,24 @@ class Journal:
     def conflict_digests(self, sop_instance_uids: Iterable[str]) -> dict[str, set[str]]:
         """Digests the receiver kept aside as conflicts, per SOP Instance UID."""
         found: dict[str, set[str]] = {}
-        pending = list(dict.fromkeys(sop_instance_uids))
-        for start in range(0, len(pending), 500):
-            chunk = pending[start : start + 500]
-            for row in self._read(
-                "SELECT sop_instance_uid, digest FROM received WHERE outcome = 'conflict'"
-                f" AND sop_instance_uid IN ({', '.join('?' for _ in chunk)})",
-                chunk,
-            ):
-                found.setdefault(row[0], set()).add(row[1])
+        sql = (
+            "SELECT sop_instance_uid, digest FROM received WHERE outcome = 'conflict'"
+            " AND sop_instance_uid IN ({})"
+        )
+        for uid, digest in self._rows_for_uids(sql, sop_instance_uids):
+            found.setdefault(uid, set()).add(digest)
         return found
 
     def _latest_digests(self, sql: str, uids: Iterable[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+        return dict(self._rows_for_uids(sql, uids))  # rows come oldest first: last one wins
+
+    def _rows_for_uids(self, sql: str, uids: Iterable[str]) -> Iterator[tuple[str, str]]:
+        """Run ``sql`` (with ``IN ({})``) over ``uids`` in chunks below SQLite's limit."""
         pending = list(dict.fromkeys(uids))
         for start in range(0, len(pending), 500):
             chunk = pending[start : start + 500]
             for row in self._read(sql.format(", ".join("?" for _ in chunk)), chunk):
-                found[row[0]] = row[1]
-        return found
+                yield row[0], row[1]
 
     # -- receiving -----------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.events import InstanceReceived, Observer, ignore
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.receive.store import InstanceStore, RefusedInstance
+from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
 from dvdexit_cli.transport.dimse import set_nodelay
 
 __all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer"]
@@ -175,9 +175,9 @@ class StorageServer:
             status, outcome, reason = STATUS_CANNOT_UNDERSTAND, "refused", str(exc)
             # A refused UID may be hostile; keep it out of the journal's key columns.
             record["sop_instance_uid"] = sop_instance if _plain(sop_instance) else None
-        except OSError as exc:
+        except StoreWriteError as exc:
             status, outcome = STATUS_OUT_OF_RESOURCES, "refused"
-            reason = f"could not store: {exc.strerror or exc}"
+            reason = str(exc)
             log.error("store failed: %s", reason)
         else:
             record.update(

@@ -34,7 +34,13 @@ from dvdexit_cli.dicom.digest import (
 )
 from dvdexit_cli.dicom.uids import is_valid_uid
 
-__all__ = ["IMPLEMENTATION_VERSION", "InstanceStore", "PutResult", "RefusedInstance"]
+__all__ = [
+    "IMPLEMENTATION_VERSION",
+    "InstanceStore",
+    "PutResult",
+    "RefusedInstance",
+    "StoreWriteError",
+]
 
 IMPLEMENTATION_VERSION = "DVDEXIT_010"
 _HEADER_TAGS = ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
@@ -42,6 +48,10 @@ _HEADER_TAGS = ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInst
 
 class RefusedInstance(Exception):
     """The incoming instance cannot be stored as it is (bad UID, unparsable, mismatch)."""
+
+
+class StoreWriteError(Exception):
+    """The store could not write or sync an instance (disk full, I/O error)."""
 
 
 @dataclass(frozen=True)
@@ -87,9 +97,22 @@ class InstanceStore:
     ) -> PutResult:
         """Store the received dataset in ``source`` (a Part 10 file pynetdicom wrote).
 
-        Raises RefusedInstance for content that must not be stored, OSError when the disk
-        fails (the caller answers "out of resources").
+        Raises RefusedInstance for content that must not be stored, StoreWriteError when
+        the disk fails (the caller answers "out of resources").
         """
+        try:
+            return self._put(source, sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
+        except OSError as exc:
+            raise StoreWriteError(f"could not store: {exc.strerror or exc}") from exc
+
+    def _put(
+        self,
+        source: Path,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        calling_ae: str,
+    ) -> PutResult:
         for name, uid in (
             ("Affected SOP Instance UID", sop_instance_uid),
             ("Affected SOP Class UID", sop_class_uid),
