@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo       send a synthetic DVD to a local receiver and verify it"
-	@echo "make test       run the test suite (installs DCMTK and dicom3tools when root)"
+	@echo "make test       lint, typecheck, then the test suite (installs DCMTK and dicom3tools when root)"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make typecheck  mypy --strict over dvdexit_cli"
 	@echo "make clean      remove caches and demo-out/ (distclean also removes .venv/)"
@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml
 demo: .venv
 	$(VPY) scripts/demo.py
 
-test: .venv
+test: .venv lint typecheck
 	scripts/ensure-peers.sh
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
