@@ -11,14 +11,21 @@ TOOLS=(
   storescu:dcmtk
   echoscu:dcmtk
   dciodvfy:dicom3tools
+  Orthanc:orthanc
+  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 )
+
+# A tool is a command on PATH, or (starting with /) a file that must exist.
+have() {
+  if [[ $1 == /* ]]; then [ -e "$1" ]; else command -v "$1" >/dev/null 2>&1; fi
+}
 
 missing_tools=()
 missing_packages=()
 for pair in "${TOOLS[@]}"; do
   tool=${pair%%:*}
   package=${pair#*:}
-  if ! command -v "$tool" >/dev/null 2>&1; then
+  if ! have "$tool"; then
     missing_tools+=("$tool")
     if [[ " ${missing_packages[*]-} " != *" $package "* ]]; then
       missing_packages+=("$package")
@@ -52,7 +59,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${mis
 still_missing=()
 for pair in "${TOOLS[@]}"; do
   tool=${pair%%:*}
-  command -v "$tool" >/dev/null 2>&1 || still_missing+=("$tool")
+  have "$tool" || still_missing+=("$tool")
 done
 if [ ${#still_missing[@]} -ne 0 ]; then
   echo "ensure-peers: still missing after install: ${still_missing[*]}" >&2

@@ -17,11 +17,13 @@ import pytest
 from peers import (
     LOOPBACK,
     DvdexitReceiver,
+    OrthancPeer,
     StorageSCP,
     dcmtk_env,
     dvdexit_env,
     free_port,
     require_tool,
+    start_orthanc,
     stop_process,
     wait_for_port,
 )
@@ -201,3 +203,52 @@ def make_dvd(tmp_path: Path) -> Callable[..., SampleMedia]:
         )
 
     return make
+
+
+class StartOrthanc(Protocol):
+    def __call__(
+        self,
+        *,
+        aet: str = "ORTHANC",
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        users: dict[str, str] | None = None,
+        extra_config: dict[str, object] | None = None,
+    ) -> OrthancPeer: ...
+
+
+@pytest.fixture
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartOrthanc]:
+    """Factory: ``start(*, aet="ORTHANC", modalities=None, users=None, extra_config=None)``.
+
+    Runs Orthanc (with the DICOMweb plugin, TCP_NODELAY=1) on free loopback ports with
+    its own storage; stops it by PID at teardown.
+    """
+    started: list[OrthancPeer] = []
+
+    def start(
+        *,
+        aet: str = "ORTHANC",
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        users: dict[str, str] | None = None,
+        extra_config: dict[str, object] | None = None,
+    ) -> OrthancPeer:
+        error: Exception | None = None
+        for _ in range(_START_ATTEMPTS):
+            try:
+                peer = start_orthanc(
+                    tmp_path_factory.mktemp("orthanc"),
+                    aet=aet,
+                    modalities=modalities,
+                    users=users,
+                    extra_config=extra_config,
+                )
+            except RuntimeError as exc:  # most often: a free port taken meanwhile
+                error = exc
+                continue
+            started.append(peer)
+            return peer
+        raise RuntimeError(f"Orthanc did not start after {_START_ATTEMPTS} attempts") from error
+
+    yield start
+    for peer in reversed(started):
+        stop_process(peer.proc, timeout=10.0)

@@ -23,8 +23,10 @@ import pytest
 __all__ = [
     "DEBIAN_PACKAGES",
     "LOOPBACK",
+    "ORTHANC_DICOMWEB_PLUGIN",
     "REPO_ROOT",
     "DvdexitReceiver",
+    "OrthancPeer",
     "StorageSCP",
     "dcmtk_env",
     "dvdexit_env",
@@ -32,6 +34,7 @@ __all__ = [
     "require_tool",
     "run_dcmsend",
     "run_dvdexit",
+    "start_orthanc",
     "stop_process",
     "wait_for_port",
 ]
@@ -264,3 +267,129 @@ def run_dvdexit(
         cwd=cwd,
         check=False,
     )
+
+
+# -- Orthanc ----------------------------------------------------------------------------
+
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@dataclass
+class OrthancPeer:
+    """A running Orthanc (DICOM + REST + DICOMweb) on loopback, started for one test."""
+
+    dicom_port: int
+    http_port: int
+    aet: str
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    log: Path
+    auth: tuple[str, str] | None = None
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.rest_url}/dicom-web"
+
+    def rest(self, method: str, path: str, **kwargs: object) -> object:
+        """Call Orthanc's REST API; return the decoded JSON (or bytes for non-JSON)."""
+        import httpx
+
+        response = httpx.request(
+            method,
+            self.rest_url + path,
+            auth=self.auth,
+            timeout=30.0,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        response.raise_for_status()
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    def instance_uids(self) -> dict[str, str]:
+        """SOP Instance UID -> Orthanc instance ID, for every instance Orthanc holds."""
+        found: dict[str, str] = {}
+        for orthanc_id in self.rest("GET", "/instances"):  # type: ignore[union-attr]
+            tags = self.rest("GET", f"/instances/{orthanc_id}/simplified-tags")
+            found[tags["SOPInstanceUID"]] = orthanc_id  # type: ignore[index]
+        return found
+
+
+def start_orthanc(
+    workdir: Path,
+    *,
+    aet: str = "ORTHANC",
+    modalities: Mapping[str, tuple[str, str, int]] | None = None,
+    users: Mapping[str, str] | None = None,
+    extra_config: Mapping[str, object] | None = None,
+    timeout: float = 30.0,
+) -> OrthancPeer:
+    """Start Orthanc with its own storage in ``workdir`` on free loopback ports.
+
+    ``modalities`` maps a name to (AE title, host, port) for C-MOVE / store targets;
+    ``users`` turns on HTTP basic authentication. The DICOMweb plugin is loaded.
+    Orthanc checks the called AE title, so a wrong one is rejected.
+    """
+    import json
+
+    import httpx
+
+    exe = require_tool("Orthanc")
+    if not ORTHANC_DICOMWEB_PLUGIN.exists():
+        message = "the Orthanc DICOMweb plugin is missing: install Debian package orthanc-dicomweb"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    config: dict[str, object] = {
+        "Name": "dvdexit-test",
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "DicomAet": aet,
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "DicomCheckCalledAet": True,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": dict(users or {}),
+        "DicomModalities": {
+            name: [ae, host, port] for name, (ae, host, port) in (modalities or {}).items()
+        },
+        "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "HttpServerEnabled": True,
+        "DicomServerEnabled": True,
+        **dict(extra_config or {}),
+    }
+    config_path = workdir / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log = workdir / "orthanc.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [exe, str(config_path)],
+            env=dcmtk_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    auth = next(iter((users or {}).items()), None)
+    peer = OrthancPeer(dicom_port, http_port, aet, proc, workdir, log, auth)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited ({proc.returncode}): {_read_text(log)[-2000:]}")
+        try:
+            if httpx.get(f"{peer.rest_url}/system", auth=auth, timeout=2.0).status_code == 200:
+                wait_for_port(dicom_port, max(1.0, deadline - time.monotonic()), proc)
+                return peer
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"Orthanc did not start: {_read_text(log)[-2000:]}")
+        time.sleep(0.2)
