@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,14 @@ from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.errors import PeerUnreachableError
 from dvdexit_cli.transport.base import StoreOutcome
 
-__all__ = ["DicomwebTransport", "StowBatchResult", "parse_stow_response"]
+__all__ = [
+    "DicomwebQueryError",
+    "DicomwebTransport",
+    "StowBatchResult",
+    "parse_stow_response",
+    "retrieve_instance",
+    "study_instances",
+]
 
 _REFERENCED = "00081199"
 _FAILED = "00081198"
@@ -186,3 +194,61 @@ class DicomwebTransport:
         return parse_stow_response(
             response.status_code, response.content, uids, retry_after=_retry_after(response)
         )
+
+
+class DicomwebQueryError(Exception):
+    """A QIDO-RS or WADO-RS request failed (HTTP status or a broken body)."""
+
+
+def _get(client: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
+    try:
+        response = client.get(url, **kwargs)
+    except httpx.HTTPError as exc:
+        raise DicomwebQueryError(f"GET {url} failed: {exc}") from exc
+    if response.status_code == 204:
+        return response
+    if response.status_code >= 400:
+        raise DicomwebQueryError(f"GET {url} answered HTTP {response.status_code}")
+    return response
+
+
+def study_instances(
+    transport: DicomwebTransport, study_uid: str, *, page: int = 1000
+) -> list[tuple[str, str]]:
+    """QIDO-RS: (Series Instance UID, SOP Instance UID) of every instance of a study."""
+    found: list[tuple[str, str]] = []
+    offset = 0
+    while True:
+        response = _get(
+            transport._client,
+            f"{transport.base_url}/studies/{study_uid}/instances",
+            params={"limit": page, "offset": offset},
+            headers={"Accept": "application/dicom+json"},
+        )
+        items = response.json() if response.status_code != 204 and response.content else []
+        for item in items:
+            found.append((str(_value(item, "0020000E")), str(_value(item, "00080018"))))
+        if len(items) < page:
+            return found
+        offset += len(items)
+
+
+def retrieve_instance(
+    transport: DicomwebTransport, study_uid: str, series_uid: str, sop_uid: str, dest: Path
+) -> Path:
+    """WADO-RS: stream one instance (Part 10) to ``dest``; raise DicomwebQueryError."""
+    from dvdexit_cli.transport.multipart import MultipartError, boundary_of, split_parts
+
+    url = f"{transport.base_url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+    headers = {"Accept": 'multipart/related; type="application/dicom"'}
+    try:
+        with transport._client.stream("GET", url, headers=headers) as response:
+            if response.status_code >= 400:
+                raise DicomwebQueryError(f"GET {url} answered HTTP {response.status_code}")
+            boundary = boundary_of(response.headers.get("Content-Type", ""))
+            count = split_parts(response.iter_bytes(), boundary, lambda index: dest.open("wb"))
+    except (httpx.HTTPError, MultipartError) as exc:
+        raise DicomwebQueryError(f"GET {url} failed: {exc}") from exc
+    if count != 1:
+        raise DicomwebQueryError(f"GET {url} returned {count} parts instead of 1")
+    return dest

@@ -183,3 +183,25 @@ def test_nobody_listening_is_unreachable(three: list[Instance]) -> None:
 
     with pytest.raises(PeerUnreachableError):
         DicomwebTransport(f"http://127.0.0.1:{free_port()}/dicom-web").store_batch(three)
+
+
+def test_qido_lists_and_wado_returns_every_instance_with_its_bytes(
+    tmp_path: Path, orthanc: object
+) -> None:
+    from dvdexit_cli.transport.dicomweb import retrieve_instance, study_instances
+
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=3, sc_images=1)
+    instances = scan([media.root]).instances
+    pacs = orthanc()  # type: ignore[operator]
+    transport = DicomwebTransport(pacs.dicomweb_url, name="orthanc")
+    transport.store_batch(instances)
+
+    for study in {i.study_uid for i in instances}:
+        listed = study_instances(transport, study)
+        expected = {(i.series_uid, i.sop_instance_uid) for i in instances if i.study_uid == study}
+        assert set(listed) == expected
+        for series, sop in listed:
+            back = retrieve_instance(transport, study, series, sop, tmp_path / f"{sop}.dcm")
+            digest = next(i.digest for i in instances if i.sop_instance_uid == sop)
+            assert dataset_digest(back)[1] == digest
+    transport.close()
