@@ -8,16 +8,20 @@ from the journal, not from counters kept on the side.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import TracebackType
 
-from dvdexit_cli.dicom.scan import Instance, scan
-from dvdexit_cli.errors import NoDicomFoundError, PeerError
+from dvdexit_cli.dicom.scan import Instance, UnsendableFile, read_instance, scan
+from dvdexit_cli.errors import ConfigError, JournalError, NoDicomFoundError, PeerError
 from dvdexit_cli.events import (
     InstanceDone,
     Observer,
+    ReplayStarted,
     RetryScheduled,
     ScanFinished,
     TransferFinished,
@@ -26,18 +30,24 @@ from dvdexit_cli.events import (
 )
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import ItemRecord, Journal
+from dvdexit_cli.journal.store import DEFAULT_LEASE_SECONDS, new_claim
 from dvdexit_cli.transport.base import StoreOutcome, Transport
 
 __all__ = [
     "VERDICTS",
     "FileProblem",
+    "RetryResult",
+    "RetrySettings",
     "SendResult",
     "SendSettings",
     "VerifiedFile",
     "VerifyResult",
+    "retry_failed",
     "send",
     "verify_paths",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class SendSettings:
     retry_delay: float = 2.0
     note: str | None = None
     reason: str | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,7 @@ def send(
             ),
             hint="point dvdexit at a folder, DICOMDIR medium or DICOM files",
         )
+    claim = new_claim()
     transfer_id, item_ids = journal.create_transfer(
         peer=settings.peer_name,
         peer_address=settings.peer_address,
@@ -202,20 +214,25 @@ def send(
         rejected=found.rejected,
         note=settings.note,
         reason=settings.reason,
+        claim=claim,
+        lease_seconds=settings.lease_seconds,
     )
     observer(
         TransferStarted(transfer_id, settings.peer_name, len(found.instances), found.total_bytes)
     )
     outcome, error, hint = "complete", None, None
     try:
-        error, hint = _send_all(
-            settings,
-            journal,
-            transport,
-            list(zip(item_ids, found.instances, strict=True)),
-            observer,
-            sleep,
-        )
+        with _Lease(journal, claim, settings.lease_seconds):
+            error, hint = _send_all(
+                settings.retries,
+                settings.retry_delay,
+                journal,
+                transport,
+                list(zip(item_ids, found.instances, strict=True)),
+                observer,
+                sleep,
+                claim=claim,
+            )
     except KeyboardInterrupt:
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
         observer(TransferFinished(transfer_id, "interrupted"))
@@ -234,15 +251,54 @@ def send(
     return replace(result, outcome=outcome)
 
 
+class _Lease:
+    """Keep a claim's lease fresh from a background thread; release the claim at the end."""
+
+    def __init__(self, journal: Journal, claim: str, lease_seconds: float) -> None:
+        self._journal = journal
+        self._claim = claim
+        self._lease = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="dvdexit-lease", daemon=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            try:
+                self._journal.renew_claims(self._claim, lease_seconds=self._lease)
+            except JournalError as exc:  # a busy journal now and then: the next round renews
+                log.warning("could not renew the journal claim: %s", exc.message)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._journal.release_claims(self._claim)
+
+
 def _send_all(
-    settings: SendSettings,
+    retries: int,
+    retry_delay: float,
     journal: Journal,
     transport: Transport,
     pending: list[tuple[int, Instance]],
     observer: Observer,
     sleep: Callable[[float], None],
+    *,
+    claim: str | None = None,
 ) -> tuple[str | None, str | None]:
-    """Send, retrying retryable failures; return the peer error that stopped us, if any."""
+    """Send, retrying retryable failures; return the peer error that stopped us, if any.
+
+    With ``claim``, an item whose claim was lost (our lease ran out and another run took
+    it) is left alone: that run sends it.
+    """
     attempt = 1
     try:
         transport.open([inst for _, inst in pending])
@@ -252,14 +308,16 @@ def _send_all(
     while True:
         retry: list[tuple[int, Instance]] = []
         for position, (item_id, inst) in enumerate(pending):
-            journal.mark_sending(item_id)
+            if not journal.mark_sending(item_id, claim=claim):
+                log.warning("item %d was claimed by another run; not sending it", item_id)
+                continue
             try:
                 outcome = transport.store(inst)
             except PeerError as exc:
                 # The peer went away and could not be reached again: nothing more can be
                 # sent in this round. Keep every remaining item retryable.
                 _fail_all(journal, pending[position:], exc.message)
-                if attempt > settings.retries:
+                if attempt > retries:
                     return exc.message, exc.hint
                 retry.extend(pending[position:])
                 break
@@ -271,9 +329,9 @@ def _send_all(
             _record(journal, item_id, inst, outcome, attempt, observer)
             if outcome.state == "failed" and outcome.retryable:
                 retry.append((item_id, inst))
-        if not retry or attempt > settings.retries:
+        if not retry or attempt > retries:
             return None, None
-        delay = settings.retry_delay * 2 ** (attempt - 1)
+        delay = retry_delay * 2 ** (attempt - 1)
         observer(RetryScheduled(len(retry), attempt + 1, delay))
         sleep(delay)
         attempt += 1
@@ -311,6 +369,189 @@ def _record(
 def _fail_all(journal: Journal, items: Sequence[tuple[int, Instance]], reason: str) -> None:
     for item_id, _ in items:
         journal.record_outcome(item_id, state="failed", status=None, reason=reason, retryable=True)
+
+
+# -- replay (send --retry-failed) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Which journaled items to resend, and how hard to try."""
+
+    peer_name: str | None = None
+    older_than: float = 0.0
+    max_attempts: int | None = None
+    retries: int = 2
+    retry_delay: float = 2.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """What a replay did: counts over the items it claimed, and what it left behind."""
+
+    peers: tuple[str, ...]
+    transfers: tuple[int, ...]
+    claimed: int
+    sent: int
+    failed: int
+    pending: int
+    given_up: int
+    not_retryable: int
+    failures: tuple[FileProblem, ...]
+    warnings: tuple[FileProblem, ...]
+    bytes_sent: int
+    seconds: float
+    outcome: str
+    errors: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.outcome == "unreachable":
+            return ExitCode.PEER_UNREACHABLE
+        if self.failed or self.pending or self.given_up:
+            return ExitCode.PARTIAL_FAILURE
+        return ExitCode.OK
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "mode": "retry-failed",
+            "outcome": self.outcome,
+            "peers": list(self.peers),
+            "transfers": list(self.transfers),
+            "claimed": self.claimed,
+            "sent": self.sent,
+            "failed": self.failed,
+            "pending": self.pending,
+            "given_up": self.given_up,
+            "not_retryable": self.not_retryable,
+            "bytes_sent": self.bytes_sent,
+            "seconds": round(self.seconds, 3),
+            "errors": list(self.errors),
+            "failures": [f.to_json() for f in self.failures],
+            "warnings": [w.to_json() for w in self.warnings],
+            "exit_code": int(self.exit_code),
+        }
+
+
+def _reload(item: ItemRecord) -> Instance | str:
+    """The instance behind a journaled item, or why it cannot be resent as journaled."""
+    try:
+        inst = read_instance(Path(item.path))
+    except UnsendableFile as exc:
+        return f"cannot resend: {exc.reason}"
+    if inst.sop_instance_uid != item.sop_instance_uid or inst.digest != item.digest:
+        return (
+            "cannot resend: the file changed since it was journaled (its dataset digest or "
+            "SOP Instance UID differs); send it again as a new transfer"
+        )
+    return inst
+
+
+def retry_failed(
+    settings: RetrySettings,
+    *,
+    journal: Journal,
+    transport_for: Callable[[str], Transport],
+    observer: Observer = ignore,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RetryResult:
+    """Resend what earlier sends left failed (retryably), pending or unanswered.
+
+    Items are claimed in the journal first, so two replays (or a replay and a send)
+    running at the same time never send the same item; confirmed items are never
+    touched. Each peer is looked up by name through ``transport_for``, so a peer whose
+    address was corrected since is reached at its new address. Idempotent: once every
+    item is sent, another replay finds nothing to do.
+    """
+    started = time.monotonic()
+    claim = new_claim()
+    claimed = journal.claim_replay(
+        claim,
+        peer=settings.peer_name,
+        older_than=settings.older_than,
+        max_attempts=settings.max_attempts,
+        lease_seconds=settings.lease_seconds,
+    )
+    by_peer: dict[str, list[ItemRecord]] = {}
+    for peer_name, item in claimed:
+        by_peer.setdefault(peer_name, []).append(item)
+    errors: list[str] = []
+    unreachable = 0
+    with _Lease(journal, claim, settings.lease_seconds):
+        for peer_name, items in by_peer.items():
+            ready: list[tuple[int, Instance]] = []
+            for item in items:
+                loaded = _reload(item)
+                if isinstance(loaded, str):
+                    journal.record_outcome(item.id, state="failed", status=None, reason=loaded)
+                else:
+                    ready.append((item.id, loaded))
+            if not ready:
+                continue
+            try:
+                transport = transport_for(peer_name)
+            except ConfigError as exc:
+                # The items stay as they were (retryable), for when the peer is back.
+                errors.append(f"{peer_name}: {exc.message}")
+                continue
+            observer(
+                ReplayStarted(
+                    peer_name,
+                    tuple(sorted({i.transfer_id for i in items})),
+                    len(ready),
+                    sum(inst.size for _, inst in ready),
+                )
+            )
+            try:
+                error, _hint = _send_all(
+                    settings.retries,
+                    settings.retry_delay,
+                    journal,
+                    transport,
+                    ready,
+                    observer,
+                    sleep,
+                    claim=claim,
+                )
+            finally:
+                transport.close()
+            if error is not None:
+                errors.append(f"{peer_name}: {error}")
+                unreachable += 1
+    transfers = sorted({item.transfer_id for _, item in claimed})
+    for transfer_id in transfers:
+        journal.refresh_outcome(transfer_id)
+    final = journal.items_by_id(item.id for _, item in claimed)
+    by_state: dict[str, list[ItemRecord]] = {}
+    for item in final:
+        by_state.setdefault(item.state, []).append(item)
+    sent = by_state.get("sent", []) + by_state.get("committed", [])
+    backlog = journal.replay_backlog(peer=settings.peer_name, max_attempts=settings.max_attempts)
+    if not claimed:
+        outcome = "nothing to do"
+    elif unreachable and unreachable == len(by_peer) and not sent:
+        outcome = "unreachable"
+    elif len(sent) == len(final):
+        outcome = "complete"
+    else:
+        outcome = "partial"
+    return RetryResult(
+        peers=tuple(sorted(by_peer)),
+        transfers=tuple(transfers),
+        claimed=len(claimed),
+        sent=len(sent),
+        failed=len(by_state.get("failed", [])),
+        pending=len(by_state.get("pending", [])) + len(by_state.get("sending", [])),
+        given_up=backlog["given_up"],
+        not_retryable=backlog["not_retryable"],
+        failures=tuple(_problem(i) for i in by_state.get("failed", [])),
+        warnings=tuple(_problem(i) for i in sent if i.reason),
+        bytes_sent=sum(i.size or 0 for i in sent),
+        seconds=time.monotonic() - started,
+        outcome=outcome,
+        errors=tuple(errors),
+    )
 
 
 # -- verify ---------------------------------------------------------------------------
