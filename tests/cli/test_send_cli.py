@@ -212,3 +212,77 @@ def test_a_bad_option_exits_2_and_names_it(dvdexit_home: Path, args: tuple[str, 
     assert result.returncode == 2, result.stderr
     assert named in result.stderr
     assert result.stdout == ""
+
+
+# -- send --retry-failed: usage ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--retry-failed", "somewhere"), "takes no paths"),
+        (("somewhere", "--to", "pacs", "--older-than", "1h"), "only with --retry-failed"),
+        (("--retry-failed", "--older-than", "soon"), "not a duration"),
+        (("somewhere",), "--to PEER is required"),
+        ((), "nothing to send"),
+    ],
+)
+def test_send_option_mistakes_exit_2_with_a_json_error_and_journal_nothing(
+    dvdexit_home: Path, args: tuple[str, ...], words: str
+):
+    result = run_dvdexit("send", *args, "--json", home=dvdexit_home)
+
+    assert result.returncode == 2, result.stderr
+    document = one_json_document(result)
+    assert words in document["error"]["message"]
+    assert any(words in line for line in error_lines(result))
+    assert not (dvdexit_home / "journal.sqlite").exists()
+
+
+def test_retry_failed_on_a_fresh_install_has_nothing_to_do_and_exits_0(dvdexit_home: Path):
+    result = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)
+
+    assert result.returncode == 0, result.stderr
+    document = one_json_document(result)
+    assert (document["outcome"], document["claimed"], document["exit_code"]) == (
+        "nothing to do",
+        0,
+        0,
+    )
+
+
+def test_retry_failed_to_an_unknown_peer_exits_3(dvdexit_home: Path):
+    result = run_dvdexit("send", "--retry-failed", "--to", "nowhere", "--json", home=dvdexit_home)
+
+    assert result.returncode == 3, result.stderr
+    assert one_json_document(result)["error"]["type"] == "UnknownPeerError"
+
+
+def test_cron_wrapper_is_silent_when_all_is_well_and_speaks_when_not(
+    dvdexit_home: Path, tmp_path: Path
+):
+    import os
+    import subprocess
+    import sys
+
+    from peers import dvdexit_env
+
+    wrapper = Path(__file__).resolve().parents[2] / "examples" / "dvdexit-retry.sh"
+    shim = tmp_path / "dvdexit"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m dvdexit_cli "$@"\n')
+    shim.chmod(0o755)
+    env = dvdexit_env(
+        dvdexit_home, {"DVDEXIT": str(shim), "DVDEXIT_RETRY_LOG": str(tmp_path / "log")}
+    )
+    env["PATH"] = os.environ["PATH"]
+
+    quiet = subprocess.run([wrapper], env=env, capture_output=True, text=True, timeout=60)
+    loud = subprocess.run(
+        [wrapper, "--to", "nowhere"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    assert loud.returncode == 3
+    assert "exited 3" in loud.stdout and "unknown peer" in loud.stdout
+    log_lines = (tmp_path / "log").read_text().splitlines()
+    assert len(log_lines) == 2 and "outcome=nothing to do" in log_lines[0]
