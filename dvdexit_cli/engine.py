@@ -9,12 +9,17 @@ from the journal, not from counters kept on the side.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import queue
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from dvdexit_cli.dicom.scan import Instance, UnsendableFile, read_instance, scan
 from dvdexit_cli.errors import ConfigError, JournalError, NoDicomFoundError, PeerError
@@ -62,6 +67,8 @@ class SendSettings:
     note: str | None = None
     reason: str | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    workers: int = 1
+    """Parallel associations (worker processes), each taking whole studies."""
 
 
 @dataclass(frozen=True)
@@ -182,12 +189,16 @@ def send(
     transport: Transport,
     observer: Observer = ignore,
     sleep: Callable[[float], None] = time.sleep,
+    transport_factory: TransportFactory | None = None,
 ) -> SendResult:
     """Send what ``settings.inputs`` hold through ``transport``, journaling every item.
 
-    Raises InputError (NoDicomFoundError) when there is nothing to send. An unreachable
-    peer is not raised: it is the result's outcome (``unreachable``, exit 5), with every
-    item left failed and retryable in the journal.
+    With ``settings.workers`` > 1 and a ``transport_factory``, studies are spread over
+    that many worker processes, each with its own association and journal connection;
+    each study is sent whole, in order, by one worker. Raises InputError
+    (NoDicomFoundError) when there is nothing to send. An unreachable peer is not
+    raised: it is the result's outcome (``unreachable``, exit 5), with every item left
+    failed and retryable in the journal.
     """
     started = time.monotonic()
     found = scan(list(settings.inputs))
@@ -221,18 +232,25 @@ def send(
         TransferStarted(transfer_id, settings.peer_name, len(found.instances), found.total_bytes)
     )
     outcome, error, hint = "complete", None, None
+    work = list(zip(item_ids, found.instances, strict=True))
+    shares = _partition(work, settings.workers) if transport_factory is not None else [work]
     try:
         with _Lease(journal, claim, settings.lease_seconds):
-            error, hint = _send_all(
-                settings.retries,
-                settings.retry_delay,
-                journal,
-                transport,
-                list(zip(item_ids, found.instances, strict=True)),
-                observer,
-                sleep,
-                claim=claim,
-            )
+            if len(shares) > 1 and transport_factory is not None:
+                error, hint = _send_parallel(
+                    settings, journal.path, claim, transport_factory, shares, observer
+                )
+            else:
+                error, hint = _send_all(
+                    settings.retries,
+                    settings.retry_delay,
+                    journal,
+                    transport,
+                    work,
+                    observer,
+                    sleep,
+                    claim=claim,
+                )
     except KeyboardInterrupt:
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
         observer(TransferFinished(transfer_id, "interrupted"))
@@ -249,6 +267,122 @@ def send(
     journal.finish_transfer(transfer_id, outcome=outcome, error=error)
     observer(TransferFinished(transfer_id, outcome))
     return replace(result, outcome=outcome)
+
+
+TransportFactory = Callable[[Observer], Transport]
+"""Builds a fresh transport (in a worker process) that reports to the given observer."""
+
+_Work = list[tuple[int, Instance]]
+
+
+def _partition(work: _Work, workers: int) -> list[_Work]:
+    """Spread whole studies over at most ``workers`` shares of about equal bytes.
+
+    Each study stays in one share, in its scan order (series by series), so a receiver
+    sees every study arrive in order from one association.
+    """
+    studies: dict[str, _Work] = {}
+    for entry in work:
+        studies.setdefault(entry[1].study_uid, []).append(entry)
+    count = max(1, min(workers, len(studies)))
+    shares: list[_Work] = [[] for _ in range(count)]
+    loads = [0] * count
+    for study in sorted(studies.values(), key=lambda s: -sum(i.size for _, i in s)):
+        lightest = loads.index(min(loads))
+        shares[lightest].extend(study)
+        loads[lightest] += sum(i.size for _, i in study)
+    return [share for share in shares if share]
+
+
+def _worker(
+    journal_path: Path,
+    claim: str,
+    factory: TransportFactory,
+    retries: int,
+    retry_delay: float,
+    share: _Work,
+    events: Any,
+) -> None:
+    """One worker process: its own journal connection and association."""
+    # Ctrl-C reaches the whole process group; the parent decides, the worker just stops.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with Journal(journal_path) as journal:
+        transport = factory(events.put)
+        try:
+            error, hint = _send_all(
+                retries, retry_delay, journal, transport, share, events.put, time.sleep,
+                claim=claim,
+            )  # fmt: skip
+        finally:
+            transport.close()
+    events.put(_WorkerDone(error, hint))
+
+
+@dataclass(frozen=True)
+class _WorkerDone:
+    error: str | None
+    hint: str | None
+
+
+def _send_parallel(
+    settings: SendSettings,
+    journal_path: Path,
+    claim: str,
+    factory: TransportFactory,
+    shares: list[_Work],
+    observer: Observer,
+) -> tuple[str | None, str | None]:
+    """Run one worker process per share; relay their events; return the first peer error.
+
+    A worker that dies leaves its unanswered items pending or sending in the journal:
+    the result counts them, and ``--retry-failed`` resends them.
+    """
+    # fork: workers start in milliseconds and inherit the factory without pickling.
+    context: Any = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    events = context.Queue()
+    procs = [
+        context.Process(
+            target=_worker,
+            args=(
+                journal_path, claim, factory, settings.retries, settings.retry_delay, share,
+                events,
+            ),
+            name=f"dvdexit-worker-{n}",
+            daemon=True,
+        )
+        for n, share in enumerate(shares, 1)
+    ]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    errors: list[tuple[str, str | None]] = []
+    done = 0
+    ended = False
+    try:
+        while done < len(procs):
+            try:
+                event = events.get(timeout=0.2 if ended else 0.5)
+            except queue.Empty:
+                if ended:
+                    # Every worker ended and the queue is drained: the ones that died
+                    # sent no _WorkerDone.
+                    dead = sum(p.exitcode not in (0, None) for p in procs)
+                    errors.append((f"{max(dead, len(procs) - done)} worker process(es) died", None))
+                    break
+                ended = not any(p.is_alive() for p in procs)
+                continue
+            if isinstance(event, _WorkerDone):
+                done += 1
+                if event.error is not None:
+                    errors.append((event.error, event.hint))
+            else:
+                observer(event)
+    finally:
+        for proc in procs:
+            if proc.is_alive() and done < len(procs):
+                proc.terminate()
+            proc.join(timeout=30)
+        events.close()
+    return errors[0] if errors else (None, None)
 
 
 class _Lease:

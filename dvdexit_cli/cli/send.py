@@ -107,6 +107,16 @@ def send_command(
     retries: Annotated[
         int, typer.Option("--retries", min=0, max=20, help="Retries of retryable failures.")
     ] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=16,
+            help="Parallel associations, each sending whole studies in order (some PACS "
+            "accept only one: use 1).",
+        ),
+    ] = 2,
     note: Annotated[
         str | None, typer.Option("--note", help="A note kept with the transfer.")
     ] = None,
@@ -152,6 +162,7 @@ def send_command(
         retries=retries,
         note=note,
         reason=reason,
+        workers=workers,
     )
     with (
         Journal(home.journal_file) as journal,
@@ -159,7 +170,13 @@ def send_command(
         _sigterm_interrupts(),
     ):
         transport = DimseTransport(peer, observer=progress)
-        result = send(settings, journal=journal, transport=transport, observer=progress)
+        result = send(
+            settings,
+            journal=journal,
+            transport=transport,
+            observer=progress,
+            transport_factory=lambda observer: DimseTransport(peer, observer=observer),
+        )
     if json_output:
         print_json(result.to_json())
     else:
