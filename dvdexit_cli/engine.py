@@ -21,7 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from dvdexit_cli.dicom.scan import Instance, UnsendableFile, read_instance, scan
+from dvdexit_cli.dicom.contexts import plan_contexts
+from dvdexit_cli.dicom.scan import Instance, ScanResult, UnsendableFile, read_instance, scan
 from dvdexit_cli.errors import ConfigError, JournalError, NoDicomFoundError, PeerError
 from dvdexit_cli.events import (
     InstanceDone,
@@ -43,10 +44,13 @@ __all__ = [
     "FileProblem",
     "RetryResult",
     "RetrySettings",
+    "SendPlan",
     "SendResult",
     "SendSettings",
+    "SeriesPlan",
     "VerifiedFile",
     "VerifyResult",
+    "plan_send",
     "retry_failed",
     "send",
     "verify_paths",
@@ -69,6 +73,22 @@ class SendSettings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     workers: int = 1
     """Parallel associations (worker processes), each taking whole studies."""
+    studies: tuple[str, ...] = ()
+    """Only these Study Instance UIDs (empty: all)."""
+    modalities: tuple[str, ...] = ()
+    """Only series of these modalities (empty: all)."""
+    exclude_modalities: tuple[str, ...] = ()
+    exclude_sop_classes: tuple[str, ...] = ()
+
+    def selects(self, inst: Instance) -> bool:
+        """Whether the selection options keep this instance."""
+        modality = inst.modality.upper()
+        return (
+            (not self.studies or inst.study_uid in self.studies)
+            and (not self.modalities or modality in self.modalities)
+            and modality not in self.exclude_modalities
+            and inst.sop_class_uid not in self.exclude_sop_classes
+        )
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,8 @@ class SendResult:
     outcome: str
     error: str | None = None
     error_hint: str | None = None
+    excluded: int = 0
+    """Instances found but left out by the selection options (not journaled)."""
 
     @property
     def exit_code(self) -> ExitCode:
@@ -128,6 +150,7 @@ class SendResult:
             "failed": self.failed,
             "skipped": self.skipped,
             "pending": self.pending,
+            "excluded": self.excluded,
             "studies": self.studies,
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
@@ -201,21 +224,7 @@ def send(
     failed and retryable in the journal.
     """
     started = time.monotonic()
-    found = scan(list(settings.inputs))
-    skipped = sum(r.disposition == "skipped" for r in found.rejected)
-    unreadable = len(found.rejected) - skipped
-    observer(ScanFinished(len(found.instances), found.total_bytes, skipped, unreadable))
-    if not found.instances:
-        reasons = sorted({r.reason for r in found.rejected})[:3]
-        raise NoDicomFoundError(
-            f"no DICOM instance to send in {', '.join(map(str, settings.inputs))}"
-            + (
-                f" ({skipped} file(s) skipped, {unreadable} unreadable: {'; '.join(reasons)})"
-                if found.rejected
-                else " (no files)"
-            ),
-            hint="point dvdexit at a folder, DICOMDIR medium or DICOM files",
-        )
+    found, excluded = _scan_selected(settings, observer)
     claim = new_claim()
     transfer_id, item_ids = journal.create_transfer(
         peer=settings.peer_name,
@@ -266,7 +275,7 @@ def send(
         outcome = "partial"
     journal.finish_transfer(transfer_id, outcome=outcome, error=error)
     observer(TransferFinished(transfer_id, outcome))
-    return replace(result, outcome=outcome)
+    return replace(result, outcome=outcome, excluded=excluded)
 
 
 TransportFactory = Callable[[Observer], Transport]
@@ -415,6 +424,128 @@ class _Lease:
         self._stop.set()
         self._thread.join()
         self._journal.release_claims(self._claim)
+
+
+def _scan_selected(settings: SendSettings, observer: Observer) -> tuple[ScanResult, int]:
+    """Scan the inputs and apply the selection; return what to send and how many were left out.
+
+    Raises NoDicomFoundError when nothing is left to send.
+    """
+    found = scan(list(settings.inputs))
+    skipped = sum(r.disposition == "skipped" for r in found.rejected)
+    unreadable = len(found.rejected) - skipped
+    observer(ScanFinished(len(found.instances), found.total_bytes, skipped, unreadable))
+    kept = [inst for inst in found.instances if settings.selects(inst)]
+    excluded = len(found.instances) - len(kept)
+    if not kept:
+        reasons = sorted({r.reason for r in found.rejected})[:3]
+        raise NoDicomFoundError(
+            f"no DICOM instance to send in {', '.join(map(str, settings.inputs))}"
+            + (f" ({excluded} instance(s) left out by the selection options)" if excluded else "")
+            + (
+                f" ({skipped} file(s) skipped, {unreadable} unreadable: {'; '.join(reasons)})"
+                if found.rejected
+                else ""
+            )
+            + ("" if found.rejected or excluded else " (no files)"),
+            hint="point dvdexit at a folder, DICOMDIR medium or DICOM files"
+            + (", or widen --study/--modality/--exclude-*" if excluded else ""),
+        )
+    return ScanResult(instances=kept, rejected=found.rejected), excluded
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    series_uid: str
+    modality: str
+    instances: int
+    bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "series_uid": self.series_uid,
+            "modality": self.modality,
+            "instances": self.instances,
+            "bytes": self.bytes,
+        }
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What ``send`` would do (``--dry-run``): studies, series, and presentation contexts."""
+
+    studies: dict[str, tuple[SeriesPlan, ...]]
+    instances: int
+    bytes: int
+    excluded: int
+    skipped: tuple[FileProblem, ...]
+    failed: tuple[FileProblem, ...]
+    associations: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
+    workers: int
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dry_run": True,
+            "instances": self.instances,
+            "bytes": self.bytes,
+            "excluded": self.excluded,
+            "workers": self.workers,
+            "studies": [
+                {
+                    "study_uid": study,
+                    "instances": sum(s.instances for s in series),
+                    "bytes": sum(s.bytes for s in series),
+                    "series": [s.to_json() for s in series],
+                }
+                for study, series in self.studies.items()
+            ],
+            "associations": [
+                [{"sop_class_uid": sop, "transfer_syntaxes": list(ts)} for sop, ts in plan]
+                for plan in self.associations
+            ],
+            "failures": [f.to_json() for f in self.failed],
+            "skipped_files": [f.to_json() for f in self.skipped],
+            "exit_code": int(self.exit_code),
+        }
+
+
+def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPlan:
+    """Scan and select as ``send`` would, and say what it would send; send nothing.
+
+    Journals nothing. Raises NoDicomFoundError when nothing would be sent.
+    """
+    found, excluded = _scan_selected(settings, observer)
+    studies: dict[str, dict[str, list[Instance]]] = {}
+    for inst in found.instances:
+        studies.setdefault(inst.study_uid, {}).setdefault(inst.series_uid, []).append(inst)
+    plans = plan_contexts((i.sop_class_uid, i.transfer_syntax) for i in found.instances)
+    problems = [FileProblem(str(r.path), r.sop_instance_uid, r.reason) for r in found.rejected]
+    return SendPlan(
+        studies={
+            study: tuple(
+                SeriesPlan(uid, members[0].modality, len(members), sum(i.size for i in members))
+                for uid, members in series.items()
+            )
+            for study, series in studies.items()
+        },
+        instances=len(found.instances),
+        bytes=found.total_bytes,
+        excluded=excluded,
+        skipped=tuple(
+            p for p, r in zip(problems, found.rejected, strict=True) if r.disposition == "skipped"
+        ),
+        failed=tuple(
+            p for p, r in zip(problems, found.rejected, strict=True) if r.disposition == "failed"
+        ),
+        associations=tuple(
+            tuple((c.abstract_syntax, c.transfer_syntaxes) for c in plan.contexts) for plan in plans
+        ),
+        workers=min(settings.workers, len(studies)),
+    )
 
 
 def _send_all(

@@ -6,6 +6,7 @@ import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -20,14 +21,16 @@ from dvdexit_cli.engine import (
     FileProblem,
     RetryResult,
     RetrySettings,
+    SendPlan,
     SendResult,
     SendSettings,
+    plan_send,
     retry_failed,
     send,
 )
 from dvdexit_cli.errors import UsageError
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.transport.dimse import DimseTransport
+from dvdexit_cli.transport.dimse import DimseTransport, uid_name
 
 __all__ = ["parse_duration", "send_command"]
 
@@ -117,6 +120,30 @@ def send_command(
             "accept only one: use 1).",
         ),
     ] = 2,
+    study: Annotated[
+        list[str] | None,
+        typer.Option("--study", help="Send only this Study Instance UID (repeatable)."),
+    ] = None,
+    modality: Annotated[
+        list[str] | None,
+        typer.Option("--modality", help="Send only these modalities, e.g. CT,MR (repeatable)."),
+    ] = None,
+    exclude_modality: Annotated[
+        list[str] | None,
+        typer.Option("--exclude-modality", help="Leave these modalities out, e.g. PR,KO."),
+    ] = None,
+    exclude_sop_class: Annotated[
+        list[str] | None,
+        typer.Option("--exclude-sop-class", help="Leave this SOP Class UID out (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what would be sent (studies, series, counts, bytes, presentation "
+            "contexts); send nothing, journal nothing.",
+        ),
+    ] = False,
     note: Annotated[
         str | None, typer.Option("--note", help="A note kept with the transfer.")
     ] = None,
@@ -152,17 +179,33 @@ def send_command(
         )
     if not paths:
         raise UsageError("nothing to send: give files, folders or media", hint="see --help")
+    selected = SendSettings(
+        inputs=tuple(paths),
+        peer_name=to or "",
+        peer_address="",
+        workers=workers,
+        studies=_values(study, upper=False),
+        modalities=_values(modality),
+        exclude_modalities=_values(exclude_modality),
+        exclude_sop_classes=_values(exclude_sop_class, upper=False),
+    )
+    if dry_run:
+        plan = plan_send(selected, observer=SendProgress(quiet=quiet or json_output))
+        if json_output:
+            print_json(plan.to_json())
+        else:
+            _render_plan(plan)
+        raise typer.Exit(int(plan.exit_code))
     if to is None:
         raise UsageError("--to PEER is required", hint="list the peers with 'dvdexit peers list'")
     peer = PeerBook(home.peers_file).get(to)
-    settings = SendSettings(
-        inputs=tuple(paths),
+    settings = replace(
+        selected,
         peer_name=peer.name,
         peer_address=peer.address,
         retries=retries,
         note=note,
         reason=reason,
-        workers=workers,
     )
     with (
         Journal(home.journal_file) as journal,
@@ -267,3 +310,35 @@ def _render_replay(result: RetryResult) -> None:
             f"(dvdexit status)",
             markup=False,
         )
+
+
+def _values(given: list[str] | None, *, upper: bool = True) -> tuple[str, ...]:
+    """Repeatable, comma-separated option values, stripped (and upper-cased)."""
+    found = [v.strip() for text in given or () for v in text.split(",") if v.strip()]
+    return tuple(v.upper() if upper else v for v in found)
+
+
+def _render_plan(plan: SendPlan) -> None:
+    out.print(
+        f"dry run: would send {plan.instances} instance(s), {human_bytes(plan.bytes)}, in "
+        f"{len(plan.studies)} stud{'y' if len(plan.studies) == 1 else 'ies'} over "
+        f"{plan.workers} association(s) at a time"
+        + (f"; {plan.excluded} left out by the selection" if plan.excluded else ""),
+        markup=False,
+    )
+    for study, series in plan.studies.items():
+        out.print(f"  study {study}", markup=False)
+        for s in series:
+            out.print(
+                f"    series {s.series_uid} {s.modality or '?'}: {s.instances} instance(s), "
+                f"{human_bytes(s.bytes)}",
+                markup=False,
+            )
+    for number, contexts in enumerate(plan.associations, 1):
+        out.print(f"  association {number}: {len(contexts)} presentation context(s)")
+        for sop, syntaxes in contexts:
+            out.print(
+                f"    {uid_name(sop)}: {', '.join(uid_name(ts) for ts in syntaxes)}", markup=False
+            )
+    _list("would fail", plan.failed, "red")
+    _list("skipped", plan.skipped, "dim")

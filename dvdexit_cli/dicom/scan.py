@@ -10,6 +10,7 @@ so. Nothing here stops the scan of the other inputs.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,8 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
             try:
                 meta = read_file_meta(fh)
             except NotPart10Error as exc:
+                if _looks_like_bare_dataset(fh):
+                    raise UnsendableFile(_BARE_DATASET_REASON, "failed") from exc
                 raise UnsendableFile(str(exc), not_dicom) from exc
             if meta.sop_class_uid == _DICOMDIR_CLASS:
                 raise UnsendableFile(_DICOMDIR_REASON, "skipped")
@@ -151,6 +154,37 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
         instance_number=_int_or_none(header.get("InstanceNumber")),
         meta_mismatch=meta_mismatch,
     )
+
+
+_BARE_DATASET_REASON = (
+    "a DICOM dataset without the File Meta Information (no Part 10 header): its transfer "
+    "syntax is unknown, so it is not sent; rewrite it as a Part 10 file (e.g. DCMTK "
+    "'dcmconv +F in out') and send that"
+)
+
+
+def _looks_like_bare_dataset(fh: BinaryIO) -> bool:
+    """Whether a file without 'DICM' starts like a little endian dataset (group 0008 first).
+
+    A stray byte or three before it (seen in the wild, and in pydicom's no_meta.dcm) is
+    tolerated: the file is still reported as a dataset without File Meta.
+    """
+    fh.seek(0)
+    head = fh.read(12)
+    for offset in range(4):
+        chunk = head[offset : offset + 8]
+        if len(chunk) < 8:
+            return False
+        group, element = struct.unpack("<HH", chunk[:4])
+        if group != 0x0008 or element > 0x00FF:
+            continue
+        vr = chunk[4:6]
+        if vr.isalpha() and vr.isupper():  # explicit VR
+            return True
+        (length,) = struct.unpack("<I", chunk[4:8])  # implicit VR: a short value follows
+        if length < 1024:
+            return True
+    return False
 
 
 def _read_header(fh: BinaryIO) -> pydicom.Dataset:
