@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -79,6 +80,8 @@ class SendSettings:
     """Only series of these modalities (empty: all)."""
     exclude_modalities: tuple[str, ...] = ()
     exclude_sop_classes: tuple[str, ...] = ()
+    unpack_dir: Path | None = None
+    """Where zip files and ISO images are unpacked (kept until their transfer is complete)."""
 
     def selects(self, inst: Instance) -> bool:
         """Whether the selection options keep this instance."""
@@ -274,6 +277,10 @@ def send(
     elif result.failed or result.pending:
         outcome = "partial"
     journal.finish_transfer(transfer_id, outcome=outcome, error=error)
+    if outcome == "complete":
+        # Unpacked archives are kept only while --retry-failed may need their files.
+        for folder in found.unpacked:
+            shutil.rmtree(folder, ignore_errors=True)
     observer(TransferFinished(transfer_id, outcome))
     return replace(result, outcome=outcome, excluded=excluded)
 
@@ -431,7 +438,7 @@ def _scan_selected(settings: SendSettings, observer: Observer) -> tuple[ScanResu
 
     Raises NoDicomFoundError when nothing is left to send.
     """
-    found = scan(list(settings.inputs))
+    found = scan(list(settings.inputs), unpack_dir=settings.unpack_dir)
     skipped = sum(r.disposition == "skipped" for r in found.rejected)
     unreadable = len(found.rejected) - skipped
     observer(ScanFinished(len(found.instances), found.total_bytes, skipped, unreadable))
@@ -451,7 +458,7 @@ def _scan_selected(settings: SendSettings, observer: Observer) -> tuple[ScanResu
             hint="point dvdexit at a folder, DICOMDIR medium or DICOM files"
             + (", or widen --study/--modality/--exclude-*" if excluded else ""),
         )
-    return ScanResult(instances=kept, rejected=found.rejected), excluded
+    return ScanResult(instances=kept, rejected=found.rejected, unpacked=found.unpacked), excluded
 
 
 @dataclass(frozen=True)
@@ -519,6 +526,8 @@ def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPla
     Journals nothing. Raises NoDicomFoundError when nothing would be sent.
     """
     found, excluded = _scan_selected(settings, observer)
+    for folder in found.unpacked:  # a dry run keeps nothing
+        shutil.rmtree(folder, ignore_errors=True)
     studies: dict[str, dict[str, list[Instance]]] = {}
     for inst in found.instances:
         studies.setdefault(inst.study_uid, {}).setdefault(inst.series_uid, []).append(inst)

@@ -188,6 +188,7 @@ def send_command(
         modalities=_values(modality),
         exclude_modalities=_values(exclude_modality),
         exclude_sop_classes=_values(exclude_sop_class, upper=False),
+        unpack_dir=home.data_dir / "unpacked",
     )
     if dry_run:
         plan = plan_send(selected, observer=SendProgress(quiet=quiet or json_output))
