@@ -12,6 +12,7 @@ __all__ = [
     "InstanceDone",
     "InstanceReceived",
     "Observer",
+    "ReplayStarted",
     "RetryScheduled",
     "ScanFinished",
     "TransferFinished",
@@ -65,6 +66,16 @@ class RetryScheduled:
 
 
 @dataclass(frozen=True)
+class ReplayStarted:
+    """A replay (``send --retry-failed``) claimed items of earlier transfers to one peer."""
+
+    peer: str
+    transfers: tuple[int, ...]
+    instances: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
 class TransferFinished:
     transfer_id: int
     outcome: str
@@ -88,6 +99,7 @@ Event = (
     | AssociationOpened
     | InstanceDone
     | RetryScheduled
+    | ReplayStarted
     | TransferFinished
     | InstanceReceived
 )

@@ -14,8 +14,12 @@ Schema changes are numbered migrations applied in order (``PRAGMA user_version``
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +29,10 @@ from pathlib import Path
 from dvdexit_cli.dicom.scan import Instance, Rejected
 from dvdexit_cli.errors import JournalBusyError, JournalError
 
-__all__ = ["ItemRecord", "Journal", "TransferSummary", "utc_now"]
+__all__ = ["ItemRecord", "Journal", "TransferSummary", "new_claim", "utc_now"]
+
+DEFAULT_LEASE_SECONDS = 300.0
+"""How long a claim holds without renewal; a live sender renews it well before."""
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: transfers, their items, and what the receiver stored
@@ -84,6 +91,13 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX received_by_sop ON received(sop_instance_uid);
     CREATE INDEX received_by_study ON received(study_uid);
     """,
+    # 2: claims with leases, so that overlapping sends and replays never send one item twice
+    """
+    ALTER TABLE items ADD COLUMN claim TEXT;
+    ALTER TABLE items ADD COLUMN lease_expires REAL;
+    CREATE INDEX items_by_claim ON items(claim);
+    CREATE INDEX items_by_state ON items(state);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -131,6 +145,53 @@ class ItemRecord:
     status: int | None
     retryable: bool
     reason: str | None
+
+
+def _item(r: sqlite3.Row) -> ItemRecord:
+    return ItemRecord(
+        id=int(r["id"]),
+        transfer_id=int(r["transfer_id"]),
+        path=r["path"],
+        sop_instance_uid=r["sop_instance_uid"],
+        study_uid=r["study_uid"],
+        digest=r["digest"],
+        size=r["size"],
+        state=r["state"],
+        attempts=int(r["attempts"]),
+        status=r["status"],
+        retryable=bool(r["retryable"]),
+        reason=r["reason"],
+    )
+
+
+def new_claim() -> str:
+    """A claim token naming this process: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+def _claim_is_stale(claim: str, host: str) -> bool:
+    """True when ``claim`` belongs to a process of this host that no longer runs."""
+    owner, _, rest = claim.rpartition(":")
+    owner_host, _, pid_text = owner.rpartition(":")
+    if owner_host != host or not rest:
+        return False
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    try:  # killed but not yet reaped by its parent: gone all the same
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _translate(exc: sqlite3.Error, path: Path) -> JournalError:
@@ -230,10 +291,14 @@ class Journal:
         rejected: Iterable[Rejected],
         note: str | None = None,
         reason: str | None = None,
+        claim: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> tuple[int, list[int]]:
         """Record a new transfer with every item pending (or skipped/failed as scanned).
 
-        Returns the transfer id and the item ids of ``instances``, in order.
+        With ``claim``, the pending items are claimed by it in the same transaction, so
+        that no replay running meanwhile can take them. Returns the transfer id and the
+        item ids of ``instances``, in order.
         """
         now = utc_now()
         with self._write() as db:
@@ -271,16 +336,30 @@ class Journal:
                     for r in rejected
                 ],
             )
+            if claim is not None:
+                db.execute(
+                    "UPDATE items SET claim = ?, lease_expires = ? WHERE transfer_id = ?"
+                    " AND state = 'pending'",
+                    (claim, time.time() + lease_seconds, transfer_id),
+                )
         return transfer_id, ids
 
-    def mark_sending(self, item_id: int) -> None:
-        """Record that the item is about to go on the wire (one more attempt)."""
+    def mark_sending(self, item_id: int, *, claim: str | None = None) -> bool:
+        """Record that the item is about to go on the wire (one more attempt).
+
+        With ``claim``, only while the item is still claimed by it: returns False (and
+        changes nothing) when the claim was lost, and the item must not be sent.
+        """
+        sql = (
+            "UPDATE items SET state = 'sending', attempts = attempts + 1, updated_at = ?"
+            " WHERE id = ?"
+        )
+        params: list[object] = [utc_now(), item_id]
+        if claim is not None:
+            sql += " AND claim = ?"
+            params.append(claim)
         with self._write() as db:
-            db.execute(
-                "UPDATE items SET state = 'sending', attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ?",
-                (utc_now(), item_id),
-            )
+            return db.execute(sql, params).rowcount == 1
 
     def record_outcome(
         self,
@@ -305,6 +384,127 @@ class Journal:
                 "UPDATE transfers SET outcome = ?, error = ?, finished_at = ? WHERE id = ?",
                 (outcome, error, utc_now(), transfer_id),
             )
+
+    # -- claims and replay -----------------------------------------------------------
+
+    def renew_claims(self, claim: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        """Extend the lease of every item ``claim`` holds."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE items SET lease_expires = ? WHERE claim = ?",
+                (time.time() + lease_seconds, claim),
+            )
+
+    def release_claims(self, claim: str) -> None:
+        """Give up every item ``claim`` holds (whatever their state)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE items SET claim = NULL, lease_expires = NULL WHERE claim = ?", (claim,)
+            )
+
+    def claim_replay(
+        self,
+        claim: str,
+        *,
+        peer: str | None = None,
+        older_than: float = 0.0,
+        max_attempts: int | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> list[tuple[str, ItemRecord]]:
+        """Claim every item a replay should resend; return them with their peer's name.
+
+        That is: items ``pending`` or ``sending`` (no answer known), and items that
+        ``failed`` retryably, last changed at least ``older_than`` seconds ago, tried
+        fewer than ``max_attempts`` times, and not held by a live claim. A claim is live
+        until its lease expires, or until its process is known to be gone (same host,
+        no such process): a sender killed with -9 frees its items at once.
+        """
+        now = time.time()
+        cutoff = (
+            datetime.fromtimestamp(now - older_than, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+        host = socket.gethostname()
+        with self._write() as db:
+            holders = [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT DISTINCT claim FROM items WHERE claim IS NOT NULL"
+                    " AND lease_expires >= ?",
+                    (now,),
+                )
+            ]
+            stale = [h for h in holders if _claim_is_stale(h, host)]
+            sql = (
+                "SELECT items.*, transfers.peer AS peer FROM items"
+                " JOIN transfers ON transfers.id = items.transfer_id"
+                " WHERE (items.state IN ('pending', 'sending')"
+                " OR (items.state = 'failed' AND items.retryable = 1))"
+                " AND items.digest IS NOT NULL AND items.updated_at <= ?"
+                " AND (items.claim IS NULL OR items.lease_expires < ?"
+                f" OR items.claim IN ({', '.join('?' for _ in stale)}))"
+            )
+            params: list[object] = [cutoff, now, *stale]
+            if peer is not None:
+                sql += " AND transfers.peer = ?"
+                params.append(peer)
+            if max_attempts is not None:
+                sql += " AND items.attempts < ?"
+                params.append(max_attempts)
+            rows = db.execute(sql + " ORDER BY items.id", params).fetchall()
+            ids = [int(r["id"]) for r in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                db.execute(
+                    f"UPDATE items SET claim = ?, lease_expires = ?"
+                    f" WHERE id IN ({', '.join('?' for _ in chunk)})",
+                    [claim, now + lease_seconds, *chunk],
+                )
+        return [(str(r["peer"]), _item(r)) for r in rows]
+
+    def replay_backlog(
+        self, *, peer: str | None = None, max_attempts: int | None = None
+    ) -> dict[str, int]:
+        """What a replay leaves behind: counts of items it cannot or will not resend.
+
+        ``given_up``: retryable, but tried ``max_attempts`` times or more;
+        ``not_retryable``: failed for good (a broken file, a peer's A9xx/Cxxx answer);
+        ``unanswered``: pending or sending (someone else's live claim, or too recent).
+        """
+        scope = " JOIN transfers ON transfers.id = items.transfer_id"
+        params: list[object] = []
+        if peer is not None:
+            scope += " AND transfers.peer = ?"
+            params.append(peer)
+        limit = max_attempts if max_attempts is not None else -1
+        (row,) = self._read(
+            "SELECT"
+            " COALESCE(SUM(items.state = 'failed' AND items.retryable = 1"
+            " AND ? >= 0 AND items.attempts >= ?), 0) AS given_up,"
+            " COALESCE(SUM(items.state = 'failed' AND items.retryable = 0), 0) AS not_retryable,"
+            " COALESCE(SUM(items.state IN ('pending', 'sending')), 0) AS unanswered,"
+            " COALESCE(SUM(items.state = 'failed' AND items.retryable = 1), 0) AS retryable"
+            " FROM items" + scope,
+            [limit, limit, *params],
+        )
+        return {key: int(row[key]) for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+
+    def refresh_outcome(self, transfer_id: int) -> str:
+        """Recompute a transfer's outcome from its items (after a replay); return it."""
+        with self._write() as db:
+            (open_items,) = db.execute(
+                "SELECT COUNT(*) FROM items WHERE transfer_id = ?"
+                " AND state IN ('pending', 'sending', 'failed')",
+                (transfer_id,),
+            ).fetchone()
+            outcome = "partial" if open_items else "complete"
+            db.execute(
+                "UPDATE transfers SET outcome = ?, finished_at = ?,"
+                " error = CASE WHEN ? = 'complete' THEN NULL ELSE error END WHERE id = ?",
+                (outcome, utc_now(), outcome, transfer_id),
+            )
+        return outcome
 
     # -- reading -------------------------------------------------------------------
 
@@ -348,23 +548,23 @@ class Journal:
         if states:
             sql += f" AND state IN ({', '.join('?' for _ in states)})"
             params.extend(states)
-        return [
-            ItemRecord(
-                id=int(r["id"]),
-                transfer_id=int(r["transfer_id"]),
-                path=r["path"],
-                sop_instance_uid=r["sop_instance_uid"],
-                study_uid=r["study_uid"],
-                digest=r["digest"],
-                size=r["size"],
-                state=r["state"],
-                attempts=int(r["attempts"]),
-                status=r["status"],
-                retryable=bool(r["retryable"]),
-                reason=r["reason"],
+        return [_item(r) for r in self._read(sql + " ORDER BY id", params)]
+
+    def items_by_id(self, item_ids: Iterable[int]) -> list[ItemRecord]:
+        """The items with these ids, in id order."""
+        wanted = sorted(set(item_ids))
+        found: list[ItemRecord] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            found.extend(
+                _item(r)
+                for r in self._read(
+                    f"SELECT * FROM items WHERE id IN ({', '.join('?' for _ in chunk)})"
+                    " ORDER BY id",
+                    chunk,
+                )
             )
-            for r in self._read(sql + " ORDER BY id", params)
-        ]
+        return found
 
     def sent_digests(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
         """Digest last recorded as sent (or committed) for each of these SOP Instance UIDs."""
