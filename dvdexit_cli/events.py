@@ -8,12 +8,15 @@ from pathlib import Path
 
 __all__ = [
     "AssociationOpened",
+    "AssociationRefused",
     "Event",
+    "HookFinished",
     "InstanceDone",
     "InstanceReceived",
     "Observer",
     "RetryScheduled",
     "ScanFinished",
+    "StudyCompleted",
     "TransferFinished",
     "TransferStarted",
     "ignore",
@@ -82,6 +85,33 @@ class InstanceReceived:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class AssociationRefused:
+    """The receiver rejected an association request (who asked, and why)."""
+
+    calling_ae: str
+    address: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StudyCompleted:
+    """A received study is complete (by storage commitment or by idle timeout)."""
+
+    study_uid: str
+    instances: int
+    completed_by: str
+
+
+@dataclass(frozen=True)
+class HookFinished:
+    """The on-complete command ran for a study."""
+
+    study_uid: str
+    exit_status: int | None
+    error: str | None
+
+
 Event = (
     ScanFinished
     | TransferStarted
@@ -90,6 +120,9 @@ Event = (
     | RetryScheduled
     | TransferFinished
     | InstanceReceived
+    | AssociationRefused
+    | StudyCompleted
+    | HookFinished
 )
 Observer = Callable[[Event], None]
 
