@@ -12,7 +12,7 @@ Answers (documented in docs/conformance.md):
 Who may connect: an association from an address outside ``allow_from`` is rejected
 permanently with no reason given (A-ASSOCIATE-RJ 1/1/1), one from a calling AE title
 outside ``allow_ae`` with "calling AE title not recognised" (1/1/3); beyond
-``max_associations`` pynetdicom rejects transiently (2/2/1, local limit exceeded).
+``max_associations`` established ones, transiently (2/3/2, local limit exceeded).
 """
 
 from __future__ import annotations
@@ -129,7 +129,9 @@ class StorageServer:
         self._server: Any = None
         self._ae = AE(ae_title=settings.ae_title)
         self._ae.require_called_aet = True
-        self._ae.maximum_associations = settings.max_associations
+        # pynetdicom counts every connection toward its limit, even a port probe waiting
+        # out its ACSE timeout; the limit is applied in _on_requested to established ones.
+        self._ae.maximum_associations = 1000
         self._ae.add_supported_context(COMMITMENT_CLASS)
         self._hooks = (
             HookRunner(settings.on_complete, journal=journal, observer=observer)
@@ -234,7 +236,8 @@ class StorageServer:
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
-        calling_ae = str(assoc.requestor.ae_title).strip()
+        # The requestor's AE title is filled in only during negotiation: read the request.
+        calling_ae = str(assoc.requestor.primitive.calling_ae_title or "").strip()
         address = str(assoc.requestor.address)
         why: str | None = None
         diagnostic = 0x01
@@ -242,15 +245,33 @@ class StorageServer:
             why = "address not allowed (--allow-from)"
         elif self.settings.allow_ae and calling_ae not in self.settings.allow_ae:
             why, diagnostic = "calling AE title not allowed (--allow-ae)", 0x03
+        elif self._established() >= self.settings.max_associations:
+            log.info("association from %s (%s) rejected: limit reached", address, calling_ae)
+            self._observer(
+                AssociationRefused(
+                    calling_ae=calling_ae, address=address, reason="too many associations"
+                )
+            )
+            # Transient, presentation related, local limit exceeded: the sender may retry.
+            assoc.acse.send_reject(0x02, 0x03, 0x02)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
+            return
         if why is None:
             return
-        log.warning("association from %s (%s) rejected: %s", address, calling_ae, why)
+        log.info("association from %s (%s) rejected: %s", address, calling_ae, why)
         self._observer(AssociationRefused(calling_ae=calling_ae, address=address, reason=why))
         # Permanent rejection by the service user; the reason is "no reason given" for
         # an address (a stranger learns nothing) and "calling AE not recognised" for a title.
         assoc.acse.send_reject(0x01, 0x01, diagnostic)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
+
+    def _established(self) -> int:
+        server = self._server
+        if server is None:
+            return 0
+        return sum(1 for a in server.active_associations if a.is_established)
 
     def _on_n_action(self, event: Any) -> tuple[Dataset, Dataset | None]:
         request = event.request
@@ -317,7 +338,7 @@ class StorageServer:
         }
         reason: str | None = self._refuse_for_resources(Path(event.dataset_path))
         if reason is not None:
-            log.error("instance refused with A700: %s", reason)
+            log.info("instance refused with A700: %s", reason)
             record["sop_instance_uid"] = sop_instance if _plain(sop_instance) else None
             self._journal.record_received(
                 **record, outcome="refused", status=STATUS_OUT_OF_RESOURCES, reason=reason
