@@ -146,6 +146,7 @@ class StorageServer:
         )
         self.swept = 0
         self._previous_tempdir: str | None = None
+        self._previous_template = tempfile.template
         self._ae.maximum_pdu_size = 0  # accept whatever PDU size the sender prefers
         self._ae.add_supported_context(_VERIFICATION)
         # An acceptor picks from a proposed context by its own order of preference:
@@ -191,8 +192,12 @@ class StorageServer:
             ) from exc
         # pynetdicom offers no spool folder of its own: its NamedTemporaryFile follows
         # tempfile's process-wide default, so the receiving process points it at the store.
+        # Its default name prefix is made dot-prefixed too (pynetdicom names them *.dcm):
+        # in the store, a name starting with a dot is always a temporary, never an instance.
         self._previous_tempdir = tempfile.tempdir
+        self._previous_template = tempfile.template
         tempfile.tempdir = str(self.settings.store / SPOOL_DIR)
+        tempfile.template = ".spool-"
         if self._hooks is not None:
             self._hooks.start()
             # Runs cut off by a crash (journaled 'running') are run again now.
@@ -229,6 +234,7 @@ class StorageServer:
         if self._hooks is not None:
             self._hooks.stop(max(1.0, deadline - time.monotonic()))
         tempfile.tempdir = self._previous_tempdir
+        tempfile.template = self._previous_template
         return len(active)
 
     def _on_connection(self, event: Any) -> None:

@@ -218,7 +218,7 @@ def test_leftovers_of_a_killed_receiver_are_swept_at_start_and_instances_kept(
     kept = sorted(first.store.rglob("*.dcm"))
     series = kept[0].parent
     # What a kill -9 mid-write leaves: our half-written temporary, pynetdicom's spool file.
-    leftovers = [series / ".1.2.3.4.abcd1234.tmp", first.store / ".incoming" / "tmpx1y2.dcm"]
+    leftovers = [series / ".1.2.3.4.abcd1234.tmp", first.store / ".incoming" / ".spool-x1y2.dcm"]
     for path in leftovers:
         path.write_bytes(b"\0" * 1000)
 
