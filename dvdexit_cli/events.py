@@ -17,6 +17,7 @@ __all__ = [
     "RetryScheduled",
     "ScanFinished",
     "StudyCompleted",
+    "StudyForwarded",
     "TransferFinished",
     "TransferStarted",
     "ignore",
@@ -112,6 +113,16 @@ class HookFinished:
     error: str | None
 
 
+@dataclass(frozen=True)
+class StudyForwarded:
+    """A complete study was forwarded (sent, failed) or held (no reconciliation mapping)."""
+
+    study_uid: str
+    peer: str
+    outcome: str
+    reason: str | None
+
+
 Event = (
     ScanFinished
     | TransferStarted
@@ -123,6 +134,7 @@ Event = (
     | AssociationRefused
     | StudyCompleted
     | HookFinished
+    | StudyForwarded
 )
 Observer = Callable[[Event], None]
 

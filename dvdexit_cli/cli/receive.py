@@ -13,7 +13,7 @@ import typer
 
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.render import err
-from dvdexit_cli.config import resolve_paths, validate_ae_title
+from dvdexit_cli.config import DimsePeer, PeerBook, resolve_paths, validate_ae_title
 from dvdexit_cli.errors import UsageError
 from dvdexit_cli.events import (
     AssociationRefused,
@@ -21,11 +21,13 @@ from dvdexit_cli.events import (
     HookFinished,
     InstanceReceived,
     StudyCompleted,
+    StudyForwarded,
 )
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.receive import ReceiveSettings, StorageServer
 from dvdexit_cli.receive.hooks import HookRunner
+from dvdexit_cli.receive.reconcile import load_mapping
 from dvdexit_cli.receive.settings import (
     load_receive_table,
     parse_commit_reply,
@@ -65,6 +67,12 @@ class _ReceiveLog:
                     "re-run with 'dvdexit receive --rerun-hooks'",
                     markup=False,
                 )
+        elif isinstance(event, StudyForwarded):
+            err.print(
+                f"forward {event.outcome}: study {event.study_uid} to {event.peer}"
+                + (f": {event.reason}" if event.reason else ""),
+                markup=False,
+            )
         elif isinstance(event, InstanceReceived):
             with self._lock:
                 self.counts[event.outcome] += 1
@@ -165,6 +173,18 @@ def receive_command(
         bool | None,
         typer.Option("--require-tls", help="Refuse to start without --tls-cert."),
     ] = None,
+    forward_to: Annotated[
+        str | None,
+        typer.Option("--forward-to", help="Forward complete studies to this peer (local PACS)."),
+    ] = None,
+    reconcile: Annotated[
+        Path | None,
+        typer.Option(
+            "--reconcile",
+            help="CSV or TOML mapping of sender Patient IDs to local ones, for forwarding; "
+            "studies without a mapping are held.",
+        ),
+    ] = None,
     rerun_hooks: Annotated[
         bool,
         typer.Option(
@@ -202,6 +222,14 @@ def receive_command(
         else None
     )
     chosen_host = str(_pick(host, table, "host", "0.0.0.0"))
+    forward_peer = _pick(forward_to, table, "forward_to", None)
+    peer = PeerBook(home.peers_file).get(str(forward_peer)) if forward_peer else None
+    if peer is not None and not isinstance(peer, DimsePeer):
+        raise UsageError(f"--forward-to {forward_peer}: only DIMSE peers can be forwarded to")
+    mapping_file = _pick(reconcile, table, "reconcile", None)
+    if mapping_file and peer is None:
+        raise UsageError("--reconcile applies to forwarding: give --forward-to as well")
+    mapping = load_mapping(Path(str(mapping_file))) if mapping_file else None
     store_dir = _pick(store, table, "store", None)
     settings = ReceiveSettings(
         host=chosen_host,
@@ -227,6 +255,9 @@ def receive_command(
             _as_list(_pick(commit_reply, table, "commit_reply", []), "commit_reply")
         ),
         ssl_context=context,
+        forward_to=peer,
+        reconcile=mapping,
+        staging=home.data_dir / "forward-staging",
     )
     stop = threading.Event()
 

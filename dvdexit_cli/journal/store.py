@@ -110,6 +110,16 @@ _MIGRATIONS: tuple[str, ...] = (
         error TEXT
     );
     CREATE INDEX hook_runs_by_study ON hook_runs(study_uid, id);
+    CREATE TABLE forwards (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        at TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('sent', 'failed', 'held')),
+        transfer_id INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX forwards_by_study ON forwards(study_uid, id);
     """,
 )
 
@@ -635,3 +645,29 @@ class Journal:
             " ORDER BY s.completed_at"
         )
         return [_study(r) for r in rows]
+
+    def record_forward(
+        self,
+        study_uid: str,
+        *,
+        peer: str,
+        outcome: str,
+        transfer_id: int | None,
+        reason: str | None,
+    ) -> None:
+        """Record a forward of a complete study: sent, failed (retryable) or held."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO forwards (study_uid, peer, at, outcome, transfer_id, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (study_uid, peer, utc_now(), outcome, transfer_id, reason),
+            )
+
+    def forwards(self, study_uid: str | None = None) -> list[dict[str, object]]:
+        if study_uid is None:
+            rows = self._read("SELECT * FROM forwards ORDER BY id")
+        else:
+            rows = self._read(
+                "SELECT * FROM forwards WHERE study_uid = ? ORDER BY id", (study_uid,)
+            )
+        return [dict(r) for r in rows]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from dvdexit_cli.events import Observer, StudyCompleted, ignore
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
 
 __all__ = ["CompletenessTracker"]
@@ -32,8 +33,10 @@ class CompletenessTracker:
         journal: Journal,
         idle_timeout: float,
         hooks: HookRunner | None = None,
+        forwarder: Forwarder | None = None,
         observer: Observer = ignore,
     ) -> None:
+        self._forwarder = forwarder
         self._journal = journal
         self._idle = idle_timeout
         self._hooks = hooks
@@ -62,6 +65,8 @@ class CompletenessTracker:
             )
             if self._hooks is not None:
                 self._hooks.submit(study)
+            if self._forwarder is not None:
+                self._forwarder.submit(study)
 
     def check_idle(self, now: datetime | None = None) -> None:
         """Complete every receiving study idle for longer than the timeout."""

@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
+from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
 from dvdexit_cli.journal import Journal
@@ -41,7 +42,9 @@ from dvdexit_cli.receive.commitment import (
     send_event_report,
 )
 from dvdexit_cli.receive.completeness import CompletenessTracker
+from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
+from dvdexit_cli.receive.reconcile import PatientMapping
 from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
 from dvdexit_cli.transport.dimse import set_nodelay
 
@@ -86,6 +89,10 @@ class ReceiveSettings:
     on_complete: str | None = None
     commit_reply: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     ssl_context: Any = None
+    forward_to: DimsePeer | None = None
+    reconcile: PatientMapping | None = None
+    #: Where reconciled copies wait to be forwarded (outside the store).
+    staging: Path | None = None
 
 
 def sweep_store(store: Path) -> int:
@@ -138,10 +145,22 @@ class StorageServer:
             if settings.on_complete
             else None
         )
+        self._forwarder = (
+            Forwarder(
+                settings.forward_to,
+                journal=journal,
+                staging=settings.staging or settings.store.parent / "forward-staging",
+                mapping=settings.reconcile,
+                observer=observer,
+            )
+            if settings.forward_to is not None
+            else None
+        )
         self.tracker = CompletenessTracker(
             journal=journal,
             idle_timeout=settings.idle_timeout,
             hooks=self._hooks,
+            forwarder=self._forwarder,
             observer=observer,
         )
         self.swept = 0
@@ -205,6 +224,8 @@ class StorageServer:
                 runs = self._journal.hook_runs(study.study_uid)
                 if runs and runs[-1]["outcome"] == "running":
                     self._hooks.submit(study)
+        if self._forwarder is not None:
+            self._forwarder.start()
         self.tracker.start()
 
     def stop(self) -> int:
@@ -233,6 +254,8 @@ class StorageServer:
         self.tracker.stop()
         if self._hooks is not None:
             self._hooks.stop(max(1.0, deadline - time.monotonic()))
+        if self._forwarder is not None:
+            self._forwarder.stop(max(1.0, deadline - time.monotonic()))
         tempfile.tempdir = self._previous_tempdir
         tempfile.template = self._previous_template
         return len(active)

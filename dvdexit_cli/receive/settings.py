@@ -44,6 +44,8 @@ RECEIVE_KEYS = frozenset(
         "tls_key",
         "tls_ca",
         "require_tls",
+        "forward_to",
+        "reconcile",
     }
 )
 
