@@ -227,3 +227,27 @@ def test_leftovers_of_a_killed_receiver_are_swept_at_start_and_instances_kept(
     assert "removed 2 temporary file(s)" in second.stderr
     assert not any(p.exists() for p in leftovers)
     assert sorted(second.store.rglob("*.dcm")) == kept
+
+
+def test_the_receive_table_of_peers_toml_applies_and_options_win(
+    tmp_path, dvdexit_receiver, dvdexit_home
+):
+    (dvdexit_home / "peers.toml").write_text(
+        '[receive]\nallow-ae = ["HOSP_A"]\ndurability = "os"\nidle-timeout = 30\n'
+    )
+    from_file = dvdexit_receiver(tmp_path / "STORE")
+    assert echo(from_file.port, calling_ae="STRANGER").returncode != 0
+    assert echo(from_file.port, calling_ae="HOSP_A").returncode == 0
+    assert from_file.stop() == 0
+
+    overridden = dvdexit_receiver(tmp_path / "STORE", extra=["--allow-ae", "STRANGER"])
+    assert echo(overridden.port, calling_ae="STRANGER").returncode == 0
+    assert echo(overridden.port, calling_ae="HOSP_A").returncode != 0
+
+
+def test_a_bad_receive_table_exits_3_before_listening(tmp_path, dvdexit_home):
+    (dvdexit_home / "peers.toml").write_text("[receive]\nallow_aes = 1\n")
+    result = run_dvdexit("receive", "--port", "11112", "--store", tmp_path / "S", home=dvdexit_home)
+    assert result.returncode == 3, result.stderr
+    assert "allow_aes" in result.stderr
+    assert not (tmp_path / "S").exists()
