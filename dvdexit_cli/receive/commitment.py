@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,10 @@ COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 NO_SUCH_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 PROCESSING_FAILURE = 0x0110
+#: Seconds to wait for the answer to a report sent on the requester's own association.
+SAME_ASSOCIATION_TIMEOUT = 10.0
+#: Seconds to watch whether the requester releases before reporting on its association.
+RELEASE_GRACE = 0.5
 
 
 @dataclass
@@ -137,6 +142,10 @@ def send_event_report(
     return thread
 
 
+def _open(assoc: Any) -> bool:
+    return bool(assoc.is_established) and not assoc.acse.is_release_requested()
+
+
 def _send(
     result: CommitmentResult,
     assoc: Any,
@@ -145,7 +154,14 @@ def _send(
     ssl_context: Any,
 ) -> bool:
     info = result.event_info()
-    if assoc.is_established:
+    # A requester that releases right after the N-ACTION response wants the report on a
+    # new association; sending on the old one would cross its release. Give it a moment
+    # to say so (a requester that stays is waiting for the report anyway).
+    deadline = time.monotonic() + RELEASE_GRACE
+    while time.monotonic() < deadline and _open(assoc):
+        time.sleep(0.02)
+    if _open(assoc):
+        assoc.dimse_timeout = SAME_ASSOCIATION_TIMEOUT
         status, _ = assoc.send_n_event_report(
             info, result.event_type, COMMITMENT_CLASS, COMMITMENT_INSTANCE
         )

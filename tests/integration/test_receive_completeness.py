@@ -242,3 +242,58 @@ def test_commitment_for_an_instance_whose_file_changed_reports_a_processing_fail
     assert (failed.ReferencedSOPInstanceUID, failed.FailureReason) == (named[0][1], 0x0110)
     assert receiver.stop() == 0
     assert runs(marker) == []
+
+
+def test_commitment_report_goes_to_the_configured_address_when_the_requester_left(
+    tmp_path, dvdexit_receiver
+):
+    from peers import free_port
+
+    study = write_study(tmp_path / "study", n_instances=2, seed="commitment-new-assoc")
+    named = []
+    for path in study:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        named.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+    reports: list[tuple[int, Dataset]] = []
+    got = threading.Event()
+
+    def on_report(event: evt.Event) -> tuple[int, None]:
+        reports.append((event.event_type, event.event_information))
+        got.set()
+        return 0x0000, None
+
+    listener = AE(ae_title="HOSP_A")
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    reply_port = free_port()
+    server = listener.start_server(
+        (LOOPBACK, reply_port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    try:
+        receiver = dvdexit_receiver(
+            tmp_path / "STORE",
+            extra=["--idle-timeout", "3600", "--commit-reply", f"HOSP_A={LOOPBACK}:{reply_port}"],
+        )
+        push(study, receiver.port)
+        requester = AE(ae_title="HOSP_A")
+        requester.add_requested_context(StorageCommitmentPushModel)
+        assoc = requester.associate(LOOPBACK, receiver.port, ae_title="DVDEXIT")
+        assert assoc.is_established
+        action = Dataset()
+        action.TransactionUID = sample_uid("commitment", "new-assoc")
+        action.ReferencedSOPSequence = []
+        for sop_class, sop_instance in named:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop_instance
+            action.ReferencedSOPSequence.append(item)
+        status, _ = assoc.send_n_action(
+            action, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+        )
+        assert status.Status == 0x0000
+        assoc.release()  # gone before the report: it must come on a new association
+        assert got.wait(60), "no report on a new association"
+    finally:
+        server.shutdown()
+    ((event_type, info),) = reports
+    assert event_type == 1 and info.TransactionUID == action.TransactionUID
+    assert len(info.ReferencedSOPSequence) == 2
