@@ -239,7 +239,13 @@ class PeerBook:
         return peer
 
     def _save(self) -> None:
-        document = {"peers": {p.name: p.to_toml() for p in self._peers.values()}}
+        # Other top-level tables (such as [receive]) are kept; comments are not.
+        try:
+            with self.path.open("rb") as fh:
+                document = {k: v for k, v in tomllib.load(fh).items() if k != "peers"}
+        except (OSError, tomllib.TOMLDecodeError):
+            document = {}
+        document["peers"] = {p.name: p.to_toml() for p in self._peers.values()}
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

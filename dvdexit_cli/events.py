@@ -8,13 +8,17 @@ from pathlib import Path
 
 __all__ = [
     "AssociationOpened",
+    "AssociationRefused",
     "Event",
+    "HookFinished",
     "InstanceDone",
     "InstanceReceived",
     "Observer",
     "ReplayStarted",
     "RetryScheduled",
     "ScanFinished",
+    "StudyCompleted",
+    "StudyForwarded",
     "TransferFinished",
     "TransferStarted",
     "ignore",
@@ -93,6 +97,43 @@ class InstanceReceived:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class AssociationRefused:
+    """The receiver rejected an association request (who asked, and why)."""
+
+    calling_ae: str
+    address: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StudyCompleted:
+    """A received study is complete (by storage commitment or by idle timeout)."""
+
+    study_uid: str
+    instances: int
+    completed_by: str
+
+
+@dataclass(frozen=True)
+class HookFinished:
+    """The on-complete command ran for a study."""
+
+    study_uid: str
+    exit_status: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StudyForwarded:
+    """A complete study was forwarded (sent, failed) or held (no reconciliation mapping)."""
+
+    study_uid: str
+    peer: str
+    outcome: str
+    reason: str | None
+
+
 Event = (
     ScanFinished
     | TransferStarted
@@ -102,6 +143,10 @@ Event = (
     | ReplayStarted
     | TransferFinished
     | InstanceReceived
+    | AssociationRefused
+    | StudyCompleted
+    | HookFinished
+    | StudyForwarded
 )
 Observer = Callable[[Event], None]
 

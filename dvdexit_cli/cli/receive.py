@@ -7,22 +7,40 @@ import threading
 from collections import Counter
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.render import err
-from dvdexit_cli.config import resolve_paths, validate_ae_title
-from dvdexit_cli.events import Event, InstanceReceived
+from dvdexit_cli.config import DimsePeer, PeerBook, resolve_paths, validate_ae_title
+from dvdexit_cli.errors import UsageError
+from dvdexit_cli.events import (
+    AssociationRefused,
+    Event,
+    HookFinished,
+    InstanceReceived,
+    StudyCompleted,
+    StudyForwarded,
+)
+from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.receive import ReceiveSettings, StorageServer
+from dvdexit_cli.receive.hooks import HookRunner
+from dvdexit_cli.receive.reconcile import load_mapping
+from dvdexit_cli.receive.settings import (
+    load_receive_table,
+    parse_commit_reply,
+    parse_networks,
+    parse_size,
+)
+from dvdexit_cli.tls import server_context
 
 __all__ = ["receive_command"]
 
 
 class _ReceiveLog:
-    """Observer: counts outcomes, and reports every instance not stored on stderr."""
+    """Observer: counts outcomes, and reports what a person should see on stderr."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -30,39 +48,216 @@ class _ReceiveLog:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        if not isinstance(event, InstanceReceived):
-            return
-        with self._lock:
-            self.counts[event.outcome] += 1
-            if event.study_uid and event.outcome == "stored":
-                self.studies.add(event.study_uid)
-        if event.outcome in ("conflict", "refused"):
+        if isinstance(event, AssociationRefused):
             err.print(
-                f"{event.outcome}: instance {event.sop_instance_uid or '(invalid UID)'} from "
-                f"{event.calling_ae} answered {event.status:04X}: {event.reason}",
+                f"rejected: association from {event.address} as {event.calling_ae!r}: "
+                f"{event.reason}",
                 markup=False,
             )
+        elif isinstance(event, StudyCompleted):
+            err.print(
+                f"complete: study {event.study_uid} ({event.instances} instance(s), "
+                f"by {event.completed_by})",
+                markup=False,
+            )
+        elif isinstance(event, HookFinished):
+            if event.error:
+                err.print(
+                    f"hook failed: study {event.study_uid}: {event.error}; "
+                    "re-run with 'dvdexit receive --rerun-hooks'",
+                    markup=False,
+                )
+        elif isinstance(event, StudyForwarded):
+            err.print(
+                f"forward {event.outcome}: study {event.study_uid} to {event.peer}"
+                + (f": {event.reason}" if event.reason else ""),
+                markup=False,
+            )
+        elif isinstance(event, InstanceReceived):
+            with self._lock:
+                self.counts[event.outcome] += 1
+                if event.study_uid and event.outcome == "stored":
+                    self.studies.add(event.study_uid)
+            if event.outcome in ("conflict", "refused"):
+                err.print(
+                    f"{event.outcome}: instance {event.sop_instance_uid or '(invalid UID)'} "
+                    f"from {event.calling_ae} answered {event.status:04X}: {event.reason}",
+                    markup=False,
+                )
+
+
+def _pick(option: Any, table: dict[str, object], key: str, default: Any) -> Any:
+    """Option if given, else the [receive] table's value, else the default."""
+    if option is not None and option != []:
+        return option
+    return table.get(key, default)
+
+
+def _as_list(value: object, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UsageError(f"[receive] {key} must be a string or a list of strings")
 
 
 @handle_errors
 def receive_command(
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")],
-    ae: Annotated[str, typer.Option("--ae", help="Our AE title; callers must use it.")] = "DVDEXIT",
+    port: Annotated[
+        int | None, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")
+    ] = None,
+    ae: Annotated[
+        str | None, typer.Option("--ae", help="Our AE title; callers must use it [DVDEXIT].")
+    ] = None,
     store: Annotated[
         Path | None,
         typer.Option("--store", help="Folder for received instances [default: DATA/received]."),
     ] = None,
     host: Annotated[
-        str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")
-    ] = "0.0.0.0",
+        str | None,
+        typer.Option("--host", help="Address to listen on [0.0.0.0: every interface]."),
+    ] = None,
+    allow_ae: Annotated[
+        list[str] | None,
+        typer.Option("--allow-ae", help="Accept only this calling AE title (repeatable)."),
+    ] = None,
+    allow_from: Annotated[
+        list[str] | None,
+        typer.Option("--allow-from", help="Accept only this address or CIDR (repeatable)."),
+    ] = None,
+    max_associations: Annotated[
+        int | None,
+        typer.Option("--max-associations", min=1, help="Concurrent associations [10]."),
+    ] = None,
+    max_instance_size: Annotated[
+        str | None,
+        typer.Option("--max-instance-size", help="Refuse larger instances (A700), e.g. 4G."),
+    ] = None,
+    min_free: Annotated[
+        str | None,
+        typer.Option("--min-free", help="Answer A700 below this much free disk, e.g. 10G [0]."),
+    ] = None,
+    durability: Annotated[
+        str | None,
+        typer.Option(
+            "--durability",
+            help="full: fsync before answering [default]; os: leave it to the OS (faster; "
+            "a power cut can lose instances already answered).",
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option("--idle-timeout", min=0.1, help="Study complete after N s idle [60]."),
+    ] = None,
+    on_complete: Annotated[
+        str | None,
+        typer.Option("--on-complete", help="Command run once per complete study."),
+    ] = None,
+    commit_reply: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--commit-reply",
+            help="AE=HOST:PORT: where to send a storage commitment report when the "
+            "requester closed its association (repeatable).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Our TLS certificate (PEM); enables TLS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its private key.")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", help="CA bundle: clients must present a certificate it signed."),
+    ] = None,
+    require_tls: Annotated[
+        bool | None,
+        typer.Option("--require-tls", help="Refuse to start without --tls-cert."),
+    ] = None,
+    forward_to: Annotated[
+        str | None,
+        typer.Option("--forward-to", help="Forward complete studies to this peer (local PACS)."),
+    ] = None,
+    reconcile: Annotated[
+        Path | None,
+        typer.Option(
+            "--reconcile",
+            help="CSV or TOML mapping of sender Patient IDs to local ones, for forwarding; "
+            "studies without a mapping are held.",
+        ),
+    ] = None,
+    rerun_hooks: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-hooks",
+            help="Run the --on-complete command again for studies whose hook failed, and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Receive studies over DICOM (C-STORE) until stopped with Ctrl-C or SIGTERM."""
     home = resolve_paths()
+    table = load_receive_table(home.peers_file)
+    hook = _pick(on_complete, table, "on_complete", None)
+    if rerun_hooks:
+        _rerun_hooks(home.journal_file, hook)
+        return
+    chosen_port = _pick(port, table, "port", None)
+    if not isinstance(chosen_port, int) or not 0 < chosen_port < 65536:
+        raise UsageError("--port is required (or 'port' in the [receive] table)")
+    mode = _pick(durability, table, "durability", "full")
+    if mode not in ("full", "os"):
+        raise UsageError(f"--durability: {mode!r} is not 'full' or 'os'")
+    size_limit = _pick(max_instance_size, table, "max_instance_size", None)
+    cert = _pick(tls_cert, table, "tls_cert", None)
+    if _pick(require_tls, table, "require_tls", False) and cert is None:
+        raise UsageError("--require-tls needs --tls-cert and --tls-key")
+    ca = _pick(tls_ca, table, "tls_ca", None)
+    key = _pick(tls_key, table, "tls_key", None)
+    context = (
+        server_context(
+            cert=Path(str(cert)),
+            key=Path(str(key)) if key else None,
+            ca=Path(str(ca)) if ca else None,
+        )
+        if cert
+        else None
+    )
+    chosen_host = str(_pick(host, table, "host", "0.0.0.0"))
+    forward_peer = _pick(forward_to, table, "forward_to", None)
+    peer = PeerBook(home.peers_file).get(str(forward_peer)) if forward_peer else None
+    if peer is not None and not isinstance(peer, DimsePeer):
+        raise UsageError(f"--forward-to {forward_peer}: only DIMSE peers can be forwarded to")
+    mapping_file = _pick(reconcile, table, "reconcile", None)
+    if mapping_file and peer is None:
+        raise UsageError("--reconcile applies to forwarding: give --forward-to as well")
+    mapping = load_mapping(Path(str(mapping_file))) if mapping_file else None
+    store_dir = _pick(store, table, "store", None)
     settings = ReceiveSettings(
-        host=host,
-        port=port,
-        ae_title=validate_ae_title(ae),
-        store=(store or home.default_store).resolve(),
+        host=chosen_host,
+        port=chosen_port,
+        ae_title=validate_ae_title(str(_pick(ae, table, "ae", "DVDEXIT"))),
+        store=(Path(str(store_dir)) if store_dir else home.default_store).resolve(),
+        fsync=mode == "full",
+        allow_ae=tuple(
+            validate_ae_title(a, what="--allow-ae")
+            for a in _as_list(_pick(allow_ae, table, "allow_ae", []), "allow_ae")
+        ),
+        allow_from=parse_networks(
+            _as_list(_pick(allow_from, table, "allow_from", []), "allow_from")
+        ),
+        max_associations=int(_pick(max_associations, table, "max_associations", 10)),
+        max_instance_size=(
+            parse_size(size_limit, what="--max-instance-size") if size_limit is not None else None
+        ),
+        min_free=parse_size(_pick(min_free, table, "min_free", 0), what="--min-free"),
+        idle_timeout=float(_pick(idle_timeout, table, "idle_timeout", 60.0)),
+        on_complete=str(hook) if hook else None,
+        commit_reply=parse_commit_reply(
+            _as_list(_pick(commit_reply, table, "commit_reply", []), "commit_reply")
+        ),
+        ssl_context=context,
+        forward_to=peer,
+        reconcile=mapping,
+        staging=home.data_dir / "forward-staging",
     )
     stop = threading.Event()
 
@@ -75,9 +270,16 @@ def receive_command(
         server.start()
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if server.swept:
+                err.print(
+                    f"dvdexit receive: removed {server.swept} temporary file(s) left by an "
+                    "interrupted run",
+                    markup=False,
+                )
             err.print(
-                f"dvdexit receive: listening on {host}:{server.port} as {settings.ae_title}, "
-                f"storing in {settings.store} (stop with Ctrl-C or SIGTERM)",
+                f"dvdexit receive: listening on {chosen_host}:{server.port} as "
+                f"{settings.ae_title}{' (TLS)' if context else ''}, storing in {settings.store} "
+                "(stop with Ctrl-C or SIGTERM)",
                 markup=False,
             )
             while not stop.wait(0.5):
@@ -96,3 +298,23 @@ def receive_command(
         + (f"; {aborted} association(s) aborted at shutdown" if aborted else ""),
         markup=False,
     )
+
+
+def _rerun_hooks(journal_file: Path, hook: object) -> None:
+    if not hook:
+        raise UsageError("--rerun-hooks needs --on-complete (or on_complete in [receive])")
+    with Journal(journal_file) as journal:
+        runner = HookRunner(str(hook), journal=journal)
+        studies = journal.studies_with_failed_hooks()
+        failed = 0
+        for study in studies:
+            run_id = journal.start_hook_run(study.study_uid, runner.command)
+            ok = runner.run(study, run_id)
+            failed += not ok
+            err.print(
+                f"hook {'succeeded' if ok else 'failed'}: study {study.study_uid}", markup=False
+            )
+    err.print(f"dvdexit receive: re-ran the hook for {len(studies)} stud(ies), {failed} failed")
+    if failed:
+        # Like a send with failed instances: partial failure, the journal holds them.
+        raise typer.Exit(int(ExitCode.PARTIAL_FAILURE))

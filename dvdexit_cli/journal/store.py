@@ -29,7 +29,7 @@ from pathlib import Path
 from dvdexit_cli.dicom.scan import Instance, Rejected
 from dvdexit_cli.errors import JournalBusyError, JournalError
 
-__all__ = ["ItemRecord", "Journal", "TransferSummary", "new_claim", "utc_now"]
+__all__ = ["ItemRecord", "Journal", "ReceivedStudy", "TransferSummary", "new_claim", "utc_now"]
 
 DEFAULT_LEASE_SECONDS = 300.0
 """How long a claim holds without renewal; a live sender renews it well before."""
@@ -97,6 +97,43 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE items ADD COLUMN lease_expires REAL;
     CREATE INDEX items_by_claim ON items(claim);
     CREATE INDEX items_by_state ON items(state);
+    """,
+    # 3: received studies (completeness) and the on-complete hook's runs
+    """
+    CREATE TABLE studies (
+        study_uid TEXT PRIMARY KEY,
+        calling_ae TEXT NOT NULL,
+        peer_address TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        first_at TEXT NOT NULL,
+        last_at TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('receiving', 'complete')),
+        commit_requested INTEGER NOT NULL DEFAULT 0,
+        completed_by TEXT,
+        completed_at TEXT,
+        instances INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE hook_runs (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        command TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        outcome TEXT NOT NULL CHECK (outcome IN ('running', 'succeeded', 'failed')),
+        exit_status INTEGER,
+        error TEXT
+    );
+    CREATE INDEX hook_runs_by_study ON hook_runs(study_uid, id);
+    CREATE TABLE forwards (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        at TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('sent', 'failed', 'held')),
+        transfer_id INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX forwards_by_study ON forwards(study_uid, id);
     """,
 )
 
@@ -192,6 +229,35 @@ def _claim_is_stale(claim: str, host: str) -> bool:
         return stat.rpartition(")")[2].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+@dataclass(frozen=True)
+class ReceivedStudy:
+    """A study the receiver holds, as the journal's ``studies`` table has it."""
+
+    study_uid: str
+    calling_ae: str
+    peer_address: str
+    folder: str
+    last_at: str
+    state: str
+    commit_requested: bool
+    completed_by: str | None
+    instances: int
+
+
+def _study(row: sqlite3.Row) -> ReceivedStudy:
+    return ReceivedStudy(
+        study_uid=row["study_uid"],
+        calling_ae=row["calling_ae"],
+        peer_address=row["peer_address"],
+        folder=row["folder"],
+        last_at=row["last_at"],
+        state=row["state"],
+        commit_requested=bool(row["commit_requested"]),
+        completed_by=row["completed_by"],
+        instances=int(row["instances"]),
+    )
 
 
 def _translate(exc: sqlite3.Error, path: Path) -> JournalError:
@@ -671,3 +737,137 @@ class Journal:
             }
             for r in rows
         ]
+
+    # -- received studies: completeness and hooks -------------------------------------
+
+    def note_study_activity(
+        self, *, study_uid: str, calling_ae: str, peer_address: str, folder: str, new: bool
+    ) -> None:
+        """Record that an instance of ``study_uid`` arrived.
+
+        A ``new`` instance (stored, not a duplicate) re-opens a study already complete,
+        so that it completes again with its new content.
+        """
+        now = utc_now()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO studies (study_uid, calling_ae, peer_address, folder, first_at,"
+                " last_at, state) VALUES (?, ?, ?, ?, ?, ?, 'receiving')"
+                " ON CONFLICT(study_uid) DO UPDATE SET last_at = excluded.last_at,"
+                " calling_ae = excluded.calling_ae, peer_address = excluded.peer_address,"
+                " state = CASE WHEN ? THEN 'receiving' ELSE state END,"
+                " completed_by = CASE WHEN ? THEN NULL ELSE completed_by END",
+                (study_uid, calling_ae, peer_address, folder, now, now, new, new),
+            )
+
+    def mark_commit_requested(self, study_uids: Iterable[str]) -> None:
+        """Studies named in a Storage Commitment request complete only by commitment."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE studies SET commit_requested = 1 WHERE study_uid = ?",
+                [(uid,) for uid in study_uids],
+            )
+
+    def studies(self, *, state: str | None = None) -> list[ReceivedStudy]:
+        """Received studies, all or those in ``state`` (receiving, complete)."""
+        if state is None:
+            rows = self._read("SELECT * FROM studies ORDER BY last_at")
+        else:
+            rows = self._read("SELECT * FROM studies WHERE state = ? ORDER BY last_at", (state,))
+        return [_study(r) for r in rows]
+
+    def study(self, study_uid: str) -> ReceivedStudy | None:
+        rows = self._read("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
+        return _study(rows[0]) if rows else None
+
+    def complete_study(self, study_uid: str, *, completed_by: str) -> ReceivedStudy | None:
+        """Mark a receiving study complete; None when it was not receiving (already done)."""
+        with self._write() as db:
+            (count,) = db.execute(
+                "SELECT COUNT(DISTINCT sop_instance_uid) FROM received WHERE study_uid = ?"
+                " AND outcome IN ('stored', 'duplicate')",
+                (study_uid,),
+            ).fetchone()
+            changed = db.execute(
+                "UPDATE studies SET state = 'complete', completed_by = ?, completed_at = ?,"
+                " instances = ? WHERE study_uid = ? AND state = 'receiving'",
+                (completed_by, utc_now(), count, study_uid),
+            ).rowcount
+            if not changed:
+                return None
+            row = db.execute("SELECT * FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        return _study(row)
+
+    def stored_instances(self, sop_instance_uids: Iterable[str]) -> dict[str, sqlite3.Row]:
+        """The latest stored (or duplicate) record of each SOP Instance UID the store holds."""
+        found: dict[str, sqlite3.Row] = {}
+        pending = list(dict.fromkeys(sop_instance_uids))
+        for start in range(0, len(pending), 500):
+            chunk = pending[start : start + 500]
+            rows = self._read(
+                "SELECT sop_instance_uid, sop_class_uid, study_uid, digest, path FROM received"
+                " WHERE outcome IN ('stored', 'duplicate') AND sop_instance_uid IN ({})"
+                " ORDER BY id".format(", ".join("?" for _ in chunk)),
+                chunk,
+            )
+            for row in rows:
+                found[row["sop_instance_uid"]] = row
+        return found
+
+    def start_hook_run(self, study_uid: str, command: str) -> int:
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO hook_runs (study_uid, command, started_at, outcome)"
+                " VALUES (?, ?, ?, 'running')",
+                (study_uid, command, utc_now()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish_hook_run(self, run_id: int, *, exit_status: int | None, error: str | None) -> None:
+        outcome = "succeeded" if exit_status == 0 and error is None else "failed"
+        with self._write() as db:
+            db.execute(
+                "UPDATE hook_runs SET finished_at = ?, outcome = ?, exit_status = ?, error = ?"
+                " WHERE id = ?",
+                (utc_now(), outcome, exit_status, error, run_id),
+            )
+
+    def hook_runs(self, study_uid: str) -> list[dict[str, object]]:
+        rows = self._read("SELECT * FROM hook_runs WHERE study_uid = ? ORDER BY id", (study_uid,))
+        return [dict(r) for r in rows]
+
+    def studies_with_failed_hooks(self) -> list[ReceivedStudy]:
+        """Complete studies whose latest hook run failed or was cut off (still 'running')."""
+        rows = self._read(
+            "SELECT s.* FROM studies s JOIN hook_runs h ON h.study_uid = s.study_uid"
+            " WHERE s.state = 'complete' AND h.id = (SELECT MAX(id) FROM hook_runs"
+            " WHERE study_uid = s.study_uid) AND h.outcome IN ('failed', 'running')"
+            " ORDER BY s.completed_at"
+        )
+        return [_study(r) for r in rows]
+
+    def record_forward(
+        self,
+        study_uid: str,
+        *,
+        peer: str,
+        outcome: str,
+        transfer_id: int | None,
+        reason: str | None,
+    ) -> None:
+        """Record a forward of a complete study: sent, failed (retryable) or held."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO forwards (study_uid, peer, at, outcome, transfer_id, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (study_uid, peer, utc_now(), outcome, transfer_id, reason),
+            )
+
+    def forwards(self, study_uid: str | None = None) -> list[dict[str, object]]:
+        if study_uid is None:
+            rows = self._read("SELECT * FROM forwards ORDER BY id")
+        else:
+            rows = self._read(
+                "SELECT * FROM forwards WHERE study_uid = ? ORDER BY id", (study_uid,)
+            )
+        return [dict(r) for r in rows]

@@ -8,14 +8,23 @@ Answers (documented in docs/conformance.md):
 * C001 (failure) conflict: an instance with this SOP Instance UID but other content is
   already stored; the newcomer is kept aside in ``conflicts/`` for a person to look at,
   and the sender is told it was not accepted as the instance.
+
+Who may connect: an association from an address outside ``allow_from`` is rejected
+permanently with no reason given (A-ASSOCIATE-RJ 1/1/1), one from a calling AE title
+outside ``allow_ae`` with "calling AE title not recognised" (1/1/3); beyond
+``max_associations`` established ones, transiently (2/3/2, local limit exceeded).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import shutil
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +32,19 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
+from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.errors import ConfigError
-from dvdexit_cli.events import InstanceReceived, Observer, ignore
+from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.receive.commitment import (
+    COMMITMENT_CLASS,
+    evaluate_commitment,
+    send_event_report,
+)
+from dvdexit_cli.receive.completeness import CompletenessTracker
+from dvdexit_cli.receive.forward import Forwarder
+from dvdexit_cli.receive.hooks import HookRunner
+from dvdexit_cli.receive.reconcile import PatientMapping
 from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
 from dvdexit_cli.transport.dimse import set_nodelay
 
@@ -44,9 +63,16 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _config.STORE_RECV_CHUNKED_DATASET = True
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Folder in the store where pynetdicom spools incoming datasets (same filesystem as
+#: the store, so the free-disk floor covers it and /tmp in RAM does not hold 2 GB).
+SPOOL_DIR = ".incoming"
+
+
 @dataclass(frozen=True)
 class ReceiveSettings:
-    """Where and as whom to listen, and where to store."""
+    """Where and as whom to listen, where to store, whom to let in, what to do when done."""
 
     host: str
     port: int
@@ -54,6 +80,38 @@ class ReceiveSettings:
     store: Path
     fsync: bool = True
     stop_timeout: float = 30.0
+    allow_ae: tuple[str, ...] = ()
+    allow_from: tuple[Network, ...] = ()
+    max_associations: int = 10
+    max_instance_size: int | None = None
+    min_free: int = 0
+    idle_timeout: float = 60.0
+    on_complete: str | None = None
+    commit_reply: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    ssl_context: Any = None
+    forward_to: DimsePeer | None = None
+    reconcile: PatientMapping | None = None
+    #: Where reconciled copies wait to be forwarded (outside the store).
+    staging: Path | None = None
+
+
+def sweep_store(store: Path) -> int:
+    """Remove what a killed receiver left: the spool, and dot-prefixed ``.tmp`` files.
+
+    Only names the store itself creates are removed; returns how many files went.
+    """
+    removed = 0
+    spool = store / SPOOL_DIR
+    if spool.is_dir():
+        for path in spool.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    for path in store.rglob(".*.tmp"):
+        if path.is_file() and path.parent != spool:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
@@ -78,6 +136,36 @@ class StorageServer:
         self._server: Any = None
         self._ae = AE(ae_title=settings.ae_title)
         self._ae.require_called_aet = True
+        # pynetdicom counts every connection toward its limit, even a port probe waiting
+        # out its ACSE timeout; the limit is applied in _on_requested to established ones.
+        self._ae.maximum_associations = 1000
+        self._ae.add_supported_context(COMMITMENT_CLASS)
+        self._hooks = (
+            HookRunner(settings.on_complete, journal=journal, observer=observer)
+            if settings.on_complete
+            else None
+        )
+        self._forwarder = (
+            Forwarder(
+                settings.forward_to,
+                journal=journal,
+                staging=settings.staging or settings.store.parent / "forward-staging",
+                mapping=settings.reconcile,
+                observer=observer,
+            )
+            if settings.forward_to is not None
+            else None
+        )
+        self.tracker = CompletenessTracker(
+            journal=journal,
+            idle_timeout=settings.idle_timeout,
+            hooks=self._hooks,
+            forwarder=self._forwarder,
+            observer=observer,
+        )
+        self.swept = 0
+        self._previous_tempdir: str | None = None
+        self._previous_template = tempfile.template
         self._ae.maximum_pdu_size = 0  # accept whatever PDU size the sender prefers
         self._ae.add_supported_context(_VERIFICATION)
         # An acceptor picks from a proposed context by its own order of preference:
@@ -95,11 +183,16 @@ class StorageServer:
         """Bind and serve in background threads; raise ConfigError when binding fails."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_ACTION, self._on_n_action),
         ]
         try:
             self._server = self._ae.start_server(
-                (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+                (self.settings.host, self.settings.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=self.settings.ssl_context,
             )
         except OSError as exc:
             raise ConfigError(
@@ -108,12 +201,32 @@ class StorageServer:
             ) from exc
         try:
             self.settings.store.mkdir(parents=True, exist_ok=True)
+            self.swept = sweep_store(self.settings.store)
+            (self.settings.store / SPOOL_DIR).mkdir(exist_ok=True)
         except OSError as exc:
             self.stop()
             raise ConfigError(
                 f"cannot create the store {self.settings.store}: {exc.strerror}",
                 hint="choose another --store, or fix its permissions",
             ) from exc
+        # pynetdicom offers no spool folder of its own: its NamedTemporaryFile follows
+        # tempfile's process-wide default, so the receiving process points it at the store.
+        # Its default name prefix is made dot-prefixed too (pynetdicom names them *.dcm):
+        # in the store, a name starting with a dot is always a temporary, never an instance.
+        self._previous_tempdir = tempfile.tempdir
+        self._previous_template = tempfile.template
+        tempfile.tempdir = str(self.settings.store / SPOOL_DIR)
+        tempfile.template = ".spool-"
+        if self._hooks is not None:
+            self._hooks.start()
+            # Runs cut off by a crash (journaled 'running') are run again now.
+            for study in self._journal.studies_with_failed_hooks():
+                runs = self._journal.hook_runs(study.study_uid)
+                if runs and runs[-1]["outcome"] == "running":
+                    self._hooks.submit(study)
+        if self._forwarder is not None:
+            self._forwarder.start()
+        self.tracker.start()
 
     def stop(self) -> int:
         """Refuse new associations, let running ones finish (up to ``stop_timeout``).
@@ -138,10 +251,100 @@ class StorageServer:
             active = [a for a in active if a.is_alive() and a.is_established]
         for assoc in active:
             assoc.abort()
+        self.tracker.stop()
+        if self._hooks is not None:
+            self._hooks.stop(max(1.0, deadline - time.monotonic()))
+        if self._forwarder is not None:
+            self._forwarder.stop(max(1.0, deadline - time.monotonic()))
+        tempfile.tempdir = self._previous_tempdir
+        tempfile.template = self._previous_template
         return len(active)
 
     def _on_connection(self, event: Any) -> None:
         set_nodelay(event.assoc)
+
+    def _on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        # The requestor's AE title is filled in only during negotiation: read the request.
+        calling_ae = str(assoc.requestor.primitive.calling_ae_title or "").strip()
+        address = str(assoc.requestor.address)
+        why: str | None = None
+        diagnostic = 0x01
+        if self.settings.allow_from and not _address_allowed(address, self.settings.allow_from):
+            why = "address not allowed (--allow-from)"
+        elif self.settings.allow_ae and calling_ae not in self.settings.allow_ae:
+            why, diagnostic = "calling AE title not allowed (--allow-ae)", 0x03
+        elif self._established() >= self.settings.max_associations:
+            log.info("association from %s (%s) rejected: limit reached", address, calling_ae)
+            self._observer(
+                AssociationRefused(
+                    calling_ae=calling_ae, address=address, reason="too many associations"
+                )
+            )
+            # Transient, presentation related, local limit exceeded: the sender may retry.
+            assoc.acse.send_reject(0x02, 0x03, 0x02)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
+            return
+        if why is None:
+            return
+        log.info("association from %s (%s) rejected: %s", address, calling_ae, why)
+        self._observer(AssociationRefused(calling_ae=calling_ae, address=address, reason=why))
+        # Permanent rejection by the service user; the reason is "no reason given" for
+        # an address (a stranger learns nothing) and "calling AE not recognised" for a title.
+        assoc.acse.send_reject(0x01, 0x01, diagnostic)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def _established(self) -> int:
+        server = self._server
+        if server is None:
+            return 0
+        return sum(1 for a in server.active_associations if a.is_established)
+
+    def _on_n_action(self, event: Any) -> tuple[Dataset, Dataset | None]:
+        request = event.request
+        if str(request.RequestedSOPClassUID) != COMMITMENT_CLASS or request.ActionTypeID != 1:
+            return _status(0x0123), None  # no such action
+        try:
+            info = event.action_information
+            result = evaluate_commitment(info, journal=self._journal)
+        except ValueError as exc:
+            return _status(0x0115, f"invalid request: {exc}"), None  # invalid argument value
+        except Exception as exc:  # pydicom decode errors come in many types
+            log.error("storage commitment request could not be read: %s", exc)
+            return _status(0x0110, "request could not be read"), None
+        self._journal.mark_commit_requested(result.studies)
+        log.info(
+            "storage commitment %s: %d stored, %d failed",
+            result.transaction_uid,
+            len(result.succeeded),
+            len(result.failed),
+        )
+        if not result.failed:
+            self.tracker.complete(sorted(result.studies), completed_by="commitment")
+        send_event_report(
+            result,
+            assoc=event.assoc,
+            ae_title=self.settings.ae_title,
+            reply_to=self.settings.commit_reply,
+            ssl_context=None,
+        )
+        return _status(STATUS_SUCCESS), None
+
+    def _refuse_for_resources(self, spooled: Path) -> str | None:
+        """Why an instance must be answered A700 before anything is written, if it must."""
+        try:
+            size = spooled.stat().st_size
+            free = shutil.disk_usage(self.settings.store).free
+        except OSError as exc:
+            return f"cannot check the store: {exc.strerror or exc}"
+        limit = self.settings.max_instance_size
+        if limit is not None and size > limit:
+            return f"instance of {size} bytes exceeds the limit of {limit} bytes"
+        if free - size < self.settings.min_free:
+            return "free disk space below the floor (--min-free)"
+        return None
 
     def _on_store(self, event: Any) -> Dataset:
         request = event.request
@@ -162,7 +365,24 @@ class StorageServer:
             "digest": None,
             "path": None,
         }
-        reason: str | None
+        reason: str | None = self._refuse_for_resources(Path(event.dataset_path))
+        if reason is not None:
+            log.info("instance refused with A700: %s", reason)
+            record["sop_instance_uid"] = sop_instance if _plain(sop_instance) else None
+            self._journal.record_received(
+                **record, outcome="refused", status=STATUS_OUT_OF_RESOURCES, reason=reason
+            )
+            self._observer(
+                InstanceReceived(
+                    calling_ae=calling_ae,
+                    sop_instance_uid=sop_instance if _plain(sop_instance) else None,
+                    study_uid=None,
+                    outcome="refused",
+                    status=STATUS_OUT_OF_RESOURCES,
+                    reason=reason,
+                )
+            )
+            return _status(STATUS_OUT_OF_RESOURCES, reason)
         try:
             put = self._store.put(
                 Path(event.dataset_path),
@@ -194,6 +414,14 @@ class StorageServer:
             else:
                 status, reason = STATUS_SUCCESS, None
         self._journal.record_received(**record, outcome=outcome, status=status, reason=reason)
+        if outcome in ("stored", "duplicate") and record["study_uid"]:
+            self._journal.note_study_activity(
+                study_uid=record["study_uid"],
+                calling_ae=calling_ae,
+                peer_address=address,
+                folder=str(self.settings.store / record["study_uid"]),
+                new=outcome == "stored",
+            )
         self._observer(
             InstanceReceived(
                 calling_ae=calling_ae,
@@ -205,6 +433,16 @@ class StorageServer:
             )
         )
         return _status(status, reason)
+
+
+def _address_allowed(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
 
 
 def _plain(uid: str) -> bool:

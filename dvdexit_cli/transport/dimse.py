@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -138,8 +139,12 @@ class DimseTransport:
         dimse_timeout: float = 60.0,
         network_timeout: float = 120.0,
         observer: Observer = ignore,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.peer = peer
+        # TLS: the context checks the peer's certificate; host name checking uses the
+        # peer's host as given.
+        self._tls_args = (ssl_context, self.peer.host) if ssl_context is not None else None
         self._observer = observer
         self._ae = AE(ae_title=peer.calling_ae)
         self._ae.connection_timeout = connect_timeout
@@ -178,7 +183,11 @@ class DimseTransport:
             build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in plan.contexts
         ]
         assoc = self._ae.associate(
-            self.peer.host, self.peer.port, contexts=contexts, ae_title=self.peer.called_ae
+            self.peer.host,
+            self.peer.port,
+            contexts=contexts,
+            ae_title=self.peer.called_ae,
+            tls_args=self._tls_args,
         )
         if not assoc.is_established:
             # pynetdicom marks a failed TCP connect as "aborted" too; only an answer from

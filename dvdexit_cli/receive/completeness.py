@@ -1,0 +1,88 @@
+"""When is a received study complete? By Storage Commitment, or after an idle period.
+
+A study named in a Storage Commitment request is complete once a request naming it is
+answered with no failure at all; such a study is never completed by the idle timer (its
+sender told us what the set is). Any other study is complete when no new instance of it
+arrived for ``idle_timeout`` seconds. A new instance arriving after completion re-opens
+the study, which then completes (and runs its hook) again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from dvdexit_cli.events import Observer, StudyCompleted, ignore
+from dvdexit_cli.journal import Journal
+from dvdexit_cli.receive.forward import Forwarder
+from dvdexit_cli.receive.hooks import HookRunner
+
+__all__ = ["CompletenessTracker"]
+
+log = logging.getLogger(__name__)
+
+
+class CompletenessTracker:
+    """Watches received studies, completes them, and hands them to the hook runner."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        idle_timeout: float,
+        hooks: HookRunner | None = None,
+        forwarder: Forwarder | None = None,
+        observer: Observer = ignore,
+    ) -> None:
+        self._forwarder = forwarder
+        self._journal = journal
+        self._idle = idle_timeout
+        self._hooks = hooks
+        self._observer = observer
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="dvdexit-idle", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def complete(self, study_uids: Iterable[str], *, completed_by: str) -> None:
+        for uid in study_uids:
+            study = self._journal.complete_study(uid, completed_by=completed_by)
+            if study is None:
+                continue  # already complete: its hook ran (or is queued) once
+            log.info("study %s complete (%s): %d instances", uid, completed_by, study.instances)
+            self._observer(
+                StudyCompleted(study_uid=uid, instances=study.instances, completed_by=completed_by)
+            )
+            if self._hooks is not None:
+                self._hooks.submit(study)
+            if self._forwarder is not None:
+                self._forwarder.submit(study)
+
+    def check_idle(self, now: datetime | None = None) -> None:
+        """Complete every receiving study idle for longer than the timeout."""
+        now = now or datetime.now(UTC)
+        idle = [
+            s.study_uid
+            for s in self._journal.studies(state="receiving")
+            if not s.commit_requested
+            and (now - datetime.fromisoformat(s.last_at)).total_seconds() >= self._idle
+        ]
+        self.complete(idle, completed_by="idle")
+
+    def _watch(self) -> None:
+        interval = min(1.0, max(0.05, self._idle / 4))
+        while not self._stop.wait(interval):
+            try:
+                self.check_idle()
+            except Exception:  # a journal hiccup must not end completeness tracking
+                log.exception("idle check failed; trying again")

@@ -1,0 +1,147 @@
+"""Forwarding complete studies to the local PACS through the send machinery.
+
+Each forward is an ordinary ``engine.send`` transfer (journaled item by item, so what
+failed can be sent again) plus a row in the journal's ``forwards`` table. With a
+reconciliation mapping, reconciled copies are written to a staging folder outside the
+store (the stored instances stay exactly what arrived) and those are sent; a study
+whose Patient ID has no mapping is held: recorded and reported, never sent with the
+foreign ID.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+from pathlib import Path
+
+import pydicom
+
+from dvdexit_cli.config import DimsePeer
+from dvdexit_cli.engine import SendSettings, send
+from dvdexit_cli.errors import DvdexitError
+from dvdexit_cli.events import Observer, StudyForwarded, ignore
+from dvdexit_cli.journal import Journal
+from dvdexit_cli.journal.store import ReceivedStudy
+from dvdexit_cli.receive.reconcile import PatientMapping, reconcile_dataset
+from dvdexit_cli.transport.dimse import DimseTransport
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger(__name__)
+
+
+class _Held(Exception):
+    """The study cannot be forwarded as it is (no mapping for its Patient ID)."""
+
+
+class Forwarder:
+    """Forwards complete studies to ``peer``, one at a time, in a worker thread."""
+
+    def __init__(
+        self,
+        peer: DimsePeer,
+        *,
+        journal: Journal,
+        staging: Path,
+        mapping: PatientMapping | None = None,
+        observer: Observer = ignore,
+    ) -> None:
+        self.peer = peer
+        self._journal = journal
+        self._staging = staging
+        self._mapping = mapping
+        self._observer = observer
+        self._queue: queue.Queue[ReceivedStudy | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="dvdexit-forward", daemon=True)
+        self._thread.start()
+
+    def submit(self, study: ReceivedStudy) -> None:
+        self._queue.put(study)
+
+    def stop(self, timeout: float) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _work(self) -> None:
+        while (study := self._queue.get()) is not None:
+            try:
+                self.forward(study)
+            except Exception:  # one study's trouble must not stop the next
+                log.exception("forwarding study %s failed", study.study_uid)
+
+    def forward(self, study: ReceivedStudy) -> str:
+        """Forward one study now; returns sent, failed or held (also journaled)."""
+        folder = Path(study.folder)
+        files = sorted(p for p in folder.rglob("*.dcm") if not p.name.startswith("."))
+        transfer_id: int | None = None
+        staged: Path | None = None
+        try:
+            if self._mapping is not None:
+                staged = self._reconcile(study.study_uid, folder, files)
+            inputs = (staged or folder,)
+            result = send(
+                SendSettings(
+                    inputs=inputs, peer_name=self.peer.name, peer_address=self.peer.address
+                ),
+                journal=self._journal,
+                transport=DimseTransport(self.peer),
+            )
+            transfer_id = result.transfer_id
+            outcome = (
+                "sent"
+                if result.failed == 0 and result.pending == 0 and not result.error
+                else "failed"
+            )
+            reason = (
+                None
+                if outcome == "sent"
+                else (result.error or f"{result.failed} instance(s) failed")
+            )
+        except _Held as exc:
+            outcome, reason = "held", str(exc)
+        except DvdexitError as exc:
+            outcome, reason = "failed", str(exc)
+        if outcome == "sent" and staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        self._journal.record_forward(
+            study.study_uid,
+            peer=self.peer.name,
+            outcome=outcome,
+            transfer_id=transfer_id,
+            reason=reason,
+        )
+        self._observer(
+            StudyForwarded(
+                study_uid=study.study_uid, peer=self.peer.name, outcome=outcome, reason=reason
+            )
+        )
+        return outcome
+
+    def _reconcile(self, study_uid: str, folder: Path, files: list[Path]) -> Path:
+        assert self._mapping is not None
+        target = self._staging / study_uid
+        datasets = []
+        for path in files:
+            ds = pydicom.dcmread(path)
+            local = self._mapping.lookup(
+                str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or "")
+            )
+            if local is None:
+                # Names no ID: the message reaches logs, and patient IDs must not.
+                raise _Held("no reconciliation mapping for the study's Patient ID (and issuer)")
+            datasets.append((path, ds, local))
+        shutil.rmtree(target, ignore_errors=True)
+        for path, ds, local in datasets:
+            reconcile_dataset(ds, local)
+            out = target / path.relative_to(folder)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(out, enforce_file_format=True)
+        return target

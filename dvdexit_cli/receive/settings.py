@@ -1,0 +1,116 @@
+"""Receiver settings from options and from the ``[receive]`` table of peers.toml.
+
+Options win over the file. The table's keys are the long option names with dashes or
+underscores (``allow-ae``, ``allow_from``, ``min-free`` ...); list options take TOML
+arrays. Sizes accept a unit: ``500M``, ``2G`` (powers of 1024), or plain bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from dvdexit_cli.config import parse_host_port, validate_ae_title
+from dvdexit_cli.errors import ConfigError, UsageError
+
+__all__ = [
+    "RECEIVE_KEYS",
+    "load_receive_table",
+    "parse_commit_reply",
+    "parse_networks",
+    "parse_size",
+]
+
+#: Keys a ``[receive]`` table may hold (underscored form).
+RECEIVE_KEYS = frozenset(
+    {
+        "port",
+        "ae",
+        "host",
+        "store",
+        "allow_ae",
+        "allow_from",
+        "max_associations",
+        "max_instance_size",
+        "min_free",
+        "durability",
+        "idle_timeout",
+        "on_complete",
+        "commit_reply",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        "require_tls",
+        "forward_to",
+        "reconcile",
+    }
+)
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*$")
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: str | int, *, what: str) -> int:
+    """``"2G"`` -> 2147483648; UsageError for anything else than a size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise UsageError(f"{what}: {value!r} is not a size (examples: 500M, 2G, 1048576)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_networks(
+    values: Iterable[str], *, what: str = "--allow-from"
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """CIDR blocks (or single addresses) -> networks; UsageError naming the bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as exc:
+            raise UsageError(f"{what}: {value!r} is not an address or CIDR block") from exc
+    return tuple(networks)
+
+
+def parse_commit_reply(values: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """``AE=HOST:PORT`` entries -> {AE: (host, port)}."""
+    replies: dict[str, tuple[str, int]] = {}
+    for value in values:
+        ae, sep, address = value.partition("=")
+        if not sep:
+            raise UsageError(f"--commit-reply: {value!r} is not AE=HOST:PORT")
+        try:
+            replies[validate_ae_title(ae.strip())] = parse_host_port(address.strip())
+        except ConfigError as exc:
+            raise UsageError(f"--commit-reply: {exc}") from exc
+    return replies
+
+
+def load_receive_table(peers_file: Path) -> dict[str, object]:
+    """The ``[receive]`` table of ``peers_file`` with underscored keys ({} when absent)."""
+    try:
+        with peers_file.open("rb") as fh:
+            document = tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{peers_file} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {peers_file}: {exc.strerror}") from exc
+    table = document.get("receive", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{peers_file}: 'receive' must be a table")
+    settings: dict[str, object] = {}
+    for key, value in table.items():
+        name = str(key).replace("-", "_")
+        if name not in RECEIVE_KEYS:
+            raise ConfigError(
+                f"{peers_file}: [receive] has an unknown key {key!r}",
+                hint="known keys: " + ", ".join(sorted(RECEIVE_KEYS)),
+            )
+        settings[name] = value
+    return settings

@@ -1,0 +1,136 @@
+"""TLS: certificates made in the test (trustme), client certificates required.
+
+dvdexit send (through the library: DimseTransport with an ssl_context) and DCMTK
+storescu (+tls) push into ``dvdexit receive --tls-cert --tls-key --tls-ca``; a plain
+connection and a client without a certificate get nothing stored.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import trustme
+from peers import LOOPBACK, dcmtk_env, require_tool, run_dcmsend
+
+from dvdexit_cli.config import DimsePeer
+from dvdexit_cli.dicom.digest import dataset_digest
+from dvdexit_cli.engine import SendSettings, send
+from dvdexit_cli.journal import Journal
+from dvdexit_cli.samples import write_study
+from dvdexit_cli.tls import client_context
+from dvdexit_cli.transport.dimse import DimseTransport
+
+pytestmark = pytest.mark.peer
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("hosp-a.example")
+    files = {
+        "ca": tmp_path / "ca.pem",
+        "server_cert": tmp_path / "server.pem",
+        "server_key": tmp_path / "server.key",
+        "client_cert": tmp_path / "client.pem",
+        "client_key": tmp_path / "client.key",
+    }
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(files["server_cert"]))
+    server.private_key_pem.write_to_path(str(files["server_key"]))
+    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    return files
+
+
+def tls_receiver(start, store: Path, pki: dict[str, Path]):
+    return start(
+        store,
+        extra=[
+            "--tls-cert",
+            str(pki["server_cert"]),
+            "--tls-key",
+            str(pki["server_key"]),
+            "--tls-ca",
+            str(pki["ca"]),
+            "--require-tls",
+        ],
+    )
+
+
+def library_send(folder: Path, port: int, journal_file: Path, context) -> object:
+    peer = DimsePeer(name="gw", host=LOOPBACK, port=port, called_ae="DVDEXIT")
+    with Journal(journal_file) as journal:
+        return send(
+            SendSettings(inputs=(folder,), peer_name="gw", peer_address=peer.address, retries=0),
+            journal=journal,
+            transport=DimseTransport(peer, ssl_context=context),
+        )
+
+
+def test_dvdexit_send_over_mutual_tls_stores_every_instance_byte_for_byte(
+    tmp_path, pki, dvdexit_receiver
+):
+    study = write_study(tmp_path / "study", n_instances=4, seed="tls")
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+    context = client_context(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"])
+
+    result = library_send(tmp_path / "study", receiver.port, tmp_path / "j.sqlite", context)
+
+    assert (result.sent, result.failed) == (4, 0), result
+    assert receiver.stop() == 0
+    assert "(TLS)" in receiver.stderr
+    stored = sorted(receiver.store.rglob("*.dcm"))
+    assert {dataset_digest(p)[1] for p in stored} == {dataset_digest(p)[1] for p in study}
+
+
+def test_plain_or_certificate_less_clients_get_nothing_stored(tmp_path, pki, dvdexit_receiver):
+    study = write_study(tmp_path / "study", n_instances=1, seed="tls-refused")
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+
+    plain = run_dcmsend(study, receiver.port, called_ae="DVDEXIT")
+    assert plain.returncode != 0
+
+    anonymous = client_context(ca=pki["ca"])  # trusts the server, shows no certificate
+    result = library_send(tmp_path / "study", receiver.port, tmp_path / "j.sqlite", anonymous)
+    assert result.sent == 0 and result.exit_code != 0
+
+    assert receiver.stop() == 0
+    assert [p for p in receiver.store.rglob("*") if p.is_file()] == []
+
+
+def test_dcmtk_storescu_with_tls_options_is_received(tmp_path, pki, dvdexit_receiver):
+    exe = require_tool("storescu")
+    if "--enable-tls" not in subprocess.run([exe, "--help"], capture_output=True, text=True).stdout:
+        message = "this DCMTK build has no TLS"  # Debian's has it
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    study = write_study(tmp_path / "study", n_instances=2, seed="tls-dcmtk")
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+    sent = subprocess.run(
+        [
+            exe,
+            "-aec",
+            "DVDEXIT",
+            "+tls",
+            str(pki["client_key"]),
+            str(pki["client_cert"]),
+            "+cf",
+            str(pki["ca"]),
+            LOOPBACK,
+            str(receiver.port),
+            *map(str, study),
+        ],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert receiver.stop() == 0
+    assert len(list(receiver.store.rglob("*.dcm"))) == len(study)

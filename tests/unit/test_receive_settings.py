@@ -1,0 +1,173 @@
+"""Receiver settings, the [receive] table, reconciliation mappings, completeness bookkeeping."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from dvdexit_cli.config import DimsePeer, PeerBook
+from dvdexit_cli.errors import ConfigError, UsageError
+from dvdexit_cli.journal import Journal
+from dvdexit_cli.receive.completeness import CompletenessTracker
+from dvdexit_cli.receive.reconcile import load_mapping, reconcile_dataset
+from dvdexit_cli.receive.settings import (
+    load_receive_table,
+    parse_commit_reply,
+    parse_networks,
+    parse_size,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2G", 2 * 1024**3), ("500M", 500 * 1024**2), ("1.5k", 1536), ("1048576", 1048576), (7, 7)],
+)
+def test_sizes_accept_units(text: str | int, expected: int) -> None:
+    assert parse_size(text, what="--min-free") == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1G", "1X", ""])
+def test_a_size_that_is_not_one_is_a_usage_error_naming_the_option(bad: str) -> None:
+    with pytest.raises(UsageError, match="--min-free"):
+        parse_size(bad, what="--min-free")
+
+
+def test_networks_and_single_addresses_parse_and_bad_ones_are_named() -> None:
+    nets = parse_networks(["10.0.0.0/8", "192.0.2.7", "::1"])
+    assert ipaddress.ip_address("10.1.2.3") in nets[0]
+    assert nets[1].num_addresses == 1
+    with pytest.raises(UsageError, match=r"10\.0\.0\.300"):
+        parse_networks(["10.0.0.300/8"])
+
+
+def test_commit_reply_entries_parse_and_bad_ones_are_usage_errors() -> None:
+    assert parse_commit_reply(["HOSP_A=gw.example:11112"]) == {"HOSP_A": ("gw.example", 11112)}
+    for bad in ["HOSP_A", "HOSP_A=gw.example", "THIS_AE_TITLE_IS_TOO_LONG=h:1"]:
+        with pytest.raises(UsageError, match="--commit-reply"):
+            parse_commit_reply([bad])
+
+
+def test_the_example_receiver_config_is_valid(tmp_path: Path) -> None:
+    table = load_receive_table(EXAMPLES / "receiver-peers.toml")
+    assert table["allow_ae"] == ["HOSP_A_GW", "HOSP_B_GW"]
+    assert parse_size(str(table["min_free"]), what="min-free") == 20 * 1024**3
+    assert parse_networks(table["allow_from"])  # type: ignore[arg-type]
+    assert parse_commit_reply(table["commit_reply"])  # type: ignore[arg-type]
+    assert isinstance(PeerBook(EXAMPLES / "receiver-peers.toml").get("pacs"), DimsePeer)
+
+
+def test_an_unknown_key_in_the_receive_table_is_a_config_error(tmp_path: Path) -> None:
+    peers = tmp_path / "peers.toml"
+    peers.write_text('[receive]\nport = 104\nallow_aes = ["X"]\n')
+    with pytest.raises(ConfigError, match="allow_aes"):
+        load_receive_table(peers)
+    assert load_receive_table(tmp_path / "absent.toml") == {}
+
+
+def test_adding_a_peer_keeps_the_receive_table(tmp_path: Path) -> None:
+    peers = tmp_path / "peers.toml"
+    peers.write_text('[receive]\nport = 104\nallow-ae = ["HOSP_A"]\n')
+    PeerBook(peers).add(DimsePeer(name="pacs", host="127.0.0.1", port=104, called_ae="PACS"))
+    assert load_receive_table(peers) == {"port": 104, "allow_ae": ["HOSP_A"]}
+
+
+def test_mapping_from_csv_prefers_the_issuer_specific_row(tmp_path: Path) -> None:
+    csv = tmp_path / "map.csv"
+    csv.write_text(
+        "sender_id,sender_issuer,local_id,local_issuer\n123,HOSP_A,L-1,OURS\n123,,L-2,OURS\n"
+    )
+    mapping = load_mapping(csv)
+    assert mapping.lookup("123", "HOSP_A").patient_id == "L-1"  # type: ignore[union-attr]
+    assert mapping.lookup("123", "HOSP_B").patient_id == "L-2"  # type: ignore[union-attr]
+    assert mapping.lookup("999", "HOSP_A") is None
+
+
+def test_mapping_from_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "map.toml"
+    toml.write_text('[[patient]]\nsender_id = "123"\nlocal_id = "L-1"\nlocal_issuer = "OURS"\n')
+    assert load_mapping(toml).lookup("123", "ANY").issuer == "OURS"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("id,local\n1,2\n", "header"),
+        ("sender_id,sender_issuer,local_id,local_issuer\n1,,,\n", "entry 1"),
+        ("sender_id,sender_issuer,local_id,local_issuer\n1,,2,\n1,,3,\n", "twice"),
+    ],
+)
+def test_a_bad_mapping_is_a_config_error_naming_the_problem(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "map.csv"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_mapping(path)
+
+
+def test_reconciliation_keeps_the_original_id_and_issuer() -> None:
+    ds = Dataset()
+    ds.PatientID = "123"
+    ds.IssuerOfPatientID = "HOSP_A"
+    ds.SOPInstanceUID = "1.2.3"
+    mapping_row = type("L", (), {"patient_id": "L-1", "issuer": "OURS"})()
+    reconcile_dataset(ds, mapping_row)  # type: ignore[arg-type]
+    assert (ds.PatientID, ds.IssuerOfPatientID, ds.SOPInstanceUID) == ("L-1", "OURS", "1.2.3")
+    assert ds.OtherPatientIDsSequence[0].PatientID == "123"
+    assert ds.OtherPatientIDsSequence[0].IssuerOfPatientID == "HOSP_A"
+    modified = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert (modified.PatientID, modified.IssuerOfPatientID) == ("123", "HOSP_A")
+
+
+def _receive(journal: Journal, study: str, sop: str) -> None:
+    journal.record_received(
+        calling_ae="HOSP_A",
+        peer_address="127.0.0.1:1",
+        sop_class_uid="1.2",
+        sop_instance_uid=sop,
+        study_uid=study,
+        series_uid="1.3",
+        transfer_syntax="1.2.840.10008.1.2.1",
+        size=1,
+        digest="d",
+        path="/x",
+        outcome="stored",
+        status=0,
+        reason=None,
+    )
+    journal.note_study_activity(
+        study_uid=study, calling_ae="HOSP_A", peer_address="127.0.0.1:1", folder="/x", new=True
+    )
+
+
+def test_idle_studies_complete_once_and_committed_ones_wait_for_commitment(tmp_path: Path) -> None:
+    completed: list[str] = []
+    with Journal(tmp_path / "j.sqlite") as journal:
+        tracker = CompletenessTracker(
+            journal=journal,
+            idle_timeout=60,
+            observer=lambda e: completed.append(e.study_uid),  # type: ignore[union-attr]
+        )
+        _receive(journal, "1.1", "1.1.1")
+        _receive(journal, "2.2", "2.2.1")
+        journal.mark_commit_requested(["2.2"])
+        tracker.check_idle(datetime.now(UTC))
+        assert completed == [], "not idle yet"
+        later = datetime.now(UTC) + timedelta(seconds=61)
+        tracker.check_idle(later)
+        tracker.check_idle(later)
+        assert completed == ["1.1"]
+        study = journal.study("1.1")
+        assert study is not None and (study.instances, study.completed_by) == (1, "idle")
+        # A new instance re-opens it; it completes again.
+        _receive(journal, "1.1", "1.1.2")
+        assert journal.study("1.1").state == "receiving"  # type: ignore[union-attr]
+        tracker.check_idle(later + timedelta(seconds=61))
+        assert completed == ["1.1", "1.1"]
+        assert journal.study("1.1").instances == 2  # type: ignore[union-attr]
