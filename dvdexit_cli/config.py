@@ -23,6 +23,7 @@ from dvdexit_cli.errors import ConfigError, UnknownPeerError
 __all__ = [
     "DEFAULT_CALLING_AE",
     "DimsePeer",
+    "LocalSettings",
     "Paths",
     "PeerBook",
     "parse_host_port",
@@ -112,6 +113,16 @@ class DimsePeer:
     port: int
     called_ae: str
     calling_ae: str = DEFAULT_CALLING_AE
+    tls_ca: str | None = None
+    """CA bundle (PEM) that the peer's certificate must chain to; enables TLS."""
+    tls_cert: str | None = None
+    """Our client certificate (PEM), for peers that require mutual TLS."""
+    tls_key: str | None = None
+    """The private key of ``tls_cert`` (PEM)."""
+    max_pdu: int = 0
+    """Largest PDU we accept (0: unlimited)."""
+    workers: int = 1
+    """Parallel associations for a send."""
 
     kind = "dimse"
 
@@ -119,14 +130,27 @@ class DimsePeer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert)
+
     def to_toml(self) -> dict[str, object]:
-        return {
+        table: dict[str, object] = {
             "kind": self.kind,
             "host": self.host,
             "port": self.port,
             "called_ae": self.called_ae,
             "calling_ae": self.calling_ae,
         }
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            value = getattr(self, key)
+            if value:
+                table[key] = value
+        if self.max_pdu:
+            table["max_pdu"] = self.max_pdu
+        if self.workers != 1:
+            table["workers"] = self.workers
+        return table
 
     def describe(self) -> dict[str, object]:
         """A JSON-safe description (holds no secret)."""
@@ -157,6 +181,20 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Pee
     except KeyError as exc:
         raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
     calling_ae = table.get("calling_ae", DEFAULT_CALLING_AE)
+    tls: dict[str, str | None] = {}
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where}: {key} must be a file path (a non-empty string)")
+        tls[key] = value
+    if tls["tls_key"] and not tls["tls_cert"]:
+        raise ConfigError(f"{where}: tls_key is set but tls_cert is not")
+    max_pdu = table.get("max_pdu", 0)
+    workers = table.get("workers", 1)
+    if not isinstance(max_pdu, int) or isinstance(max_pdu, bool) or max_pdu < 0:
+        raise ConfigError(f"{where}: max_pdu must be a whole number of bytes, 0 for no limit")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise ConfigError(f"{where}: workers must be a number from 1 to 64")
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{where}: host must be a non-empty string")
     if not isinstance(port, int) or not 1 <= port <= 65535:
@@ -169,6 +207,49 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Pee
         port=port,
         called_ae=validate_ae_title(called_ae, what=f"{where} called_ae"),
         calling_ae=validate_ae_title(calling_ae, what=f"{where} calling_ae"),
+        max_pdu=max_pdu,
+        workers=workers,
+        **tls,
+    )
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """Our own side (peers.toml ``[local]``): the AE title and port we answer on."""
+
+    ae_title: str = DEFAULT_CALLING_AE
+    port: int | None = None
+    """Where peers reach us (Storage Commitment reports, C-MOVE destinations)."""
+    host: str = ""
+    """The address to listen on; empty for every interface."""
+
+    def to_toml(self) -> dict[str, object]:
+        table: dict[str, object] = {"ae_title": self.ae_title}
+        if self.port is not None:
+            table["port"] = self.port
+        if self.host:
+            table["host"] = self.host
+        return table
+
+
+def _local_from_toml(table: Mapping[str, object], source: Path) -> LocalSettings:
+    where = f"{source} [local]"
+    unknown = set(table) - {"ae_title", "port", "host"}
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {sorted(unknown)[0]!r}", hint="known keys: ae_title, port, host"
+        )
+    ae = table.get("ae_title", DEFAULT_CALLING_AE)
+    port = table.get("port")
+    host = table.get("host", "")
+    if not isinstance(ae, str):
+        raise ConfigError(f"{where}: ae_title must be a string")
+    if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
+        raise ConfigError(f"{where}: port must be a number from 1 to 65535")
+    if not isinstance(host, str):
+        raise ConfigError(f"{where}: host must be a string")
+    return LocalSettings(
+        ae_title=validate_ae_title(ae, what=f"{where} ae_title"), port=port, host=host
     )
 
 
@@ -177,6 +258,7 @@ class PeerBook:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.local = LocalSettings()
         self._peers = self._load()
 
     def _load(self) -> dict[str, Peer]:
@@ -191,6 +273,10 @@ class PeerBook:
             ) from exc
         except OSError as exc:
             raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from exc
+        local = document.get("local", {})
+        if not isinstance(local, dict):
+            raise ConfigError(f"{self.path}: 'local' must be a table")
+        self.local = _local_from_toml(local, self.path)
         tables = document.get("peers", {})
         if not isinstance(tables, dict):
             raise ConfigError(f"{self.path}: 'peers' must be a table")
@@ -239,7 +325,10 @@ class PeerBook:
         return peer
 
     def _save(self) -> None:
-        document = {"peers": {p.name: p.to_toml() for p in self._peers.values()}}
+        document: dict[str, object] = {}
+        if self.local != LocalSettings():
+            document["local"] = self.local.to_toml()
+        document["peers"] = {p.name: p.to_toml() for p in self._peers.values()}
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
