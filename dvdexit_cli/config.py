@@ -21,14 +21,19 @@ import tomli_w
 from dvdexit_cli.errors import ConfigError, UnknownPeerError
 
 __all__ = [
+    "AUTH_KINDS",
     "DEFAULT_CALLING_AE",
+    "AnyPeer",
+    "DicomWebPeer",
     "DimsePeer",
+    "FolderPeer",
     "LocalSettings",
     "Paths",
     "PeerBook",
     "parse_host_port",
     "resolve_paths",
     "validate_ae_title",
+    "validate_dicomweb",
 ]
 
 DEFAULT_CALLING_AE = "DVDEXIT"
@@ -159,6 +164,89 @@ class DimsePeer:
 
 Peer = DimsePeer
 
+AUTH_KINDS = ("none", "basic", "bearer")
+
+
+@dataclass(frozen=True)
+class DicomWebPeer:
+    """A DICOMweb service (STOW-RS, QIDO-RS, WADO-RS) under one base URL."""
+
+    name: str
+    url: str
+    auth: str = "none"
+    """``none``, ``basic`` (user + secret) or ``bearer`` (secret is the token)."""
+    user: str | None = None
+    ca_bundle: str | None = None
+    """CA bundle (PEM) for an https URL signed by a private CA."""
+
+    kind = "dicomweb"
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    @property
+    def needs_secret(self) -> bool:
+        return self.auth != "none"
+
+    def to_toml(self) -> dict[str, object]:
+        table: dict[str, object] = {"kind": self.kind, "url": self.url, "auth": self.auth}
+        if self.user:
+            table["user"] = self.user
+        if self.ca_bundle:
+            table["ca_bundle"] = self.ca_bundle
+        return table
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-safe description (holds no secret)."""
+        return {"name": self.name, **self.to_toml()}
+
+
+@dataclass(frozen=True)
+class FolderPeer:
+    """A drop folder (or mounted share) that receives transfer packages."""
+
+    name: str
+    path: str
+
+    kind = "folder"
+
+    @property
+    def address(self) -> str:
+        return self.path
+
+    def to_toml(self) -> dict[str, object]:
+        return {"kind": self.kind, "path": self.path}
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, **self.to_toml()}
+
+
+AnyPeer = DimsePeer | DicomWebPeer | FolderPeer
+
+
+def validate_dicomweb(peer: DicomWebPeer, *, where: str = "") -> DicomWebPeer:
+    """Check a DICOMweb peer's settings; ConfigError naming ``where`` and the field."""
+    prefix = f"{where}: " if where else ""
+    if not re.match(r"^https?://[^/\s]+", peer.url):
+        raise ConfigError(
+            f"{prefix}url {peer.url!r} is not an http(s) URL",
+            hint="give the DICOMweb base URL, for example https://pacs.example.org/dicom-web",
+        )
+    if peer.auth not in AUTH_KINDS:
+        raise ConfigError(f"{prefix}auth {peer.auth!r} is not one of {', '.join(AUTH_KINDS)}")
+    if peer.auth == "basic" and not peer.user:
+        raise ConfigError(f"{prefix}auth 'basic' needs a user", hint="add --user NAME")
+    if peer.url.startswith("http://") and peer.auth != "none":
+        # A password over plain HTTP is readable by anyone on the path.
+        host = peer.url.split("/")[2].split(":")[0]
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            raise ConfigError(
+                f"{prefix}auth {peer.auth!r} over plain http would send the secret in clear",
+                hint="use an https URL",
+            )
+    return peer
+
 
 def _validate_peer_name(name: str) -> str:
     if not _PEER_NAME.match(name):
@@ -169,11 +257,40 @@ def _validate_peer_name(name: str) -> str:
     return name
 
 
-def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Peer:
+def _text_field(table: Mapping[str, object], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return value
+
+
+def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> AnyPeer:
     where = f"{source} [peers.{name}]"
     kind = table.get("kind", "dimse")
+    if kind == "dicomweb":
+        url = _text_field(table, "url", where)
+        if url is None:
+            raise ConfigError(f"{where}: missing key 'url'")
+        auth = _text_field(table, "auth", where) or "none"
+        return validate_dicomweb(
+            DicomWebPeer(
+                name=_validate_peer_name(name),
+                url=url,
+                auth=auth,
+                user=_text_field(table, "user", where),
+                ca_bundle=_text_field(table, "ca_bundle", where),
+            ),
+            where=where,
+        )
+    if kind == "folder":
+        path = _text_field(table, "path", where)
+        if path is None:
+            raise ConfigError(f"{where}: missing key 'path'")
+        return FolderPeer(name=_validate_peer_name(name), path=path)
     if kind != "dimse":
-        raise ConfigError(f"{where}: unknown kind {kind!r}", hint="supported kinds: dimse")
+        raise ConfigError(
+            f"{where}: unknown kind {kind!r}", hint="supported kinds: dimse, dicomweb, folder"
+        )
     try:
         host = table["host"]
         port = table["port"]
@@ -261,7 +378,7 @@ class PeerBook:
         self.local = LocalSettings()
         self._peers = self._load()
 
-    def _load(self) -> dict[str, Peer]:
+    def _load(self) -> dict[str, AnyPeer]:
         try:
             with self.path.open("rb") as fh:
                 document = tomllib.load(fh)
@@ -280,21 +397,34 @@ class PeerBook:
         tables = document.get("peers", {})
         if not isinstance(tables, dict):
             raise ConfigError(f"{self.path}: 'peers' must be a table")
-        peers: dict[str, Peer] = {}
+        peers: dict[str, AnyPeer] = {}
         for name, table in tables.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{self.path}: [peers.{name}] must be a table")
             peers[name] = _peer_from_toml(name, table, self.path)
         return peers
 
-    def __iter__(self) -> Iterator[Peer]:
+    def __iter__(self) -> Iterator[AnyPeer]:
         return iter(sorted(self._peers.values(), key=lambda p: p.name))
 
     def __len__(self) -> int:
         return len(self._peers)
 
-    def get(self, name: str) -> Peer:
-        """Return the peer called ``name``; raise UnknownPeerError when there is none."""
+    def get(self, name: str) -> DimsePeer:
+        """Return the DIMSE peer called ``name``; UnknownPeerError when there is none.
+
+        A peer of another kind is a ConfigError: the caller needs DIMSE.
+        """
+        peer = self.get_any(name)
+        if not isinstance(peer, DimsePeer):
+            raise ConfigError(
+                f"peer {name!r} is a {peer.kind} peer; this needs a DICOM (DIMSE) peer",
+                hint="see 'dvdexit peers show " + name + "'",
+            )
+        return peer
+
+    def get_any(self, name: str) -> AnyPeer:
+        """Return the peer called ``name``, of any kind; UnknownPeerError when there is none."""
         try:
             return self._peers[name]
         except KeyError:
@@ -304,11 +434,14 @@ class PeerBook:
                 hint=f"add it with: dvdexit peers add {name} --dimse HOST:PORT --ae CALLED_AE",
             ) from None
 
-    def add(self, peer: Peer, *, replace: bool = False) -> None:
+    def add(self, peer: AnyPeer, *, replace: bool = False) -> None:
         """Add ``peer`` and save; an existing name needs ``replace=True``."""
         _validate_peer_name(peer.name)
-        validate_ae_title(peer.called_ae, what="called AE title")
-        validate_ae_title(peer.calling_ae, what="calling AE title")
+        if isinstance(peer, DimsePeer):
+            validate_ae_title(peer.called_ae, what="called AE title")
+            validate_ae_title(peer.calling_ae, what="calling AE title")
+        elif isinstance(peer, DicomWebPeer):
+            validate_dicomweb(peer)
         if peer.name in self._peers and not replace:
             raise ConfigError(
                 f"peer {peer.name!r} already exists",
@@ -317,9 +450,15 @@ class PeerBook:
         self._peers[peer.name] = peer
         self._save()
 
-    def remove(self, name: str) -> Peer:
+    def set_local(self, local: LocalSettings) -> None:
+        """Replace the ``[local]`` settings and save."""
+        validate_ae_title(local.ae_title, what="[local] ae_title")
+        self.local = local
+        self._save()
+
+    def remove(self, name: str) -> AnyPeer:
         """Remove the peer called ``name`` and save; return what was removed."""
-        peer = self.get(name)
+        peer = self.get_any(name)
         del self._peers[name]
         self._save()
         return peer

@@ -20,14 +20,18 @@ from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dvdexit_cli.config import DimsePeer
+from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer, FolderPeer
+from dvdexit_cli.credentials import lookup_secret
 from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.exitcodes import ExitCode
 
 __all__ = [
     "Diagnosis",
     "StageResult",
+    "diagnose",
+    "diagnose_dicomweb",
     "diagnose_dimse",
+    "diagnose_folder",
     "explain_rejection",
     "tls_context",
 ]
@@ -394,3 +398,164 @@ def diagnose_dimse(
 
         run("contexts", negotiate)
     return finish()
+
+
+def _runner(
+    results: list[StageResult], clock: Callable[[], float]
+) -> Callable[[str, Callable[[], tuple[str, dict[str, object]]]], bool]:
+    def run(stage: str, step: Callable[[], tuple[str, dict[str, object]]]) -> bool:
+        start = clock()
+        try:
+            detail, data = step()
+        except _StageFailed as failure:
+            results.append(
+                StageResult(
+                    stage, "failed", clock() - start, failure.detail, failure.hint, failure.data
+                )
+            )
+            return False
+        results.append(StageResult(stage, "ok", clock() - start, detail, None, data))
+        return True
+
+    return run
+
+
+def diagnose_dicomweb(
+    peer: DicomWebPeer,
+    *,
+    timeout: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Diagnosis:
+    """DNS -> TCP -> TLS (https) -> HTTP auth -> a QIDO-RS request, stopping at a failure."""
+    import httpx
+
+    url = httpx.URL(peer.url)
+    https = url.scheme == "https"
+    port = url.port or (443 if https else 80)
+    host = url.host
+    # The DIMSE stages work on any host:port; reuse them through a stand-in peer.
+    stand_in = DimsePeer(name=peer.name, host=host, port=port, called_ae="-", tls_ca=peer.ca_bundle)
+    results: list[StageResult] = []
+    run = _runner(results, clock)
+
+    def finish() -> Diagnosis:
+        return Diagnosis(peer.name, peer.kind, peer.url, tuple(results))
+
+    if not run("dns", lambda: _dns(stand_in, timeout)) or not run(
+        "tcp", lambda: _tcp(stand_in, timeout)
+    ):
+        return finish()
+    if https:
+        if not run("tls", lambda: _tls(stand_in, timeout)):
+            return finish()
+    else:
+        results.append(StageResult("tls", "skipped", 0.0, "plain http"))
+
+    holder: dict[str, Any] = {}
+
+    def auth() -> tuple[str, dict[str, object]]:
+        headers = {"Accept": "application/dicom+json"}
+        credentials: Any = None
+        if peer.auth != "none":
+            # No secret at all is a configuration problem (exit 3), not an unhealthy peer.
+            secret = lookup_secret(peer.name)
+            if peer.auth == "basic":
+                credentials = httpx.BasicAuth(peer.user or "", secret.reveal())
+            else:
+                headers["Authorization"] = f"Bearer {secret.reveal()}"
+        verify: Any = ssl.create_default_context(cafile=peer.ca_bundle) if https else True
+        try:
+            response = httpx.get(
+                peer.url.rstrip("/") + "/studies",
+                params={"limit": "1"},
+                headers=headers,
+                auth=credentials,
+                timeout=timeout,
+                verify=verify,
+            )
+        except httpx.HTTPError as exc:
+            raise _StageFailed(
+                f"HTTP request failed: {type(exc).__name__}",
+                "check the URL's path and that the service answers HTTP",
+            ) from exc
+        holder["response"] = response
+        if response.status_code in (401, 403):
+            what = "no credentials were sent" if peer.auth == "none" else "they were refused"
+            raise _StageFailed(
+                f"HTTP {response.status_code}: the peer requires authentication and {what}",
+                f"check the user and the secret ('dvdexit peers login {peer.name}'), or the "
+                f"auth kind ('dvdexit peers show {peer.name}')",
+                {"http_status": response.status_code},
+            )
+        return f"HTTP {response.status_code} ({peer.auth} auth)", {
+            "http_status": response.status_code
+        }
+
+    if not run("auth", auth):
+        return finish()
+
+    def qido() -> tuple[str, dict[str, object]]:
+        response = holder["response"]
+        if response.status_code == 204:
+            return "QIDO-RS answered: no studies", {"studies": 0}
+        if response.status_code != 200:
+            raise _StageFailed(
+                f"QIDO-RS answered HTTP {response.status_code}",
+                "check that the URL is the DICOMweb base (it ends before /studies)",
+                {"http_status": response.status_code},
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, list):
+            raise _StageFailed(
+                "QIDO-RS answer is not a DICOM JSON list",
+                "the URL may point at a web page rather than the DICOMweb service",
+            )
+        return f"QIDO-RS answered with {len(body)} study record(s)", {"studies": len(body)}
+
+    run("qido", qido)
+    return finish()
+
+
+def diagnose_folder(peer: FolderPeer, *, clock: Callable[[], float] = time.monotonic) -> Diagnosis:
+    """A drop folder: does it exist, and can we write into it?"""
+    import os
+    import tempfile
+
+    results: list[StageResult] = []
+    run = _runner(results, clock)
+
+    def exists() -> tuple[str, dict[str, object]]:
+        if not os.path.isdir(peer.path):
+            raise _StageFailed(
+                f"{peer.path} is not a folder (or is not mounted)",
+                "create it, or mount the share, or fix the path with 'dvdexit peers add "
+                f"{peer.name} --replace --folder PATH'",
+            )
+        return f"{peer.path} exists", {}
+
+    def writable() -> tuple[str, dict[str, object]]:
+        try:
+            with tempfile.NamedTemporaryFile(dir=peer.path, prefix=".dvdexit-probe-"):
+                pass
+        except OSError as exc:
+            raise _StageFailed(
+                f"cannot write into {peer.path}: {exc.strerror or exc}",
+                "check the folder's permissions for this user",
+            ) from exc
+        return "a probe file was written and removed", {}
+
+    if run("path", exists):
+        run("write", writable)
+    return Diagnosis(peer.name, peer.kind, peer.path, tuple(results))
+
+
+def diagnose(peer: AnyPeer, *, timeout: float = 10.0, contexts: bool = False) -> Diagnosis:
+    """The staged diagnosis that fits the peer's kind."""
+    if isinstance(peer, DimsePeer):
+        return diagnose_dimse(peer, timeout=timeout, contexts=contexts)
+    if isinstance(peer, DicomWebPeer):
+        return diagnose_dicomweb(peer, timeout=timeout)
+    return diagnose_folder(peer)

@@ -13,13 +13,13 @@ from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, human_bytes, out, print_json
 from dvdexit_cli.config import PeerBook, resolve_paths
-from dvdexit_cli.diagnose import Diagnosis, diagnose_dimse
+from dvdexit_cli.diagnose import Diagnosis, diagnose
 from dvdexit_cli.errors import UsageError
 from dvdexit_cli.journal import Journal, TransferSummary
 from dvdexit_cli.journal.store import ItemRecord
 from dvdexit_cli.transport.statuses import classify_store_status
 
-__all__ = ["parse_duration", "plain_reason", "status_command"]
+__all__ = ["parse_duration", "plain_reason", "render_diagnosis", "status_command"]
 
 _STATES = ("pending", "sending", "sent", "committed", "failed", "skipped")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -97,7 +97,8 @@ def _transfer_json(t: TransferSummary, failures: list[ItemRecord]) -> dict[str, 
     }
 
 
-def _render_diagnosis(diagnosis: Diagnosis) -> None:
+def render_diagnosis(diagnosis: Diagnosis) -> None:
+    """Print a diagnosis, one line per stage, on stdout."""
     for stage in diagnosis.stages:
         mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[stage.status]
         out.print(
@@ -148,13 +149,13 @@ def status_command(
     """Show the latest transfers and received studies, or diagnose a peer (--peer)."""
     home = resolve_paths()
     if peer is not None and not failed and since is None:
-        diagnosis = diagnose_dimse(
-            PeerBook(home.peers_file).get(peer), timeout=timeout, contexts=contexts
+        diagnosis = diagnose(
+            PeerBook(home.peers_file).get_any(peer), timeout=timeout, contexts=contexts
         )
         if json_output:
             print_json(diagnosis.to_json())
         else:
-            _render_diagnosis(diagnosis)
+            render_diagnosis(diagnosis)
         raise typer.Exit(int(diagnosis.exit_code))
     if contexts:
         raise UsageError("--contexts goes with --peer NAME alone (the diagnosis)")
