@@ -263,7 +263,15 @@ def verify_remote(
                     elif got.digest == e.digest:
                         fetched[e.sop_instance_uid] = "identical"
                     else:
-                        differing = compare_datasets(Path(e.path), got.path)
+                        try:
+                            differing = compare_datasets(Path(e.path), got.path)
+                        except InputError as exc:
+                            fetched[e.sop_instance_uid] = "different"
+                            fetch_notes[e.sop_instance_uid] = (
+                                "dataset digest differs from the one sent, and the element "
+                                f"comparison was impossible: {exc.message}"
+                            )
+                            continue
                         if differing:
                             fetched[e.sop_instance_uid] = "different"
                             shown = ", ".join(differing[:5])

@@ -19,6 +19,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, generate_uid
 from pynetdicom import AE, build_role, evt
@@ -33,7 +34,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dvdexit_cli.config import DimsePeer, LocalSettings
 from dvdexit_cli.dicom.contexts import EXPLICIT_LE, IMPLICIT_LE
 from dvdexit_cli.dicom.digest import MalformedFileError, NotPart10Error, dataset_digest
-from dvdexit_cli.errors import AssociationRejectedError, PeerError, PeerUnreachableError
+from dvdexit_cli.errors import (
+    AssociationRejectedError,
+    ConfigError,
+    InputError,
+    PeerError,
+    PeerUnreachableError,
+)
 
 __all__ = [
     "CHECK_COMMIT",
@@ -252,7 +259,7 @@ def request_commitment(
                 (local.host, local.port), block=False, evt_handlers=handlers
             )
         except OSError as exc:
-            raise PeerError(
+            raise ConfigError(
                 f"cannot listen on port {local.port} for the Storage Commitment report: "
                 f"{exc.strerror or exc}",
                 hint="another program uses that port; change [local] port in peers.toml",
@@ -376,8 +383,12 @@ def compare_datasets(sent: Path, retrieved: Path) -> list[str]:
     """Element-by-element comparison; the keywords (or tags) that differ, values never.
 
     File Meta Information is not compared: a re-encoded copy legitimately differs there.
+    Raises InputError when the sent file can no longer be read (a DVD taken out).
     """
-    a = pydicom.dcmread(sent)
+    try:
+        a = pydicom.dcmread(sent)
+    except (OSError, InvalidDicomError) as exc:
+        raise InputError(f"the sent file {sent} cannot be read for comparison: {exc}") from exc
     b = pydicom.dcmread(retrieved)
     differing: list[str] = []
     for tag in sorted(set(a.keys()) | set(b.keys())):

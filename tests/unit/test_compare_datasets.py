@@ -42,3 +42,13 @@ def test_an_edited_copy_names_the_elements_never_their_values(tmp_path: Path) ->
 
     assert set(differing) == {"SeriesDescription", "InstanceNumber"}
     assert not any("SECRET" in d for d in differing)
+
+
+def test_a_sent_file_that_is_gone_is_an_input_error_not_a_crash(tmp_path: Path) -> None:
+    import pytest
+
+    from dvdexit_cli.errors import InputError
+
+    retrieved = _one_file(tmp_path)
+    with pytest.raises(InputError, match="cannot be read for comparison"):
+        compare_datasets(tmp_path / "ejected-dvd" / "IM0001", retrieved)
