@@ -137,6 +137,10 @@ class RemoteVerifyResult:
         }
 
 
+def _refused(exc: PeerError) -> str:
+    return f"refused in use: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+
+
 def expected_from_journal(
     journal: Journal, *, transfer_id: int | None = None, study_uids: Sequence[str] = ()
 ) -> list[Expected]:
@@ -204,20 +208,35 @@ def verify_remote(
     listed: dict[str, dict[str, str]] | None = None
     if CHECK_FIND in checks and accepted[CHECK_FIND]:
         on_check(CHECK_FIND)
-        listed = {study: find_study_instances(peer, study, timeout=timeout) for study in studies}
-        result.checks_used.append(CHECK_FIND)
+        try:
+            listed = {
+                study: find_study_instances(peer, study, timeout=timeout) for study in studies
+            }
+        except PeerError as exc:
+            # Accepted in negotiation but refused in use (an AE the peer does not know,
+            # for example): this check is unavailable; the others may still work.
+            result.checks_unavailable[CHECK_FIND] = _refused(exc)
+            listed = None
+        else:
+            result.checks_used.append(CHECK_FIND)
 
     committed: set[str] | None = None
     commit_failed: dict[str, int] = {}
     if CHECK_COMMIT in checks and accepted[CHECK_COMMIT]:
         on_check(CHECK_COMMIT)
-        answer = request_commitment(
-            peer,
-            [(e.sop_class_uid, e.sop_instance_uid) for e in expected],
-            local=local,
-            timeout=commit_timeout,
-        )
-        if answer.answered:
+        try:
+            answer = request_commitment(
+                peer,
+                [(e.sop_class_uid, e.sop_instance_uid) for e in expected],
+                local=local,
+                timeout=commit_timeout,
+            )
+        except PeerError as exc:
+            result.checks_unavailable[CHECK_COMMIT] = _refused(exc)
+            answer = None
+        if answer is None:
+            pass
+        elif answer.answered:
             committed, commit_failed = answer.committed, answer.failed
             result.checks_used.append(CHECK_COMMIT)
             if journal is not None and committed:
@@ -250,7 +269,7 @@ def verify_remote(
                         peer, study, folder, sop_classes=classes, timeout=timeout
                     )
                 except PeerError as exc:
-                    result.checks_unavailable[CHECK_GET] = exc.message
+                    result.checks_unavailable[CHECK_GET] = _refused(exc)
                     fetched.clear()
                     break
                 for e in items:

@@ -177,8 +177,8 @@ def _render_remote(result: RemoteVerifyResult) -> None:
         out.print(f"check {check}: unavailable ({why})", markup=False)
     if not result.verifiable:
         out.print(
-            f"cannot verify remotely: peer {result.peer} supports none of C-FIND, Storage "
-            f"Commitment and C-GET -> NOT verified (exit 7)",
+            f"cannot verify remotely: none of C-FIND, Storage Commitment and C-GET could be "
+            f"used with peer {result.peer} -> NOT verified (exit 7)",
             markup=False,
         )
         return

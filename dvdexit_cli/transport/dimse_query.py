@@ -137,14 +137,21 @@ def _status(status: Any) -> int | None:
     return int(code) if code is not None else None
 
 
+def _no_answer(assoc: Any, peer: DimsePeer, what: str) -> PeerError:
+    """A request that got no valid status: refused without a status, aborted, or silent."""
+    how = "aborted the association on" if assoc.is_aborted else "gave no valid answer to"
+    return PeerError(
+        f"{peer.name} {how} our {what}",
+        hint=f"the peer may not allow {what} for our AE title {peer.calling_ae!r}: ask its "
+        f"administrator to register it (with our address); or it is busy: retry later",
+    )
+
+
 def _find(assoc: Any, query: Dataset, peer: DimsePeer) -> Iterator[Dataset]:
     for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
         code = _status(status)
         if code is None:
-            raise PeerError(
-                f"{peer.name} did not answer a C-FIND in time",
-                hint="retry later; the peer may be busy",
-            )
+            raise _no_answer(assoc, peer, "C-FIND")
         if code in _PENDING:
             if identifier is not None:
                 yield identifier
@@ -271,10 +278,11 @@ def request_commitment(
                 request, 1, StorageCommitmentPushModel, _COMMITMENT_INSTANCE
             )
             code = _status(status)
-            if code is None or code != 0:
+            if code is None:
+                raise _no_answer(assoc, peer, "Storage Commitment request")
+            if code != 0:
                 raise PeerError(
-                    f"{peer.name} refused the Storage Commitment request "
-                    f"(status {'none' if code is None else f'{code:04X}'})",
+                    f"{peer.name} refused the Storage Commitment request (status {code:04X})",
                     hint="the peer may not allow commitment for our AE title",
                 )
             # Keep the association open for a while: some peers report on it.
@@ -368,7 +376,7 @@ def retrieve_study(
         ):
             final = _status(status)
             if final is None:
-                raise PeerError(f"{peer.name} did not finish a C-GET in time", hint="retry later")
+                raise _no_answer(assoc, peer, "C-GET")
         # B000 "sub-operations complete, one or more failures" still leaves what did
         # arrive usable; the verdicts report what is missing.
         if final is not None and final not in (0x0000, 0xB000) and not receiver.received:

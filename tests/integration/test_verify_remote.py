@@ -191,3 +191,21 @@ def test_an_instance_the_peer_holds_in_another_encoding_is_never_different(
     assert code == 0, report
     assert report["identical"] + report["equivalent"] == media.instance_count
     assert report["different"] == report["missing"] == 0
+
+
+def test_an_orthanc_that_does_not_know_our_ae_cannot_verify_and_says_why(
+    tmp_path: Path, dvdexit_home: Path, orthanc: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    pacs = orthanc()  # no DicomModalities: it stores from anyone, answers queries to no one
+    transfer = _send(dvdexit_home, pacs, media.root)
+
+    code, report, _ = _verify(dvdexit_home, free_port(), "--transfer", str(transfer))
+
+    assert code == 7
+    assert report["verifiable"] is False
+    assert set(report["checks_unavailable"]) == {"c-find", "storage-commitment", "c-get"}
+    assert all(
+        "refused in use" in why and "DVDEXIT" in why
+        for why in report["checks_unavailable"].values()
+    )
