@@ -574,9 +574,34 @@ class Journal:
 
     # -- reading -------------------------------------------------------------------
 
-    def transfers(self, *, limit: int = 20) -> list[TransferSummary]:
-        """The most recent transfers, newest first, with item counts per state."""
-        rows = self._read("SELECT * FROM transfers ORDER BY id DESC LIMIT ?", (limit,))
+    def transfers(
+        self,
+        *,
+        limit: int = 20,
+        peer: str | None = None,
+        since: str | None = None,
+        failed_only: bool = False,
+    ) -> list[TransferSummary]:
+        """The most recent transfers, newest first, with item counts per state.
+
+        ``peer`` keeps one peer's transfers, ``since`` (an ISO 8601 UTC time as the journal
+        writes it) those created at or after it, ``failed_only`` those with a failed item or
+        an outcome other than success.
+        """
+        sql = "SELECT * FROM transfers WHERE 1 = 1"
+        params: list[object] = []
+        if peer is not None:
+            sql += " AND peer = ?"
+            params.append(peer)
+        if since is not None:
+            sql += " AND created_at >= ?"
+            params.append(since)
+        if failed_only:
+            sql += (
+                " AND (outcome NOT IN ('complete', 'running') OR EXISTS (SELECT 1 FROM items"
+                " WHERE items.transfer_id = transfers.id AND items.state = 'failed'))"
+            )
+        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         summaries = []
         for row in rows:
             counts = {
@@ -631,6 +656,55 @@ class Journal:
                 )
             )
         return found
+
+    def mark_committed(
+        self, sop_instance_uids: Iterable[str], *, transfer_id: int | None = None
+    ) -> int:
+        """Record that the peer committed to holding these instances (Storage Commitment).
+
+        Items last ``sent`` with these SOP Instance UIDs (in ``transfer_id`` when given)
+        become ``committed``; returns how many items changed.
+        """
+        changed = 0
+        now = utc_now()
+        pending = list(dict.fromkeys(sop_instance_uids))
+        with self._write() as db:
+            for start in range(0, len(pending), 500):
+                chunk = pending[start : start + 500]
+                sql = (
+                    "UPDATE items SET state = 'committed', updated_at = ? WHERE state = 'sent'"
+                    f" AND sop_instance_uid IN ({', '.join('?' for _ in chunk)})"
+                )
+                params: list[object] = [now, *chunk]
+                if transfer_id is not None:
+                    sql += " AND transfer_id = ?"
+                    params.append(transfer_id)
+                changed += db.execute(sql, params).rowcount
+        return changed
+
+    def sent_instances(
+        self, *, transfer_id: int | None = None, study_uids: Sequence[str] = ()
+    ) -> list[dict[str, str | int | None]]:
+        """What was sent (or committed), last record per SOP Instance UID, for verify.
+
+        Each row: path, sop_class_uid, sop_instance_uid, study_uid, transfer_syntax,
+        digest, size, transfer_id.
+        """
+        sql = (
+            "SELECT path, sop_class_uid, sop_instance_uid, study_uid, transfer_syntax, digest,"
+            " size, transfer_id FROM items WHERE state IN ('sent', 'committed')"
+        )
+        params: list[object] = []
+        if transfer_id is not None:
+            sql += " AND transfer_id = ?"
+            params.append(transfer_id)
+        if study_uids:
+            sql += f" AND study_uid IN ({', '.join('?' for _ in study_uids)})"
+            params.extend(study_uids)
+        latest: dict[str, dict[str, str | int | None]] = {}
+        for row in self._read(sql + " ORDER BY id", params):
+            latest[row["sop_instance_uid"]] = {key: row[key] for key in row.keys()}  # noqa: SIM118
+        return list(latest.values())
 
     def sent_digests(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
         """Digest last recorded as sent (or committed) for each of these SOP Instance UIDs."""
