@@ -11,6 +11,7 @@ retryable; other 4xx are not.
 from __future__ import annotations
 
 import secrets
+import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -124,7 +125,7 @@ class DicomwebTransport:
         *,
         name: str = "dicomweb",
         auth: httpx.Auth | None = None,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         connect_timeout: float = 15.0,
         read_timeout: float = 120.0,
         client: httpx.Client | None = None,
