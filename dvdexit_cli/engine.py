@@ -722,6 +722,22 @@ def _reload(item: ItemRecord) -> Instance | str:
     return inst
 
 
+def _copy_outcomes(journal: Journal, twins: dict[int, list[int]]) -> None:
+    """Give items of an instance sent once in this replay the outcome of that send."""
+    wanted = [sent for sent, others in twins.items() if others]
+    for record in journal.items_by_id(wanted):
+        for other in twins[record.id]:
+            journal.record_outcome(
+                other,
+                state=record.state if record.state in ("sent", "failed") else "pending",
+                status=record.status,
+                reason=(record.reason or "")
+                + ("; " if record.reason else "")
+                + f"the same instance as item {record.id}, sent once for both",
+                retryable=record.retryable,
+            )
+
+
 def retry_failed(
     settings: RetrySettings,
     *,
@@ -755,11 +771,33 @@ def retry_failed(
     with _Lease(journal, claim, settings.lease_seconds):
         for peer_name, items in by_peer.items():
             ready: list[tuple[int, Instance]] = []
+            twins: dict[int, list[int]] = {}  # item sent -> items of the same instance
+            first: dict[tuple[str, str], int] = {}
+            confirmed = journal.confirmed_by_peer(
+                peer_name, (i.sop_instance_uid for i in items if i.sop_instance_uid)
+            )
             for item in items:
+                key = (item.sop_instance_uid or "", item.digest or "")
+                if item.digest in confirmed.get(key[0], ()):
+                    # The same instance (same digest) reached this peer in another
+                    # transfer: sending it again would only make a duplicate.
+                    journal.record_outcome(
+                        item.id,
+                        state="sent",
+                        status=None,
+                        reason="not resent: the peer confirmed this instance (same digest) "
+                        "in another transfer",
+                    )
+                    continue
+                if key in first:
+                    twins[first[key]].append(item.id)
+                    continue
                 loaded = _reload(item)
                 if isinstance(loaded, str):
                     journal.record_outcome(item.id, state="failed", status=None, reason=loaded)
                 else:
+                    first[key] = item.id
+                    twins[item.id] = []
                     ready.append((item.id, loaded))
             if not ready:
                 continue
@@ -790,6 +828,7 @@ def retry_failed(
                 )
             finally:
                 transport.close()
+            _copy_outcomes(journal, twins)
             if error is not None:
                 errors.append(f"{peer_name}: {error}")
                 unreachable += 1
