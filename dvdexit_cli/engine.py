@@ -8,8 +8,10 @@ from the journal, not from counters kept on the side.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import queue
 import shutil
 import signal
@@ -318,10 +320,12 @@ def _worker(
     retry_delay: float,
     share: _Work,
     events: Any,
+    parent: int,
 ) -> None:
     """One worker process: its own journal connection and association."""
     # Ctrl-C reaches the whole process group; the parent decides, the worker just stops.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent(parent)
     with Journal(journal_path) as journal:
         transport = factory(events.put)
         try:
@@ -332,6 +336,22 @@ def _worker(
         finally:
             transport.close()
     events.put(_WorkerDone(error, hint))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the parent dies (Linux).
+
+    The claim on the items names the parent's process: once it is gone, a replay may take
+    them, so an orphaned worker must not go on sending them.
+    """
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            log.debug("PR_SET_PDEATHSIG unavailable")
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -361,7 +381,7 @@ def _send_parallel(
             target=_worker,
             args=(
                 journal_path, claim, factory, settings.retries, settings.retry_delay, share,
-                events,
+                events, os.getpid(),
             ),
             name=f"dvdexit-worker-{n}",
             daemon=True,
