@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -281,8 +281,7 @@ def send(
     journal.finish_transfer(transfer_id, outcome=outcome, error=error)
     if outcome == "complete":
         # Unpacked archives are kept only while --retry-failed may need their files.
-        for folder in found.unpacked:
-            shutil.rmtree(folder, ignore_errors=True)
+        _remove_folders(journal, found.unpacked)
     observer(TransferFinished(transfer_id, outcome))
     return replace(result, outcome=outcome, excluded=excluded)
 
@@ -678,6 +677,8 @@ class RetrySettings:
     retries: int = 2
     retry_delay: float = 2.0
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    unpack_dir: Path | None = None
+    """Where sends unpacked archives; a transfer the replay completes loses its copy."""
 
 
 @dataclass(frozen=True)
@@ -740,6 +741,23 @@ def _reload(item: ItemRecord) -> Instance | str:
             "SOP Instance UID differs); send it again as a new transfer"
         )
     return inst
+
+
+def _remove_unpacked(journal: Journal, items: Sequence[ItemRecord], unpack_dir: Path) -> None:
+    """Remove the unpacked archive folders a completed transfer's items came from."""
+    folders = set()
+    for item in items:
+        path = Path(item.path)
+        if path.is_relative_to(unpack_dir) and path != unpack_dir:
+            folders.add(unpack_dir / path.relative_to(unpack_dir).parts[0])
+    _remove_folders(journal, folders)
+
+
+def _remove_folders(journal: Journal, folders: Iterable[Path]) -> None:
+    """Remove unpacked folders that no unfinished item (of any transfer) still needs."""
+    for folder in folders:
+        if not journal.has_open_items_under(folder):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _copy_outcomes(journal: Journal, twins: dict[int, list[int]]) -> None:
@@ -854,7 +872,8 @@ def retry_failed(
                 unreachable += 1
     transfers = sorted({item.transfer_id for _, item in claimed})
     for transfer_id in transfers:
-        journal.refresh_outcome(transfer_id)
+        if journal.refresh_outcome(transfer_id) == "complete" and settings.unpack_dir:
+            _remove_unpacked(journal, journal.items(transfer_id), settings.unpack_dir)
     final = journal.items_by_id(item.id for _, item in claimed)
     by_state: dict[str, list[ItemRecord]] = {}
     for item in final:

@@ -176,6 +176,7 @@ def send_command(
                 older_than=parse_duration(older_than) if older_than is not None else 0.0,
                 max_attempts=max_attempts,
                 retries=retries,
+                unpack_dir=home.data_dir / "unpacked",
             ),
             quiet=quiet,
             json_output=json_output,

@@ -479,6 +479,16 @@ class Journal:
                 found.setdefault(row[0], set()).add(row[1])
         return found
 
+    def has_open_items_under(self, folder: Path) -> bool:
+        """Whether any item not yet sent (pending, sending, failed) lives under ``folder``."""
+        prefix = str(folder).rstrip("/") + "/"
+        rows = self._read(
+            "SELECT 1 FROM items WHERE state IN ('pending', 'sending', 'failed')"
+            " AND substr(path, 1, ?) = ? LIMIT 1",
+            (len(prefix), prefix),
+        )
+        return bool(rows)
+
     def replay_backlog(
         self, *, peer: str | None = None, max_attempts: int | None = None
     ) -> dict[str, int]:

@@ -316,3 +316,39 @@ def test_an_instance_failed_in_two_transfers_is_resent_once_for_both(
     assert (result.claimed, result.sent) == (2, 2)
     for transfer_id in (one, two):
         assert {i.state for i in journal.items(transfer_id)} == {"sent"}
+
+
+def test_an_unpacked_zip_is_kept_while_its_transfer_is_partial_and_removed_once_complete(
+    tmp_path: Path, journal: Journal
+) -> None:
+    import zipfile
+
+    files = write_study(tmp_path / "study", n_instances=3, seed="zip-replay")
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in files:
+            zf.write(f, f.name)
+    unpack_dir = tmp_path / "unpacked"
+    busy = sorted(_uids(tmp_path / "study"))[0]
+    sent = send(
+        SendSettings(
+            inputs=(archive,), peer_name="pacs", peer_address="memory", retries=0,
+            unpack_dir=unpack_dir,
+        ),
+        journal=journal,
+        transport=MemoryTransport(MemoryPeer(), fail_with={busy: [0xA700]}),
+        sleep=lambda _: None,
+    )  # fmt: skip
+    kept = list(unpack_dir.iterdir())
+
+    def transport_for(name: str) -> MemoryTransport:
+        return MemoryTransport(peer)
+
+    peer = MemoryPeer()
+    result = retry_failed(
+        RetrySettings(unpack_dir=unpack_dir), journal=journal, transport_for=transport_for
+    )
+
+    assert sent.outcome == "partial" and len(kept) == 1
+    assert peer.received == [busy] and result.exit_code == ExitCode.OK
+    assert list(unpack_dir.iterdir()) == []
