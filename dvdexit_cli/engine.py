@@ -8,15 +8,17 @@ from the journal, not from counters kept on the side.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import queue
 import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -279,8 +281,7 @@ def send(
     journal.finish_transfer(transfer_id, outcome=outcome, error=error)
     if outcome == "complete":
         # Unpacked archives are kept only while --retry-failed may need their files.
-        for folder in found.unpacked:
-            shutil.rmtree(folder, ignore_errors=True)
+        _remove_folders(journal, found.unpacked)
     observer(TransferFinished(transfer_id, outcome))
     return replace(result, outcome=outcome, excluded=excluded)
 
@@ -318,10 +319,12 @@ def _worker(
     retry_delay: float,
     share: _Work,
     events: Any,
+    parent: int,
 ) -> None:
     """One worker process: its own journal connection and association."""
     # Ctrl-C reaches the whole process group; the parent decides, the worker just stops.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent(parent)
     with Journal(journal_path) as journal:
         transport = factory(events.put)
         try:
@@ -332,6 +335,22 @@ def _worker(
         finally:
             transport.close()
     events.put(_WorkerDone(error, hint))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the parent dies (Linux).
+
+    The claim on the items names the parent's process: once it is gone, a replay may take
+    them, so an orphaned worker must not go on sending them.
+    """
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            log.debug("PR_SET_PDEATHSIG unavailable")
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -361,7 +380,7 @@ def _send_parallel(
             target=_worker,
             args=(
                 journal_path, claim, factory, settings.retries, settings.retry_delay, share,
-                events,
+                events, os.getpid(),
             ),
             name=f"dvdexit-worker-{n}",
             daemon=True,
@@ -658,6 +677,8 @@ class RetrySettings:
     retries: int = 2
     retry_delay: float = 2.0
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    unpack_dir: Path | None = None
+    """Where sends unpacked archives; a transfer the replay completes loses its copy."""
 
 
 @dataclass(frozen=True)
@@ -722,6 +743,39 @@ def _reload(item: ItemRecord) -> Instance | str:
     return inst
 
 
+def _remove_unpacked(journal: Journal, items: Sequence[ItemRecord], unpack_dir: Path) -> None:
+    """Remove the unpacked archive folders a completed transfer's items came from."""
+    folders = set()
+    for item in items:
+        path = Path(item.path)
+        if path.is_relative_to(unpack_dir) and path != unpack_dir:
+            folders.add(unpack_dir / path.relative_to(unpack_dir).parts[0])
+    _remove_folders(journal, folders)
+
+
+def _remove_folders(journal: Journal, folders: Iterable[Path]) -> None:
+    """Remove unpacked folders that no unfinished item (of any transfer) still needs."""
+    for folder in folders:
+        if not journal.has_open_items_under(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _copy_outcomes(journal: Journal, twins: dict[int, list[int]]) -> None:
+    """Give items of an instance sent once in this replay the outcome of that send."""
+    wanted = [sent for sent, others in twins.items() if others]
+    for record in journal.items_by_id(wanted):
+        for other in twins[record.id]:
+            journal.record_outcome(
+                other,
+                state=record.state if record.state in ("sent", "failed") else "pending",
+                status=record.status,
+                reason=(record.reason or "")
+                + ("; " if record.reason else "")
+                + f"the same instance as item {record.id}, sent once for both",
+                retryable=record.retryable,
+            )
+
+
 def retry_failed(
     settings: RetrySettings,
     *,
@@ -755,11 +809,33 @@ def retry_failed(
     with _Lease(journal, claim, settings.lease_seconds):
         for peer_name, items in by_peer.items():
             ready: list[tuple[int, Instance]] = []
+            twins: dict[int, list[int]] = {}  # item sent -> items of the same instance
+            first: dict[tuple[str, str], int] = {}
+            confirmed = journal.confirmed_by_peer(
+                peer_name, (i.sop_instance_uid for i in items if i.sop_instance_uid)
+            )
             for item in items:
+                key = (item.sop_instance_uid or "", item.digest or "")
+                if item.digest in confirmed.get(key[0], ()):
+                    # The same instance (same digest) reached this peer in another
+                    # transfer: sending it again would only make a duplicate.
+                    journal.record_outcome(
+                        item.id,
+                        state="sent",
+                        status=None,
+                        reason="not resent: the peer confirmed this instance (same digest) "
+                        "in another transfer",
+                    )
+                    continue
+                if key in first:
+                    twins[first[key]].append(item.id)
+                    continue
                 loaded = _reload(item)
                 if isinstance(loaded, str):
                     journal.record_outcome(item.id, state="failed", status=None, reason=loaded)
                 else:
+                    first[key] = item.id
+                    twins[item.id] = []
                     ready.append((item.id, loaded))
             if not ready:
                 continue
@@ -790,12 +866,14 @@ def retry_failed(
                 )
             finally:
                 transport.close()
+            _copy_outcomes(journal, twins)
             if error is not None:
                 errors.append(f"{peer_name}: {error}")
                 unreachable += 1
     transfers = sorted({item.transfer_id for _, item in claimed})
     for transfer_id in transfers:
-        journal.refresh_outcome(transfer_id)
+        if journal.refresh_outcome(transfer_id) == "complete" and settings.unpack_dir:
+            _remove_unpacked(journal, journal.items(transfer_id), settings.unpack_dir)
     final = journal.items_by_id(item.id for _, item in claimed)
     by_state: dict[str, list[ItemRecord]] = {}
     for item in final:

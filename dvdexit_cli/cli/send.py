@@ -136,6 +136,14 @@ def send_command(
         list[str] | None,
         typer.Option("--exclude-sop-class", help="Leave this SOP Class UID out (repeatable)."),
     ] = None,
+    allow_lossy_transcode: Annotated[
+        bool,
+        typer.Option(
+            "--allow-lossy-transcode",
+            help="Decompress lossy compressed files (JPEG baseline, ...) for a peer that "
+            "accepts their SOP class only uncompressed; without it they fail.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -168,6 +176,7 @@ def send_command(
                 older_than=parse_duration(older_than) if older_than is not None else 0.0,
                 max_attempts=max_attempts,
                 retries=retries,
+                unpack_dir=home.data_dir / "unpacked",
             ),
             quiet=quiet,
             json_output=json_output,
@@ -213,13 +222,16 @@ def send_command(
         SendProgress(quiet=quiet or json_output) as progress,
         _sigterm_interrupts(),
     ):
-        transport = DimseTransport(peer, observer=progress)
+        lossy = allow_lossy_transcode
+        transport = DimseTransport(peer, observer=progress, allow_lossy_transcode=lossy)
         result = send(
             settings,
             journal=journal,
             transport=transport,
             observer=progress,
-            transport_factory=lambda observer: DimseTransport(peer, observer=observer),
+            transport_factory=lambda observer: DimseTransport(
+                peer, observer=observer, allow_lossy_transcode=lossy
+            ),
         )
     if json_output:
         print_json(result.to_json())

@@ -100,7 +100,8 @@ def _unpack_zip(archive: Path, target: Path) -> list[ArchiveProblem]:
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                if info.is_dir():
+                # ZipInfo.is_dir() raises IndexError on an empty name (a hostile zip).
+                if info.filename.endswith("/"):
                     continue
                 parts = safe_member_parts(info.filename)
                 if parts is None:
@@ -114,6 +115,13 @@ def _unpack_zip(archive: Path, target: Path) -> list[ArchiveProblem]:
                         ArchiveProblem(
                             _member_path(archive, info.filename),
                             f"cannot unpack archive member: {exc}",
+                        )
+                    )
+                except OSError as exc:  # e.g. a member named like a folder of another
+                    problems.append(
+                        ArchiveProblem(
+                            _member_path(archive, info.filename),
+                            f"cannot unpack archive member: {exc.strerror or exc}",
                         )
                     )
     except (zipfile.BadZipFile, zlib.error) as exc:
@@ -160,7 +168,7 @@ def _unpack_iso(archive: Path, target: Path) -> list[ArchiveProblem]:
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         with dest.open("wb") as out:
                             facade.get_file_from_iso_fp(out, iso_path)
-                    except (PyCdlibException, ValueError) as exc:
+                    except (PyCdlibException, ValueError, OSError) as exc:
                         problems.append(
                             ArchiveProblem(
                                 _member_path(archive, shown), f"cannot read from the image: {exc}"

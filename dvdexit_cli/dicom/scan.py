@@ -256,6 +256,16 @@ def _resolve_case_insensitive(root: Path, parts: Sequence[str]) -> Path | None:
     return current
 
 
+class _NotAnIndex(Exception):
+    """A file named DICOMDIR that holds no directory records."""
+
+
+_NOT_AN_INDEX = (
+    "named DICOMDIR but not a media index (no directory records); the folder is scanned "
+    "as a plain folder"
+)
+
+
 def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
     """The files a DICOMDIR names, resolved inside its medium; refusals for the others."""
     root = dicomdir.parent
@@ -266,6 +276,8 @@ def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
         return [], [Rejected(dicomdir, f"cannot read DICOMDIR: {exc}", "failed")]
     files: list[Path] = []
     rejected: list[Rejected] = []
+    if "DirectoryRecordSequence" not in ds:
+        raise _NotAnIndex
     for record in ds.get("DirectoryRecordSequence", []):
         file_id = record.get("ReferencedFileID")
         if file_id is None:
@@ -307,7 +319,12 @@ def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]
             dicomdir = _resolve_case_insensitive(path, ["DICOMDIR"])
             named: set[Path] = set()
             if dicomdir is not None and dicomdir.is_file():
-                files, refusals = _dicomdir_references(dicomdir)
+                try:
+                    files, refusals = _dicomdir_references(dicomdir)
+                except _NotAnIndex:
+                    yield Rejected(dicomdir, _NOT_AN_INDEX, "failed")
+                    seen.add(dicomdir.resolve())
+                    dicomdir, files, refusals = None, [], []
                 yield from refusals
                 for f in files:
                     key = f.resolve()
@@ -315,7 +332,8 @@ def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]
                     if key not in seen:
                         seen.add(key)
                         yield f, True
-                seen.add(dicomdir.resolve())
+                if dicomdir is not None:
+                    seen.add(dicomdir.resolve())
             for f in _walk(path):
                 key = f.resolve()
                 if key in seen:

@@ -529,6 +529,32 @@ class Journal:
                 )
         return [(str(r["peer"]), _item(r)) for r in rows]
 
+    def confirmed_by_peer(self, peer: str, sop_instance_uids: Iterable[str]) -> dict[str, set[str]]:
+        """Per SOP Instance UID, the digests ``peer`` confirmed (in any transfer)."""
+        found: dict[str, set[str]] = {}
+        sql = (
+            "SELECT items.sop_instance_uid, items.digest FROM items"
+            " JOIN transfers ON transfers.id = items.transfer_id"
+            " WHERE items.state IN ('sent', 'committed') AND transfers.peer = ?"
+            " AND items.sop_instance_uid IN ({})"
+        )
+        pending = list(dict.fromkeys(sop_instance_uids))
+        for start in range(0, len(pending), 500):
+            chunk = pending[start : start + 500]
+            for row in self._read(sql.format(", ".join("?" for _ in chunk)), [peer, *chunk]):
+                found.setdefault(row[0], set()).add(row[1])
+        return found
+
+    def has_open_items_under(self, folder: Path) -> bool:
+        """Whether any item not yet sent (pending, sending, failed) lives under ``folder``."""
+        prefix = str(folder).rstrip("/") + "/"
+        rows = self._read(
+            "SELECT 1 FROM items WHERE state IN ('pending', 'sending', 'failed')"
+            " AND substr(path, 1, ?) = ? LIMIT 1",
+            (len(prefix), prefix),
+        )
+        return bool(rows)
+
     def replay_backlog(
         self, *, peer: str | None = None, max_attempts: int | None = None
     ) -> dict[str, int]:

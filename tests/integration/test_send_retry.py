@@ -254,3 +254,67 @@ def test_two_overlapping_retry_failed_runs_never_send_one_instance_twice(
     assert set(resent) == scp.busy
     assert set(resent.values()) == {1}, {u: n for u, n in resent.items() if n > 1}
     assert sum(d["sent"] for d in documents) == 60
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_a_parallel_send_stops_its_workers_and_the_replay_resends_only_the_rest(
+    scripted_scp, dvdexit_home: Path, tmp_path: Path
+):
+    files = []
+    for n in range(4):
+        files += make_small_instances(tmp_path / "in" / f"s{n}", 50, seed=f"kill-workers-{n}")
+    scp = scripted_scp(delay=0.01)
+    add_peer(dvdexit_home, "pacs", scp.port, scp.ae_title)
+    journal_file = dvdexit_home / "journal.sqlite"
+
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "dvdexit_cli", "send", str(tmp_path / "in"), "--to", "pacs",
+         "--workers", "2"],
+        env=dvdexit_env(dvdexit_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_sent(journal_file, sender, at_least=20)
+        workers = children_of(sender.pid)
+        os.kill(sender.pid, signal.SIGKILL)
+        assert sender.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        stop_process(sender)
+    assert len(workers) >= 2
+    deadline = time.monotonic() + 10  # a safety net, not a timing assertion
+    while any(is_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(is_running(w) for w in workers), "a worker outlived the killed sender"
+    with Journal(journal_file) as journal:
+        unknown = {i.sop_instance_uid for i in journal.items(1, states=("sending",))}
+    before = Counter(scp.stores)
+
+    code, retry = run_json(dvdexit_home, "send", "--retry-failed")
+
+    assert code == 0, retry
+    after = Counter(scp.stores)
+    assert set(after) == {uid_of(f) for f in files}
+    twice = {uid for uid, n in after.items() if n > 1}
+    assert twice <= unknown  # only an instance in flight at the kill may arrive twice
+    assert all(n == 1 for uid, n in before.items())

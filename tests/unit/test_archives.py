@@ -7,10 +7,16 @@ its own, and the rest of the archive must still be found.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import zipfile
 from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from media_builders import build_iso, medium
+from pydicom.data import get_testdata_file
 
 from dvdexit_cli.dicom.archives import archive_kind, safe_member_parts
 from dvdexit_cli.dicom.scan import scan
@@ -87,3 +93,67 @@ def test_dicomdir_medium_as_folder_zip_and_iso_yields_the_same_instances(tmp_pat
     assert len(as_folder.instances) == 31
     assert found(as_zip) == found(as_folder) == found(as_iso)
     assert [r.reason for r in as_iso.rejected] == [r.reason for r in as_folder.rejected]
+
+
+# -- property-based: hostile archives never crash the scan nor escape its folder -------------
+
+_NAME_PART = st.sampled_from(["..", ".", "", "a", "B", "IM1.dcm", "x:y", "C:", "~", "DICOMDIR"])
+_MEMBER_NAME = st.lists(_NAME_PART, min_size=1, max_size=4).flatmap(
+    lambda parts: st.sampled_from(["/", "\\"]).map(lambda sep: sep.join(parts))
+)
+
+
+def _dicom_bytes() -> bytes:
+    return Path(get_testdata_file("CT_small.dcm")).read_bytes()  # type: ignore[arg-type]
+
+
+@settings(
+    max_examples=int(os.environ.get("DVDEXIT_FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    members=st.lists(
+        st.tuples(
+            _MEMBER_NAME,
+            st.one_of(
+                st.binary(max_size=64),
+                st.integers(min_value=0, max_value=2000).map(lambda cut: _dicom_bytes()[:cut]),
+                st.just(b"dicom"),
+            ),
+        ),
+        max_size=6,
+    ),
+    absolute_prefix=st.booleans(),
+)
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_hostile_zip_files_never_crash_the_scan_nor_escape_and_every_member_is_accounted(
+    tmp_path: Path, members: list[tuple[str, bytes]], absolute_prefix: bool
+) -> None:
+    with tempfile.TemporaryDirectory(dir=tmp_path) as work:
+        root = Path(work)
+        archive = root / "in" / "export.zip"
+        archive.parent.mkdir()
+        with zipfile.ZipFile(archive, "w") as zf:
+            for n, (name, data) in enumerate(members):
+                member = ("/" if absolute_prefix and n == 0 else "") + name
+                zf.writestr(zipfile.ZipInfo(member), _dicom_bytes() if data == b"dicom" else data)
+        before = {p for p in root.rglob("*")}
+
+        result = scan([archive], unpack_dir=root / "unpacked")
+
+        created = {p for p in root.rglob("*")} - before
+        assert all(p.is_relative_to(root / "unpacked") for p in created)
+        assert all(i.path.is_relative_to(root / "unpacked") for i in result.instances)
+        files_or_refusals = len(result.instances) + len(result.rejected)
+        # Every member ends as an instance, a refusal, or was overwritten by a later
+        # member of the same name (zip allows duplicates): never silently dropped.
+        unpacked_files = [p for p in (root / "unpacked").rglob("*") if p.is_file()]
+        assert files_or_refusals >= len(unpacked_files)
+        hostile = sum(
+            safe_member_parts(zi.filename) is None
+            for zi in zipfile.ZipFile(archive).infolist()
+            if not zi.filename.endswith("/")
+        )
+        refused = [r for r in result.rejected if "leaves the archive" in r.reason]
+        assert len(refused) == hostile

@@ -282,3 +282,73 @@ def _uid(path: Path) -> str:
 
 def _uids(root: Path) -> list[str]:
     return [_uid(p) for p in sorted(root.rglob("*.dcm"))]
+
+
+def test_an_instance_the_peer_confirmed_in_a_later_transfer_is_not_resent(
+    tmp_path: Path, journal: Journal
+) -> None:
+    write_study(tmp_path / "in", n_instances=2, seed="confirmed-later")
+    uids = sorted(_uids(tmp_path))
+    failed_first = first_send(journal, tmp_path / "in", MemoryPeer(), **{uids[0]: [0xA700]})
+    first_send(journal, tmp_path / "in", MemoryPeer())  # the user sent the DVD again
+    peer = MemoryPeer()
+
+    result = replay(journal, peer)
+
+    assert peer.received == []
+    assert (result.claimed, result.sent, result.exit_code) == (1, 1, ExitCode.OK)
+    (item,) = [i for i in journal.items(failed_first) if i.sop_instance_uid == uids[0]]
+    assert item.state == "sent" and "not resent" in (item.reason or "")
+
+
+def test_an_instance_failed_in_two_transfers_is_resent_once_for_both(
+    tmp_path: Path, journal: Journal
+) -> None:
+    write_study(tmp_path / "in", n_instances=2, seed="failed-twice")
+    uids = sorted(_uids(tmp_path))
+    one = first_send(journal, tmp_path / "in", MemoryPeer(), **{uids[1]: [0xA700]})
+    two = first_send(journal, tmp_path / "in", MemoryPeer(), **{uids[1]: [0xA700]})
+    peer = MemoryPeer()
+
+    result = replay(journal, peer)
+
+    assert peer.received == [uids[1]]
+    assert (result.claimed, result.sent) == (2, 2)
+    for transfer_id in (one, two):
+        assert {i.state for i in journal.items(transfer_id)} == {"sent"}
+
+
+def test_an_unpacked_zip_is_kept_while_its_transfer_is_partial_and_removed_once_complete(
+    tmp_path: Path, journal: Journal
+) -> None:
+    import zipfile
+
+    files = write_study(tmp_path / "study", n_instances=3, seed="zip-replay")
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in files:
+            zf.write(f, f.name)
+    unpack_dir = tmp_path / "unpacked"
+    busy = sorted(_uids(tmp_path / "study"))[0]
+    sent = send(
+        SendSettings(
+            inputs=(archive,), peer_name="pacs", peer_address="memory", retries=0,
+            unpack_dir=unpack_dir,
+        ),
+        journal=journal,
+        transport=MemoryTransport(MemoryPeer(), fail_with={busy: [0xA700]}),
+        sleep=lambda _: None,
+    )  # fmt: skip
+    kept = list(unpack_dir.iterdir())
+
+    def transport_for(name: str) -> MemoryTransport:
+        return MemoryTransport(peer)
+
+    peer = MemoryPeer()
+    result = retry_failed(
+        RetrySettings(unpack_dir=unpack_dir), journal=journal, transport_for=transport_for
+    )
+
+    assert sent.outcome == "partial" and len(kept) == 1
+    assert peer.received == [busy] and result.exit_code == ExitCode.OK
+    assert list(unpack_dir.iterdir()) == []
