@@ -233,7 +233,12 @@ def _tls(peer: DimsePeer, timeout: float) -> tuple[str, dict[str, object]]:
         expiry = datetime.fromtimestamp(ssl.cert_time_to_seconds(expires), UTC)
         days = (expiry - datetime.now(UTC)).days
         data["days_left"] = days
-    return f"{version}, certificate {subject}, expires {expires} ({days} days left)", data
+    detail = f"{version}, certificate {subject}, expires {expires} ({days} days left)"
+    if days is not None and days < 30:
+        # Still healthy today; a monitor reading the JSON can alert before it breaks.
+        data["warning"] = f"the peer's certificate expires in {days} day(s)"
+        detail += f"; WARNING: {data['warning']}"
+    return detail, data
 
 
 def _associate(

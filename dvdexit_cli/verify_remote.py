@@ -15,15 +15,23 @@ its exit code is 7 (verification failed), never 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvdexit_cli.config import DimsePeer, LocalSettings
+from dvdexit_cli.config import DicomWebPeer, DimsePeer, LocalSettings
+from dvdexit_cli.dicom.digest import MalformedFileError, NotPart10Error, dataset_digest
 from dvdexit_cli.dicom.scan import scan
-from dvdexit_cli.errors import InputError, PeerError
+from dvdexit_cli.errors import InputError, PeerError, PeerUnreachableError
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.transport.dicomweb_query import (
+    CHECK_QIDO,
+    CHECK_WADO,
+    qido_instances,
+    wado_instance,
+)
+from dvdexit_cli.transport.dicomweb_query import client as dicomweb_client
 from dvdexit_cli.transport.dimse_query import (
     CHECK_COMMIT,
     CHECK_FIND,
@@ -44,6 +52,7 @@ __all__ = [
     "expected_from_journal",
     "expected_from_paths",
     "verify_remote",
+    "verify_remote_dicomweb",
 ]
 
 REMOTE_VERDICTS = ("identical", "equivalent", "present", "missing", "different", "extra")
@@ -279,41 +288,70 @@ def verify_remote(
                         fetch_notes[e.sop_instance_uid] = broken[e.sop_instance_uid]
                     elif got is None:
                         continue
-                    elif got.digest == e.digest:
-                        fetched[e.sop_instance_uid] = "identical"
                     else:
-                        try:
-                            differing = compare_datasets(Path(e.path), got.path)
-                        except InputError as exc:
-                            fetched[e.sop_instance_uid] = "different"
-                            fetch_notes[e.sop_instance_uid] = (
-                                "dataset digest differs from the one sent, and the element "
-                                f"comparison was impossible: {exc.message}"
-                            )
-                            continue
-                        if differing:
-                            fetched[e.sop_instance_uid] = "different"
-                            shown = ", ".join(differing[:5])
-                            more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
-                            fetch_notes[e.sop_instance_uid] = (
-                                f"content differs from what was sent: {shown}{more}"
-                            )
-                        else:
-                            fetched[e.sop_instance_uid] = "equivalent"
-                            fetch_notes[e.sop_instance_uid] = (
-                                f"re-encoded by the peer (sent as {e.transfer_syntax}, "
-                                f"held as {got.transfer_syntax}); every element is equal"
-                            )
+                        verdict, note = _compare(e, got.path, got.digest, got.transfer_syntax)
+                        fetched[e.sop_instance_uid] = verdict
+                        if note:
+                            fetch_notes[e.sop_instance_uid] = note
             else:
                 result.checks_used.append(CHECK_GET)
 
-    retrieve_used = CHECK_GET in result.checks_used
+    _judge(
+        result,
+        expected,
+        listed=listed,
+        committed=committed,
+        commit_failed=commit_failed,
+        fetched=fetched if CHECK_GET in result.checks_used else None,
+        fetch_notes=fetch_notes,
+        list_check="C-FIND",
+        fetch_check="C-GET",
+    )
+    return result
+
+
+def _compare(
+    e: Expected, got_path: Path, got_digest: str, got_syntax: str
+) -> tuple[str, str | None]:
+    """identical / equivalent / different for one retrieved copy, with the reason."""
+    if got_digest == e.digest:
+        return "identical", None
+    try:
+        differing = compare_datasets(Path(e.path), got_path)
+    except InputError as exc:
+        return "different", (
+            "dataset digest differs from the one sent, and the element comparison was "
+            f"impossible: {exc.message}"
+        )
+    if differing:
+        shown = ", ".join(differing[:5])
+        more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
+        return "different", f"content differs from what was sent: {shown}{more}"
+    return "equivalent", (
+        f"re-encoded by the peer (sent as {e.transfer_syntax}, held as {got_syntax}); "
+        f"every element is equal"
+    )
+
+
+def _judge(
+    result: RemoteVerifyResult,
+    expected: Sequence[Expected],
+    *,
+    listed: Mapping[str, Mapping[str, object]] | None,
+    committed: set[str] | None,
+    commit_failed: Mapping[str, int],
+    fetched: Mapping[str, str] | None,
+    fetch_notes: Mapping[str, str],
+    list_check: str,
+    fetch_check: str,
+) -> None:
+    """One verdict per expected instance (and per extra one) from what the checks found."""
     for e in expected:
         uid = e.sop_instance_uid
         is_committed = None if committed is None else uid in committed
         reason: str | None
         if listed is not None and uid not in listed.get(e.study_uid, {}):
-            verdict, reason = "missing", "not listed by the peer's C-FIND"
+            verdict, reason = "missing", f"not listed by the peer's {list_check}"
         elif uid in commit_failed:
             code = commit_failed[uid]
             verdict = "missing"
@@ -321,9 +359,9 @@ def verify_remote(
                 f"the peer does not commit to holding it "
                 f"({code:04X} {_FAILURE_REASONS.get(code, 'failure')})"
             )
-        elif retrieve_used and uid not in fetched:
-            verdict, reason = "missing", "the peer did not send it back on C-GET"
-        elif retrieve_used:
+        elif fetched is not None and uid not in fetched:
+            verdict, reason = "missing", f"the peer did not send it back on {fetch_check}"
+        elif fetched is not None:
             verdict, reason = fetched[uid], fetch_notes.get(uid)
         elif committed is not None and not is_committed:
             verdict, reason = "missing", "not in the peer's commitment report"
@@ -341,4 +379,87 @@ def verify_remote(
                 )
     if not result.verifiable:
         result.verdicts = []
+
+
+def verify_remote_dicomweb(
+    peer: DicomWebPeer,
+    expected: Sequence[Expected],
+    *,
+    timeout: float = 30.0,
+    on_check: Callable[[str], None] = lambda _name: None,
+) -> RemoteVerifyResult:
+    """Verify ``expected`` at a DICOMweb peer: QIDO-RS lists, WADO-RS retrieve-and-compare."""
+    if not expected:
+        raise InputError(
+            "nothing to verify: no sent instance matches",
+            hint="name a transfer ('dvdexit status' lists them), a study UID, or DICOM files",
+        )
+    result = RemoteVerifyResult(peer=peer.name)
+    studies: dict[str, list[Expected]] = {}
+    for item in expected:
+        studies.setdefault(item.study_uid, []).append(item)
+    fetched: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    listed: dict[str, dict[str, tuple[str, str]]] = {}
+    with dicomweb_client(peer, timeout=timeout) as http:
+        on_check(CHECK_QIDO)
+        try:
+            listed = {study: qido_instances(http, peer, study) for study in studies}
+        except PeerUnreachableError:
+            raise
+        except PeerError as exc:
+            result.checks_unavailable[CHECK_QIDO] = _refused(exc)
+            result.checks_unavailable[CHECK_WADO] = "needs the series UIDs that QIDO-RS gives"
+            _judge(
+                result,
+                expected,
+                listed=None,
+                committed=None,
+                commit_failed={},
+                fetched=None,
+                fetch_notes={},
+                list_check="QIDO-RS",
+                fetch_check="WADO-RS",
+            )
+            return result
+        result.checks_used.append(CHECK_QIDO)
+        on_check(CHECK_WADO)
+        try:
+            with temporary_folder() as tmp:
+                for n, e in enumerate(expected):
+                    at_peer = listed.get(e.study_uid, {}).get(e.sop_instance_uid)
+                    if at_peer is None:
+                        continue
+                    target = Path(tmp) / f"{n:06d}.dcm"
+                    if not wado_instance(
+                        http, peer, e.study_uid, at_peer[1], e.sop_instance_uid, target
+                    ):
+                        continue
+                    try:
+                        meta, digest = dataset_digest(target)
+                    except (OSError, NotPart10Error, MalformedFileError) as exc:
+                        fetched[e.sop_instance_uid] = "different"
+                        notes[e.sop_instance_uid] = f"retrieved copy unreadable: {exc}"
+                        continue
+                    verdict, note = _compare(e, target, digest, meta.transfer_syntax)
+                    fetched[e.sop_instance_uid] = verdict
+                    if note:
+                        notes[e.sop_instance_uid] = note
+        except PeerUnreachableError:
+            raise
+        except PeerError as exc:
+            result.checks_unavailable[CHECK_WADO] = _refused(exc)
+        else:
+            result.checks_used.append(CHECK_WADO)
+    _judge(
+        result,
+        expected,
+        listed=listed,
+        committed=None,
+        commit_failed={},
+        fetched=fetched if CHECK_WADO in result.checks_used else None,
+        fetch_notes=notes,
+        list_check="QIDO-RS",
+        fetch_check="WADO-RS",
+    )
     return result

@@ -12,9 +12,9 @@ from rich.table import Table
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, out, print_json
-from dvdexit_cli.config import PeerBook, resolve_paths
+from dvdexit_cli.config import DicomWebPeer, FolderPeer, PeerBook, resolve_paths
 from dvdexit_cli.engine import VERDICTS, verify_paths
-from dvdexit_cli.errors import InputError, UsageError
+from dvdexit_cli.errors import ConfigError, InputError, UsageError
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.verify_remote import (
     REMOTE_VERDICTS,
@@ -23,6 +23,7 @@ from dvdexit_cli.verify_remote import (
     expected_from_journal,
     expected_from_paths,
     verify_remote,
+    verify_remote_dicomweb,
 )
 
 __all__ = ["verify_command"]
@@ -147,7 +148,12 @@ def _verify_peer(
         raise UsageError("with --peer, give exactly one of --transfer ID, --study UID or PATH...")
     home = resolve_paths()
     book = PeerBook(home.peers_file)
-    target = book.get(name)
+    target = book.get_any(name)
+    if isinstance(target, FolderPeer):
+        raise ConfigError(
+            f"peer {name!r} is a folder: it cannot be verified remotely",
+            hint="verify the folder's files locally: dvdexit verify PATH",
+        )
     local = book.local if listen_port is None else replace(book.local, port=listen_port)
     with Journal(home.journal_file) as journal:
         expected: list[Expected]
@@ -155,16 +161,24 @@ def _verify_peer(
             expected = expected_from_paths(paths)
         else:
             expected = expected_from_journal(journal, transfer_id=transfer, study_uids=studies)
-        result = verify_remote(
-            target,
-            expected,
-            local=local,
-            journal=journal,
-            transfer_id=transfer,
-            timeout=timeout,
-            commit_timeout=commit_timeout,
-            on_check=lambda check: None if json_output else err.print(f"checking: {check}"),
-        )
+
+        def on_check(check: str) -> None:
+            if not json_output:
+                err.print(f"checking: {check}")
+
+        if isinstance(target, DicomWebPeer):
+            result = verify_remote_dicomweb(target, expected, timeout=timeout, on_check=on_check)
+        else:
+            result = verify_remote(
+                target,
+                expected,
+                local=local,
+                journal=journal,
+                transfer_id=transfer,
+                timeout=timeout,
+                commit_timeout=commit_timeout,
+                on_check=on_check,
+            )
     if json_output:
         print_json(result.to_json())
         raise typer.Exit(int(result.exit_code))
@@ -177,8 +191,8 @@ def _render_remote(result: RemoteVerifyResult) -> None:
         out.print(f"check {check}: unavailable ({why})", markup=False)
     if not result.verifiable:
         out.print(
-            f"cannot verify remotely: none of C-FIND, Storage Commitment and C-GET could be "
-            f"used with peer {result.peer} -> NOT verified (exit 7)",
+            f"cannot verify remotely: none of the checks could be used with peer "
+            f"{result.peer} -> NOT verified (exit 7)",
             markup=False,
         )
         return

@@ -41,6 +41,7 @@ from dvdexit_cli.errors import (
     PeerError,
     PeerUnreachableError,
 )
+from dvdexit_cli.transport.dimse import set_nodelay
 
 __all__ = [
     "CHECK_COMMIT",
@@ -111,11 +112,39 @@ def _association(
             f"peer {peer.name} unreachable at {peer.address}",
             hint=f"run 'dvdexit status --peer {peer.name}' for a diagnosis",
         )
+    # Nagle's algorithm delays every DIMSE message that is written in pieces (PEERS.md);
+    # with fast answers, keep the reactor thread off our responses (the pynetdicom race).
+    set_nodelay(assoc)
+    _keep_responses_for_caller(assoc)
     try:
         yield assoc
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _keep_responses_for_caller(assoc: Any) -> None:
+    """Let the association's reactor thread take requests only, never responses.
+
+    pynetdicom's reactor may take a C-FIND / C-GET / N-ACTION response off the DIMSE queue
+    while the caller waits for it (PEERS.md, pynetdicom issue 875); the caller then sees
+    no answer. Requests (C-STORE sub-operations of a C-GET, N-EVENT-REPORT) still go to
+    the reactor, which dispatches them to our handlers. Same idea as the send path's
+    guard in transport/dimse.py, kept here so each module stands alone.
+    """
+    dimse = assoc.dimse
+    original = dimse.get_msg
+    queue = dimse.msg_queue
+
+    def get_msg(block: bool = False) -> Any:
+        if not block and threading.current_thread() is assoc:
+            with queue.mutex:
+                head = queue.queue[0] if queue.queue else None
+            if head is None or getattr(head[1], "Status", None) is not None:
+                return None, None
+        return original(block=block)
+
+    dimse.get_msg = get_msg
 
 
 def probe_checks(peer: DimsePeer, *, timeout: float = 10.0) -> dict[str, bool]:

@@ -105,6 +105,7 @@ def test_a_tls_peer_with_the_right_ca_is_healthy_and_its_certificate_described(
     assert "commonName=127.0.0.1" in tls["data"]["subject"]
     assert tls["data"]["protocol"].startswith("TLSv1.")
     assert tls["data"]["days_left"] in (0, 1, 2)
+    assert "expires in" in tls["data"]["warning"]  # a two-day certificate: warn early
 
 
 def test_a_certificate_from_another_ca_fails_at_stage_tls_with_exit_5(

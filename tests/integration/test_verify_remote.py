@@ -209,3 +209,38 @@ def test_an_orthanc_that_does_not_know_our_ae_cannot_verify_and_says_why(
         "refused in use" in why and "DVDEXIT" in why
         for why in report["checks_unavailable"].values()
     )
+
+
+def test_a_dicomweb_peer_is_verified_with_qido_and_wado_and_names_a_deleted_instance(
+    tmp_path: Path, dvdexit_home: Path, orthanc: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=3, sc_images=1)
+    pacs = orthanc()
+    transfer = _send(dvdexit_home, pacs, media.root)
+    added = run_dvdexit("peers", "add", "web", "--dicomweb", pacs.dicomweb_url, home=dvdexit_home)
+    assert added.returncode == 0, added.stderr
+
+    def verify() -> tuple[int, dict[str, Any]]:
+        done = run_dvdexit(
+            "verify", "--peer", "web", "--transfer", str(transfer), "--json", home=dvdexit_home
+        )
+        return done.returncode, json.loads(done.stdout)
+
+    code, report = verify()
+    held = pacs.instance_uids()
+    victim = sorted(held)[2]
+    pacs.rest("DELETE", f"/instances/{held[victim]}")
+    after_code, after = verify()
+
+    assert code == 0, report
+    assert report["checks_used"] == ["qido-rs", "wado-rs"]
+    assert report["identical"] == media.instance_count
+    assert after_code == 7
+    assert after["missing"] == 1
+    missing = [
+        i["sop_instance_uid"]
+        for study in after["studies"].values()
+        for i in study["instances"]
+        if i["verdict"] == "missing"
+    ]
+    assert missing == [victim]
