@@ -16,7 +16,7 @@ import typer
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_json
-from dvdexit_cli.config import Paths, PeerBook, resolve_paths
+from dvdexit_cli.config import FolderPeer, Paths, PeerBook, resolve_paths
 from dvdexit_cli.engine import (
     FileProblem,
     RetryResult,
@@ -29,8 +29,11 @@ from dvdexit_cli.engine import (
     send,
 )
 from dvdexit_cli.errors import UsageError
+from dvdexit_cli.events import Observer
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.transport.dimse import DimseTransport, uid_name
+from dvdexit_cli.transport.base import Transport
+from dvdexit_cli.transport.dimse import uid_name
+from dvdexit_cli.transport.factory import transport_for
 
 __all__ = ["parse_duration", "send_command"]
 
@@ -208,7 +211,7 @@ def send_command(
         raise typer.Exit(int(plan.exit_code))
     if to is None:
         raise UsageError("--to PEER is required", hint="list the peers with 'dvdexit peers list'")
-    peer = PeerBook(home.peers_file).get(to)
+    peer = PeerBook(home.peers_file).get_any(to)
     settings = replace(
         selected,
         peer_name=peer.name,
@@ -216,22 +219,30 @@ def send_command(
         retries=retries,
         note=note,
         reason=reason,
+        # A drop folder gets one package per send, written by one writer.
+        workers=1 if isinstance(peer, FolderPeer) else selected.workers,
     )
     with (
         Journal(home.journal_file) as journal,
         SendProgress(quiet=quiet or json_output) as progress,
         _sigterm_interrupts(),
     ):
-        lossy = allow_lossy_transcode
-        transport = DimseTransport(peer, observer=progress, allow_lossy_transcode=lossy)
+
+        def make(observer: Observer) -> Transport:
+            return transport_for(
+                peer,
+                observer=observer,
+                note=note,
+                reason=reason,
+                allow_lossy_transcode=allow_lossy_transcode,
+            )
+
         result = send(
             settings,
             journal=journal,
-            transport=transport,
+            transport=make(progress),
             observer=progress,
-            transport_factory=lambda observer: DimseTransport(
-                peer, observer=observer, allow_lossy_transcode=lossy
-            ),
+            transport_factory=make,
         )
     if json_output:
         print_json(result.to_json())
@@ -281,18 +292,18 @@ def _render(result: SendResult) -> None:
 def _replay(home: Paths, settings: RetrySettings, *, quiet: bool, json_output: bool) -> None:
     book = PeerBook(home.peers_file)
     if settings.peer_name is not None:
-        book.get(settings.peer_name)  # an unknown --to is a mistake, not "nothing to do"
+        book.get_any(settings.peer_name)  # an unknown --to is a mistake, not "nothing to do"
     with (
         Journal(home.journal_file) as journal,
         SendProgress(quiet=quiet or json_output) as progress,
         _sigterm_interrupts(),
     ):
 
-        def transport_for(name: str) -> DimseTransport:
-            return DimseTransport(book.get(name), observer=progress)
+        def transport_named(name: str) -> Transport:
+            return transport_for(book.get_any(name), observer=progress)
 
         result = retry_failed(
-            settings, journal=journal, transport_for=transport_for, observer=progress
+            settings, journal=journal, transport_for=transport_named, observer=progress
         )
     if json_output:
         print_json(result.to_json())

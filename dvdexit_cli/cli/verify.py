@@ -15,7 +15,9 @@ from dvdexit_cli.cli.render import err, out, print_json
 from dvdexit_cli.config import DicomWebPeer, FolderPeer, PeerBook, resolve_paths
 from dvdexit_cli.engine import VERDICTS, verify_paths
 from dvdexit_cli.errors import ConfigError, InputError, UsageError
+from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.package import is_package, verify_package
 from dvdexit_cli.verify_remote import (
     REMOTE_VERDICTS,
     Expected,
@@ -104,6 +106,12 @@ def verify_command(
         raise UsageError("--transfer and --study go with --peer NAME")
     if not paths:
         raise UsageError("give files or folders to verify, or --peer NAME with what to verify")
+    packages = [p for p in paths if is_package(p)]
+    if packages:
+        if len(packages) != len(paths):
+            raise UsageError("verify transfer packages on their own, not with other paths")
+        _verify_packages(packages, json_output=json_output)
+        return
     with Journal(resolve_paths().journal_file) as journal:
         result = verify_paths(paths, journal=journal)
     if json_output:
@@ -210,3 +218,23 @@ def _render_remote(result: RemoteVerifyResult) -> None:
     verdict = "verified" if result.exit_code == 0 else "NOT verified"
     committed = sum(v.committed is True for v in result.verdicts)
     out.print(f"{summary}; {committed} committed -> {verdict}", markup=False)
+
+
+def _verify_packages(packages: list[Path], *, json_output: bool) -> None:
+    checks = [verify_package(p) for p in packages]
+    code = ExitCode.OK if all(c.verdict == "intact" for c in checks) else ExitCode.VERIFY_FAILED
+    if json_output:
+        print_json({"packages": [c.to_json() for c in checks], "exit_code": int(code)})
+        raise typer.Exit(int(code))
+    for check in checks:
+        count = len(check.manifest.entries) if check.manifest else 0
+        out.print(
+            f"package {check.path}: {check.verdict} ({check.checked} of {count} instance(s) "
+            f"checked against the manifest)",
+            markup=False,
+        )
+        for kind, name, reason in check.problems[:_LISTED]:
+            out.print(f"  {kind}: {name}: {reason}", markup=False)
+        if len(check.problems) > _LISTED:
+            out.print(f"  ... and {len(check.problems) - _LISTED} more (--json lists them all)")
+    raise typer.Exit(int(code))

@@ -12,7 +12,7 @@ import pydicom
 from dvdexit_cli.dicom.digest import dataset_digest
 from dvdexit_cli.package.manifest import MANIFEST_DIGEST_NAME, MANIFEST_NAME, Manifest
 
-__all__ = ["PackageCheck", "verify_package"]
+__all__ = ["PackageCheck", "is_package", "verify_package"]
 
 
 @dataclass
@@ -52,6 +52,16 @@ def _safe_member(root: Path, file_id: str) -> Path | None:
     if not parts or any(p in ("..", "") for p in parts) or PurePosixPath(file_id).is_absolute():
         return None
     return root.joinpath(*parts)
+
+
+def is_package(path: Path) -> bool:
+    """True for a folder or zip that holds a dvdexit manifest at its root."""
+    if path.is_dir():
+        return (path / MANIFEST_NAME).is_file()
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return MANIFEST_NAME in zf.namelist()
+    return False
 
 
 def verify_package(path: Path) -> PackageCheck:

@@ -48,6 +48,7 @@ def transport_for(
     observer: Observer = ignore,
     note: str | None = None,
     reason: str | None = None,
+    allow_lossy_transcode: bool = False,
 ) -> Transport:
     """Build the transport that reaches ``peer``; ConfigError when a secret is missing."""
     if isinstance(peer, DimsePeer):
@@ -56,7 +57,12 @@ def transport_for(
             context = client_context(
                 ca=_path(peer.tls_ca), cert=_path(peer.tls_cert), key=_path(peer.tls_key)
             )
-        return DimseTransport(peer, observer=observer, ssl_context=context)
+        return DimseTransport(
+            peer,
+            observer=observer,
+            ssl_context=context,
+            allow_lossy_transcode=allow_lossy_transcode,
+        )
     if isinstance(peer, DicomWebPeer):
         verify: ssl.SSLContext | bool = True
         if peer.ca_bundle:
