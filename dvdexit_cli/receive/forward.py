@@ -53,15 +53,20 @@ class Forwarder:
         self._staging = staging
         self._mapping = mapping
         self._observer = observer
-        self._queue: queue.Queue[ReceivedStudy | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[ReceivedStudy, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the worker; forwards a stopped receiver left pending are queued first."""
+        for forward_id, study in self._journal.pending_forwards(self.peer.name):
+            self._queue.put((study, forward_id))
         self._thread = threading.Thread(target=self._work, name="dvdexit-forward", daemon=True)
         self._thread.start()
 
     def submit(self, study: ReceivedStudy) -> None:
-        self._queue.put(study)
+        """Journal the forward as pending, then queue it."""
+        forward_id = self._journal.start_forward(study.study_uid, peer=self.peer.name)
+        self._queue.put((study, forward_id))
 
     def stop(self, timeout: float) -> None:
         if self._thread is None:
@@ -71,13 +76,14 @@ class Forwarder:
         self._thread = None
 
     def _work(self) -> None:
-        while (study := self._queue.get()) is not None:
+        while (job := self._queue.get()) is not None:
+            study, forward_id = job
             try:
-                self.forward(study)
+                self.forward(study, forward_id)
             except Exception:  # one study's trouble must not stop the next
                 log.exception("forwarding study %s failed", study.study_uid)
 
-    def forward(self, study: ReceivedStudy) -> str:
+    def forward(self, study: ReceivedStudy, forward_id: int) -> str:
         """Forward one study now; returns sent, failed or held (also journaled)."""
         folder = Path(study.folder)
         files = sorted(p for p in folder.rglob("*.dcm") if not p.name.startswith("."))
@@ -111,12 +117,8 @@ class Forwarder:
             outcome, reason = "failed", str(exc)
         if outcome == "sent" and staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
-        self._journal.record_forward(
-            study.study_uid,
-            peer=self.peer.name,
-            outcome=outcome,
-            transfer_id=transfer_id,
-            reason=reason,
+        self._journal.finish_forward(
+            forward_id, outcome=outcome, transfer_id=transfer_id, reason=reason
         )
         self._observer(
             StudyForwarded(

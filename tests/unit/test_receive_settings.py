@@ -171,3 +171,15 @@ def test_idle_studies_complete_once_and_committed_ones_wait_for_commitment(tmp_p
         tracker.check_idle(later + timedelta(seconds=61))
         assert completed == ["1.1", "1.1"]
         assert journal.study("1.1").instances == 2  # type: ignore[union-attr]
+
+
+def test_a_forward_queued_when_the_receiver_stopped_is_found_again(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        _receive(journal, "1.1", "1.1.1")
+        forward_id = journal.start_forward("1.1", peer="pacs")
+        ((found_id, study),) = journal.pending_forwards("pacs")
+        assert (found_id, study.study_uid) == (forward_id, "1.1")
+        assert journal.pending_forwards("other") == []
+        journal.finish_forward(forward_id, outcome="held", transfer_id=None, reason="no mapping")
+        assert journal.pending_forwards("pacs") == []
+        assert [f["outcome"] for f in journal.forwards("1.1")] == ["held"]
