@@ -8,6 +8,7 @@ connection and a client without a certificate get nothing stored.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -134,3 +135,16 @@ def test_dcmtk_storescu_with_tls_options_is_received(tmp_path, pki, dvdexit_rece
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert receiver.stop() == 0
     assert len(list(receiver.store.rglob("*.dcm"))) == len(study)
+
+
+def test_a_client_that_connects_and_says_nothing_does_not_block_the_others(
+    tmp_path, pki, dvdexit_receiver
+):
+    write_study(tmp_path / "study", n_instances=1, seed="tls-idle-client")
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+    context = client_context(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"])
+    with socket.create_connection((LOOPBACK, receiver.port)):  # no TLS handshake, ever
+        result = library_send(tmp_path / "study", receiver.port, tmp_path / "j.sqlite", context)
+        assert (result.sent, result.failed) == (1, 0), result
+    assert receiver.stop() == 0
+    assert len(list(receiver.store.rglob("*.dcm"))) == 1
