@@ -15,15 +15,14 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from dvdexit_cli.dicom.digest import (
     CHUNK_SIZE,
@@ -62,6 +61,45 @@ class PutResult:
     size: int
     study_uid: str
     series_uid: str
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr == b"OB":
+        return head + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def file_meta_bytes(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, calling_ae: str
+) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information (PS3.10 7.1), explicit VR LE.
+
+    Encoded directly: pydicom's writer costs more than the rest of a small instance's
+    store. The values are UIDs already checked and an AE title (at most 16 characters).
+    """
+
+    def uid(value: str) -> bytes:
+        raw = value.encode("ascii")
+        return raw + b"\x00" if len(raw) % 2 else raw
+
+    def text(value: str) -> bytes:
+        raw = value.encode("ascii", "replace")
+        return raw + b" " if len(raw) % 2 else raw
+
+    body = b"".join(
+        [
+            _element(0x00020001, b"OB", b"\x00\x01"),
+            _element(0x00020002, b"UI", uid(sop_class_uid)),
+            _element(0x00020003, b"UI", uid(sop_instance_uid)),
+            _element(0x00020010, b"UI", uid(transfer_syntax)),
+            _element(0x00020012, b"UI", uid(PYDICOM_IMPLEMENTATION_UID)),
+            _element(0x00020013, b"SH", text(IMPLEMENTATION_VERSION)),
+            *([_element(0x00020016, b"AE", text(calling_ae))] if calling_ae else []),
+        ]
+    )
+    group_length = _element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
 
 
 def _fsync_dir(path: Path) -> None:
@@ -174,18 +212,10 @@ class InstanceStore:
         transfer_syntax: str,
         calling_ae: str,
     ) -> tuple[str, int]:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-        meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-        meta.TransferSyntaxUID = UID(transfer_syntax)
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-        if calling_ae:
-            meta.SourceApplicationEntityTitle = calling_ae
+        meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
         sha = hashlib.sha256()
         with tmp.open("xb") as out:
-            out.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+            out.write(meta)
             while chunk := src.read(CHUNK_SIZE):
                 sha.update(chunk)
                 out.write(chunk)

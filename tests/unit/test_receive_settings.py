@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from dvdexit_cli.config import DimsePeer, PeerBook
 from dvdexit_cli.errors import ConfigError, UsageError
@@ -20,6 +24,7 @@ from dvdexit_cli.receive.settings import (
     parse_networks,
     parse_size,
 )
+from dvdexit_cli.receive.store import IMPLEMENTATION_VERSION, file_meta_bytes
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -183,3 +188,36 @@ def test_a_forward_queued_when_the_receiver_stopped_is_found_again(tmp_path: Pat
         journal.finish_forward(forward_id, outcome="held", transfer_id=None, reason="no mapping")
         assert journal.pending_forwards("pacs") == []
         assert [f["outcome"] for f in journal.forwards("1.1")] == ["held"]
+
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize("calling_ae", ["HOSP_A", "ODD", ""])
+def test_the_hand_encoded_file_meta_is_what_pydicom_reads_and_writes(
+    tmp_path: Path, calling_ae: str
+) -> None:
+
+    raw = file_meta_bytes(
+        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.1", calling_ae
+    )
+    fh = io.BytesIO(raw)
+    read_preamble(fh, False)
+    meta = _read_file_meta_info(fh)
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.45"
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert meta.get("SourceApplicationEntityTitle", "") == calling_ae
+    assert fh.tell() == len(raw), "the group length covers exactly the meta"
+
+    expected = FileMetaDataset()
+    expected.MediaStorageSOPClassUID = UID(CT_IMAGE)
+    expected.MediaStorageSOPInstanceUID = UID("1.2.3.45")
+    expected.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
+    expected.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    expected.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if calling_ae:
+        expected.SourceApplicationEntityTitle = calling_ae
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, expected, enforce_standard=True)
+    assert raw == out.getvalue(), "byte for byte what pydicom writes"
