@@ -34,7 +34,7 @@ from dvdexit_cli.receive.settings import (
     parse_networks,
     parse_size,
 )
-from dvdexit_cli.tls import server_context
+from dvdexit_cli.tls import client_context, server_context
 
 __all__ = ["receive_command"]
 
@@ -255,6 +255,16 @@ def receive_command(
             _as_list(_pick(commit_reply, table, "commit_reply", []), "commit_reply")
         ),
         ssl_context=context,
+        # Reports on a new association go out with TLS too: our certificate, their CA.
+        client_ssl_context=(
+            client_context(
+                ca=Path(str(ca)) if ca else None,
+                cert=Path(str(cert)),
+                key=Path(str(key)) if key else None,
+            )
+            if cert
+            else None
+        ),
         forward_to=peer,
         reconcile=mapping,
         staging=home.data_dir / "forward-staging",

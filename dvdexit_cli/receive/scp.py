@@ -89,6 +89,8 @@ class ReceiveSettings:
     on_complete: str | None = None
     commit_reply: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     ssl_context: Any = None
+    #: For associations we open (storage commitment reports) when listening with TLS.
+    client_ssl_context: Any = None
     forward_to: DimsePeer | None = None
     reconcile: PatientMapping | None = None
     #: Where reconciled copies wait to be forwarded (outside the store).
@@ -328,7 +330,7 @@ class StorageServer:
             assoc=event.assoc,
             ae_title=self.settings.ae_title,
             reply_to=self.settings.commit_reply,
-            ssl_context=None,
+            ssl_context=self.settings.client_ssl_context,
         )
         return _status(STATUS_SUCCESS), None
 
