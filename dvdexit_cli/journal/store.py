@@ -614,6 +614,15 @@ class Journal:
                 found[row["sop_instance_uid"]] = row
         return found
 
+    def study_files(self, study_uid: str) -> list[str]:
+        """Paths of the instances of a study the receiver stored (once each)."""
+        rows = self._read(
+            "SELECT DISTINCT path FROM received WHERE study_uid = ? AND path IS NOT NULL"
+            " AND outcome IN ('stored', 'duplicate') ORDER BY path",
+            (study_uid,),
+        )
+        return [str(r["path"]) for r in rows]
+
     def start_hook_run(self, study_uid: str, command: str) -> int:
         with self._write() as db:
             cursor = db.execute(

@@ -85,14 +85,14 @@ class Forwarder:
 
     def forward(self, study: ReceivedStudy, forward_id: int) -> str:
         """Forward one study now; returns sent, failed or held (also journaled)."""
-        folder = Path(study.folder)
-        files = sorted(p for p in folder.rglob("*.dcm") if not p.name.startswith("."))
+        # The journal knows which files are the study's, whatever the --layout.
+        files = [Path(p) for p in self._journal.study_files(study.study_uid)]
         transfer_id: int | None = None
         staged: Path | None = None
         try:
             if self._mapping is not None:
-                staged = self._reconcile(study.study_uid, folder, files)
-            inputs = (staged or folder,)
+                staged = self._reconcile(study.study_uid, files)
+            inputs = (staged,) if staged is not None else tuple(files)
             result = send(
                 SendSettings(
                     inputs=inputs, peer_name=self.peer.name, peer_address=self.peer.address
@@ -127,7 +127,7 @@ class Forwarder:
         )
         return outcome
 
-    def _reconcile(self, study_uid: str, folder: Path, files: list[Path]) -> Path:
+    def _reconcile(self, study_uid: str, files: list[Path]) -> Path:
         assert self._mapping is not None
         target = self._staging / study_uid
         datasets = []
@@ -143,7 +143,7 @@ class Forwarder:
         shutil.rmtree(target, ignore_errors=True)
         for path, ds, local in datasets:
             reconcile_dataset(ds, local)
-            out = target / path.relative_to(folder)
+            out = target / path.name  # {sop} is in every file name: unique
             out.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(out, enforce_file_format=True)
         return target

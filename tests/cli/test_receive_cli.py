@@ -19,6 +19,7 @@ from peers import run_dvdexit
         (["--forward-to", "nowhere"], 3, "nowhere"),
         (["--on-complete", "sh -c 'unbalanced"], 2, "quoting"),
         (["--tls-cert", "/nonexistent/cert.pem"], 3, "TLS"),
+        (["--layout", "{PatientName}/{sop}.dcm"], 2, "--layout"),
     ],
 )
 def test_bad_receive_options_exit_before_listening(

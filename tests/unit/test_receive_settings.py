@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +25,12 @@ from dvdexit_cli.receive.settings import (
     parse_networks,
     parse_size,
 )
-from dvdexit_cli.receive.store import IMPLEMENTATION_VERSION, file_meta_bytes
+from dvdexit_cli.receive.store import (
+    IMPLEMENTATION_VERSION,
+    InstanceStore,
+    file_meta_bytes,
+    validate_layout,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -221,3 +227,40 @@ def test_the_hand_encoded_file_meta_is_what_pydicom_reads_and_writes(
     out.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(out, expected, enforce_standard=True)
     assert raw == out.getvalue(), "byte for byte what pydicom writes"
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["{study}/{series}/{sop}.dcm", "{received_date}/{study_date}/{study}/{sop}.dcm", "{sop}"],
+)
+def test_layouts_of_uid_and_date_fields_are_accepted(layout: str) -> None:
+    assert validate_layout(layout) == layout
+
+
+@pytest.mark.parametrize(
+    ("layout", "why"),
+    [
+        ("{PatientName}/{sop}.dcm", "not allowed"),
+        ("{study}/{series}.dcm", "{sop}"),
+        ("../{study}/{sop}.dcm", "'..'"),
+        ("/abs/{sop}.dcm", "relative"),
+        ("{study}//{sop}.dcm", "empty"),
+        ("{study!r}/{sop}.dcm", "not allowed"),
+        ("{study:>70}/{sop}.dcm", "not allowed"),
+        ("a b/{sop}.dcm", "literal"),
+        (".hidden/{sop}.dcm", "first folder"),
+        ("{study/{sop}.dcm", "malformed"),
+    ],
+)
+def test_layouts_with_free_text_or_escapes_are_refused(layout: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        validate_layout(layout)
+
+
+def test_a_layout_places_files_by_uid_and_date_and_finds_the_study_folder(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, layout="{received_date}/{study_date}/{study}/{sop}.dcm")
+    path = store.path_for("1.2", "1.3", "1.4", study_date="20240131", received_date="20261125")
+    assert path == tmp_path / "20261125" / "20240131" / "1.2" / "1.4.dcm"
+    assert store.study_folder(path, "1.2") == tmp_path / "20261125" / "20240131" / "1.2"
+    odd = store.path_for("1.2", "1.3", "1.5", study_date="2024-01-31", received_date="20261125")
+    assert odd.parent.parent.name == "nodate"
