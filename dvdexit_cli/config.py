@@ -21,13 +21,19 @@ import tomli_w
 from dvdexit_cli.errors import ConfigError, UnknownPeerError
 
 __all__ = [
+    "AUTH_KINDS",
     "DEFAULT_CALLING_AE",
+    "AnyPeer",
+    "DicomWebPeer",
     "DimsePeer",
+    "FolderPeer",
+    "LocalSettings",
     "Paths",
     "PeerBook",
     "parse_host_port",
     "resolve_paths",
     "validate_ae_title",
+    "validate_dicomweb",
 ]
 
 DEFAULT_CALLING_AE = "DVDEXIT"
@@ -112,6 +118,16 @@ class DimsePeer:
     port: int
     called_ae: str
     calling_ae: str = DEFAULT_CALLING_AE
+    tls_ca: str | None = None
+    """CA bundle (PEM) that the peer's certificate must chain to; enables TLS."""
+    tls_cert: str | None = None
+    """Our client certificate (PEM), for peers that require mutual TLS."""
+    tls_key: str | None = None
+    """The private key of ``tls_cert`` (PEM)."""
+    max_pdu: int = 0
+    """Largest PDU we accept (0: unlimited)."""
+    workers: int = 1
+    """Parallel associations for a send."""
 
     kind = "dimse"
 
@@ -119,14 +135,27 @@ class DimsePeer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert)
+
     def to_toml(self) -> dict[str, object]:
-        return {
+        table: dict[str, object] = {
             "kind": self.kind,
             "host": self.host,
             "port": self.port,
             "called_ae": self.called_ae,
             "calling_ae": self.calling_ae,
         }
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            value = getattr(self, key)
+            if value:
+                table[key] = value
+        if self.max_pdu:
+            table["max_pdu"] = self.max_pdu
+        if self.workers != 1:
+            table["workers"] = self.workers
+        return table
 
     def describe(self) -> dict[str, object]:
         """A JSON-safe description (holds no secret)."""
@@ -134,6 +163,89 @@ class DimsePeer:
 
 
 Peer = DimsePeer
+
+AUTH_KINDS = ("none", "basic", "bearer")
+
+
+@dataclass(frozen=True)
+class DicomWebPeer:
+    """A DICOMweb service (STOW-RS, QIDO-RS, WADO-RS) under one base URL."""
+
+    name: str
+    url: str
+    auth: str = "none"
+    """``none``, ``basic`` (user + secret) or ``bearer`` (secret is the token)."""
+    user: str | None = None
+    ca_bundle: str | None = None
+    """CA bundle (PEM) for an https URL signed by a private CA."""
+
+    kind = "dicomweb"
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    @property
+    def needs_secret(self) -> bool:
+        return self.auth != "none"
+
+    def to_toml(self) -> dict[str, object]:
+        table: dict[str, object] = {"kind": self.kind, "url": self.url, "auth": self.auth}
+        if self.user:
+            table["user"] = self.user
+        if self.ca_bundle:
+            table["ca_bundle"] = self.ca_bundle
+        return table
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-safe description (holds no secret)."""
+        return {"name": self.name, **self.to_toml()}
+
+
+@dataclass(frozen=True)
+class FolderPeer:
+    """A drop folder (or mounted share) that receives transfer packages."""
+
+    name: str
+    path: str
+
+    kind = "folder"
+
+    @property
+    def address(self) -> str:
+        return self.path
+
+    def to_toml(self) -> dict[str, object]:
+        return {"kind": self.kind, "path": self.path}
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, **self.to_toml()}
+
+
+AnyPeer = DimsePeer | DicomWebPeer | FolderPeer
+
+
+def validate_dicomweb(peer: DicomWebPeer, *, where: str = "") -> DicomWebPeer:
+    """Check a DICOMweb peer's settings; ConfigError naming ``where`` and the field."""
+    prefix = f"{where}: " if where else ""
+    if not re.match(r"^https?://[^/\s]+", peer.url):
+        raise ConfigError(
+            f"{prefix}url {peer.url!r} is not an http(s) URL",
+            hint="give the DICOMweb base URL, for example https://pacs.example.org/dicom-web",
+        )
+    if peer.auth not in AUTH_KINDS:
+        raise ConfigError(f"{prefix}auth {peer.auth!r} is not one of {', '.join(AUTH_KINDS)}")
+    if peer.auth == "basic" and not peer.user:
+        raise ConfigError(f"{prefix}auth 'basic' needs a user", hint="add --user NAME")
+    if peer.url.startswith("http://") and peer.auth != "none":
+        # A password over plain HTTP is readable by anyone on the path.
+        host = peer.url.split("/")[2].split(":")[0]
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            raise ConfigError(
+                f"{prefix}auth {peer.auth!r} over plain http would send the secret in clear",
+                hint="use an https URL",
+            )
+    return peer
 
 
 def _validate_peer_name(name: str) -> str:
@@ -145,11 +257,40 @@ def _validate_peer_name(name: str) -> str:
     return name
 
 
-def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Peer:
+def _text_field(table: Mapping[str, object], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return value
+
+
+def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> AnyPeer:
     where = f"{source} [peers.{name}]"
     kind = table.get("kind", "dimse")
+    if kind == "dicomweb":
+        url = _text_field(table, "url", where)
+        if url is None:
+            raise ConfigError(f"{where}: missing key 'url'")
+        auth = _text_field(table, "auth", where) or "none"
+        return validate_dicomweb(
+            DicomWebPeer(
+                name=_validate_peer_name(name),
+                url=url,
+                auth=auth,
+                user=_text_field(table, "user", where),
+                ca_bundle=_text_field(table, "ca_bundle", where),
+            ),
+            where=where,
+        )
+    if kind == "folder":
+        path = _text_field(table, "path", where)
+        if path is None:
+            raise ConfigError(f"{where}: missing key 'path'")
+        return FolderPeer(name=_validate_peer_name(name), path=path)
     if kind != "dimse":
-        raise ConfigError(f"{where}: unknown kind {kind!r}", hint="supported kinds: dimse")
+        raise ConfigError(
+            f"{where}: unknown kind {kind!r}", hint="supported kinds: dimse, dicomweb, folder"
+        )
     try:
         host = table["host"]
         port = table["port"]
@@ -157,6 +298,20 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Pee
     except KeyError as exc:
         raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
     calling_ae = table.get("calling_ae", DEFAULT_CALLING_AE)
+    tls: dict[str, str | None] = {}
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where}: {key} must be a file path (a non-empty string)")
+        tls[key] = value
+    if tls["tls_key"] and not tls["tls_cert"]:
+        raise ConfigError(f"{where}: tls_key is set but tls_cert is not")
+    max_pdu = table.get("max_pdu", 0)
+    workers = table.get("workers", 1)
+    if not isinstance(max_pdu, int) or isinstance(max_pdu, bool) or max_pdu < 0:
+        raise ConfigError(f"{where}: max_pdu must be a whole number of bytes, 0 for no limit")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise ConfigError(f"{where}: workers must be a number from 1 to 64")
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{where}: host must be a non-empty string")
     if not isinstance(port, int) or not 1 <= port <= 65535:
@@ -169,6 +324,49 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Pee
         port=port,
         called_ae=validate_ae_title(called_ae, what=f"{where} called_ae"),
         calling_ae=validate_ae_title(calling_ae, what=f"{where} calling_ae"),
+        max_pdu=max_pdu,
+        workers=workers,
+        **tls,
+    )
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """Our own side (peers.toml ``[local]``): the AE title and port we answer on."""
+
+    ae_title: str = DEFAULT_CALLING_AE
+    port: int | None = None
+    """Where peers reach us (Storage Commitment reports, C-MOVE destinations)."""
+    host: str = ""
+    """The address to listen on; empty for every interface."""
+
+    def to_toml(self) -> dict[str, object]:
+        table: dict[str, object] = {"ae_title": self.ae_title}
+        if self.port is not None:
+            table["port"] = self.port
+        if self.host:
+            table["host"] = self.host
+        return table
+
+
+def _local_from_toml(table: Mapping[str, object], source: Path) -> LocalSettings:
+    where = f"{source} [local]"
+    unknown = set(table) - {"ae_title", "port", "host"}
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {sorted(unknown)[0]!r}", hint="known keys: ae_title, port, host"
+        )
+    ae = table.get("ae_title", DEFAULT_CALLING_AE)
+    port = table.get("port")
+    host = table.get("host", "")
+    if not isinstance(ae, str):
+        raise ConfigError(f"{where}: ae_title must be a string")
+    if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
+        raise ConfigError(f"{where}: port must be a number from 1 to 65535")
+    if not isinstance(host, str):
+        raise ConfigError(f"{where}: host must be a string")
+    return LocalSettings(
+        ae_title=validate_ae_title(ae, what=f"{where} ae_title"), port=port, host=host
     )
 
 
@@ -177,9 +375,10 @@ class PeerBook:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.local = LocalSettings()
         self._peers = self._load()
 
-    def _load(self) -> dict[str, Peer]:
+    def _load(self) -> dict[str, AnyPeer]:
         try:
             with self.path.open("rb") as fh:
                 document = tomllib.load(fh)
@@ -191,24 +390,41 @@ class PeerBook:
             ) from exc
         except OSError as exc:
             raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from exc
+        local = document.get("local", {})
+        if not isinstance(local, dict):
+            raise ConfigError(f"{self.path}: 'local' must be a table")
+        self.local = _local_from_toml(local, self.path)
         tables = document.get("peers", {})
         if not isinstance(tables, dict):
             raise ConfigError(f"{self.path}: 'peers' must be a table")
-        peers: dict[str, Peer] = {}
+        peers: dict[str, AnyPeer] = {}
         for name, table in tables.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{self.path}: [peers.{name}] must be a table")
             peers[name] = _peer_from_toml(name, table, self.path)
         return peers
 
-    def __iter__(self) -> Iterator[Peer]:
+    def __iter__(self) -> Iterator[AnyPeer]:
         return iter(sorted(self._peers.values(), key=lambda p: p.name))
 
     def __len__(self) -> int:
         return len(self._peers)
 
-    def get(self, name: str) -> Peer:
-        """Return the peer called ``name``; raise UnknownPeerError when there is none."""
+    def get(self, name: str) -> DimsePeer:
+        """Return the DIMSE peer called ``name``; UnknownPeerError when there is none.
+
+        A peer of another kind is a ConfigError: the caller needs DIMSE.
+        """
+        peer = self.get_any(name)
+        if not isinstance(peer, DimsePeer):
+            raise ConfigError(
+                f"peer {name!r} is a {peer.kind} peer; this needs a DICOM (DIMSE) peer",
+                hint="see 'dvdexit peers show " + name + "'",
+            )
+        return peer
+
+    def get_any(self, name: str) -> AnyPeer:
+        """Return the peer called ``name``, of any kind; UnknownPeerError when there is none."""
         try:
             return self._peers[name]
         except KeyError:
@@ -218,11 +434,14 @@ class PeerBook:
                 hint=f"add it with: dvdexit peers add {name} --dimse HOST:PORT --ae CALLED_AE",
             ) from None
 
-    def add(self, peer: Peer, *, replace: bool = False) -> None:
+    def add(self, peer: AnyPeer, *, replace: bool = False) -> None:
         """Add ``peer`` and save; an existing name needs ``replace=True``."""
         _validate_peer_name(peer.name)
-        validate_ae_title(peer.called_ae, what="called AE title")
-        validate_ae_title(peer.calling_ae, what="calling AE title")
+        if isinstance(peer, DimsePeer):
+            validate_ae_title(peer.called_ae, what="called AE title")
+            validate_ae_title(peer.calling_ae, what="calling AE title")
+        elif isinstance(peer, DicomWebPeer):
+            validate_dicomweb(peer)
         if peer.name in self._peers and not replace:
             raise ConfigError(
                 f"peer {peer.name!r} already exists",
@@ -231,9 +450,15 @@ class PeerBook:
         self._peers[peer.name] = peer
         self._save()
 
-    def remove(self, name: str) -> Peer:
+    def set_local(self, local: LocalSettings) -> None:
+        """Replace the ``[local]`` settings and save."""
+        validate_ae_title(local.ae_title, what="[local] ae_title")
+        self.local = local
+        self._save()
+
+    def remove(self, name: str) -> AnyPeer:
         """Remove the peer called ``name`` and save; return what was removed."""
-        peer = self.get(name)
+        peer = self.get_any(name)
         del self._peers[name]
         self._save()
         return peer
@@ -242,9 +467,13 @@ class PeerBook:
         # Other top-level tables (such as [receive]) are kept; comments are not.
         try:
             with self.path.open("rb") as fh:
-                document = {k: v for k, v in tomllib.load(fh).items() if k != "peers"}
+                document: dict[str, object] = {
+                    k: v for k, v in tomllib.load(fh).items() if k not in ("peers", "local")
+                }
         except (OSError, tomllib.TOMLDecodeError):
             document = {}
+        if self.local != LocalSettings():
+            document["local"] = self.local.to_toml()
         document["peers"] = {p.name: p.to_toml() for p in self._peers.values()}
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:

@@ -8,16 +8,29 @@ from the journal, not from counters kept on the side.
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
-from dvdexit_cli.dicom.scan import Instance, scan
-from dvdexit_cli.errors import NoDicomFoundError, PeerError
+from dvdexit_cli.dicom.contexts import plan_contexts
+from dvdexit_cli.dicom.scan import Instance, ScanResult, UnsendableFile, read_instance, scan
+from dvdexit_cli.errors import ConfigError, JournalError, NoDicomFoundError, PeerError
 from dvdexit_cli.events import (
     InstanceDone,
     Observer,
+    ReplayStarted,
     RetryScheduled,
     ScanFinished,
     TransferFinished,
@@ -26,18 +39,27 @@ from dvdexit_cli.events import (
 )
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import ItemRecord, Journal
+from dvdexit_cli.journal.store import DEFAULT_LEASE_SECONDS, new_claim
 from dvdexit_cli.transport.base import StoreOutcome, Transport
 
 __all__ = [
     "VERDICTS",
     "FileProblem",
+    "RetryResult",
+    "RetrySettings",
+    "SendPlan",
     "SendResult",
     "SendSettings",
+    "SeriesPlan",
     "VerifiedFile",
     "VerifyResult",
+    "plan_send",
+    "retry_failed",
     "send",
     "verify_paths",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,27 @@ class SendSettings:
     retry_delay: float = 2.0
     note: str | None = None
     reason: str | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    workers: int = 1
+    """Parallel associations (worker processes), each taking whole studies."""
+    studies: tuple[str, ...] = ()
+    """Only these Study Instance UIDs (empty: all)."""
+    modalities: tuple[str, ...] = ()
+    """Only series of these modalities (empty: all)."""
+    exclude_modalities: tuple[str, ...] = ()
+    exclude_sop_classes: tuple[str, ...] = ()
+    unpack_dir: Path | None = None
+    """Where zip files and ISO images are unpacked (kept until their transfer is complete)."""
+
+    def selects(self, inst: Instance) -> bool:
+        """Whether the selection options keep this instance."""
+        modality = inst.modality.upper()
+        return (
+            (not self.studies or inst.study_uid in self.studies)
+            and (not self.modalities or modality in self.modalities)
+            and modality not in self.exclude_modalities
+            and inst.sop_class_uid not in self.exclude_sop_classes
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +135,8 @@ class SendResult:
     outcome: str
     error: str | None = None
     error_hint: str | None = None
+    excluded: int = 0
+    """Instances found but left out by the selection options (not journaled)."""
 
     @property
     def exit_code(self) -> ExitCode:
@@ -110,6 +155,7 @@ class SendResult:
             "failed": self.failed,
             "skipped": self.skipped,
             "pending": self.pending,
+            "excluded": self.excluded,
             "studies": self.studies,
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
@@ -171,29 +217,20 @@ def send(
     transport: Transport,
     observer: Observer = ignore,
     sleep: Callable[[float], None] = time.sleep,
+    transport_factory: TransportFactory | None = None,
 ) -> SendResult:
     """Send what ``settings.inputs`` hold through ``transport``, journaling every item.
 
-    Raises InputError (NoDicomFoundError) when there is nothing to send. An unreachable
-    peer is not raised: it is the result's outcome (``unreachable``, exit 5), with every
-    item left failed and retryable in the journal.
+    With ``settings.workers`` > 1 and a ``transport_factory``, studies are spread over
+    that many worker processes, each with its own association and journal connection;
+    each study is sent whole, in order, by one worker. Raises InputError
+    (NoDicomFoundError) when there is nothing to send. An unreachable peer is not
+    raised: it is the result's outcome (``unreachable``, exit 5), with every item left
+    failed and retryable in the journal.
     """
     started = time.monotonic()
-    found = scan(list(settings.inputs))
-    skipped = sum(r.disposition == "skipped" for r in found.rejected)
-    unreadable = len(found.rejected) - skipped
-    observer(ScanFinished(len(found.instances), found.total_bytes, skipped, unreadable))
-    if not found.instances:
-        reasons = sorted({r.reason for r in found.rejected})[:3]
-        raise NoDicomFoundError(
-            f"no DICOM instance to send in {', '.join(map(str, settings.inputs))}"
-            + (
-                f" ({skipped} file(s) skipped, {unreadable} unreadable: {'; '.join(reasons)})"
-                if found.rejected
-                else " (no files)"
-            ),
-            hint="point dvdexit at a folder, DICOMDIR medium or DICOM files",
-        )
+    found, excluded = _scan_selected(settings, observer)
+    claim = new_claim()
     transfer_id, item_ids = journal.create_transfer(
         peer=settings.peer_name,
         peer_address=settings.peer_address,
@@ -202,20 +239,32 @@ def send(
         rejected=found.rejected,
         note=settings.note,
         reason=settings.reason,
+        claim=claim,
+        lease_seconds=settings.lease_seconds,
     )
     observer(
         TransferStarted(transfer_id, settings.peer_name, len(found.instances), found.total_bytes)
     )
     outcome, error, hint = "complete", None, None
+    work = list(zip(item_ids, found.instances, strict=True))
+    shares = _partition(work, settings.workers) if transport_factory is not None else [work]
     try:
-        error, hint = _send_all(
-            settings,
-            journal,
-            transport,
-            list(zip(item_ids, found.instances, strict=True)),
-            observer,
-            sleep,
-        )
+        with _Lease(journal, claim, settings.lease_seconds):
+            if len(shares) > 1 and transport_factory is not None:
+                error, hint = _send_parallel(
+                    settings, journal.path, claim, transport_factory, shares, observer
+                )
+            else:
+                error, hint = _send_all(
+                    settings.retries,
+                    settings.retry_delay,
+                    journal,
+                    transport,
+                    work,
+                    observer,
+                    sleep,
+                    claim=claim,
+                )
     except KeyboardInterrupt:
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
         observer(TransferFinished(transfer_id, "interrupted"))
@@ -230,19 +279,319 @@ def send(
     elif result.failed or result.pending:
         outcome = "partial"
     journal.finish_transfer(transfer_id, outcome=outcome, error=error)
+    if outcome == "complete":
+        # Unpacked archives are kept only while --retry-failed may need their files.
+        _remove_folders(journal, found.unpacked)
     observer(TransferFinished(transfer_id, outcome))
-    return replace(result, outcome=outcome)
+    return replace(result, outcome=outcome, excluded=excluded)
+
+
+TransportFactory = Callable[[Observer], Transport]
+"""Builds a fresh transport (in a worker process) that reports to the given observer."""
+
+_Work = list[tuple[int, Instance]]
+
+
+def _partition(work: _Work, workers: int) -> list[_Work]:
+    """Spread whole studies over at most ``workers`` shares of about equal bytes.
+
+    Each study stays in one share, in its scan order (series by series), so a receiver
+    sees every study arrive in order from one association.
+    """
+    studies: dict[str, _Work] = {}
+    for entry in work:
+        studies.setdefault(entry[1].study_uid, []).append(entry)
+    count = max(1, min(workers, len(studies)))
+    shares: list[_Work] = [[] for _ in range(count)]
+    loads = [0] * count
+    for study in sorted(studies.values(), key=lambda s: -sum(i.size for _, i in s)):
+        lightest = loads.index(min(loads))
+        shares[lightest].extend(study)
+        loads[lightest] += sum(i.size for _, i in study)
+    return [share for share in shares if share]
+
+
+def _worker(
+    journal_path: Path,
+    claim: str,
+    factory: TransportFactory,
+    retries: int,
+    retry_delay: float,
+    share: _Work,
+    events: Any,
+    parent: int,
+) -> None:
+    """One worker process: its own journal connection and association."""
+    # Ctrl-C reaches the whole process group; the parent decides, the worker just stops.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent(parent)
+    with Journal(journal_path) as journal:
+        transport = factory(events.put)
+        try:
+            error, hint = _send_all(
+                retries, retry_delay, journal, transport, share, events.put, time.sleep,
+                claim=claim,
+            )  # fmt: skip
+        finally:
+            transport.close()
+    events.put(_WorkerDone(error, hint))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the parent dies (Linux).
+
+    The claim on the items names the parent's process: once it is gone, a replay may take
+    them, so an orphaned worker must not go on sending them.
+    """
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            log.debug("PR_SET_PDEATHSIG unavailable")
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@dataclass(frozen=True)
+class _WorkerDone:
+    error: str | None
+    hint: str | None
+
+
+def _send_parallel(
+    settings: SendSettings,
+    journal_path: Path,
+    claim: str,
+    factory: TransportFactory,
+    shares: list[_Work],
+    observer: Observer,
+) -> tuple[str | None, str | None]:
+    """Run one worker process per share; relay their events; return the first peer error.
+
+    A worker that dies leaves its unanswered items pending or sending in the journal:
+    the result counts them, and ``--retry-failed`` resends them.
+    """
+    # fork: workers start in milliseconds and inherit the factory without pickling.
+    context: Any = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    events = context.Queue()
+    procs = [
+        context.Process(
+            target=_worker,
+            args=(
+                journal_path, claim, factory, settings.retries, settings.retry_delay, share,
+                events, os.getpid(),
+            ),
+            name=f"dvdexit-worker-{n}",
+            daemon=True,
+        )
+        for n, share in enumerate(shares, 1)
+    ]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    errors: list[tuple[str, str | None]] = []
+    done = 0
+    ended = False
+    try:
+        while done < len(procs):
+            try:
+                event = events.get(timeout=0.2 if ended else 0.5)
+            except queue.Empty:
+                if ended:
+                    # Every worker ended and the queue is drained: the ones that died
+                    # sent no _WorkerDone.
+                    dead = sum(p.exitcode not in (0, None) for p in procs)
+                    errors.append((f"{max(dead, len(procs) - done)} worker process(es) died", None))
+                    break
+                ended = not any(p.is_alive() for p in procs)
+                continue
+            if isinstance(event, _WorkerDone):
+                done += 1
+                if event.error is not None:
+                    errors.append((event.error, event.hint))
+            else:
+                observer(event)
+    finally:
+        for proc in procs:
+            if proc.is_alive() and done < len(procs):
+                proc.terminate()
+            proc.join(timeout=30)
+        events.close()
+    return errors[0] if errors else (None, None)
+
+
+class _Lease:
+    """Keep a claim's lease fresh from a background thread; release the claim at the end."""
+
+    def __init__(self, journal: Journal, claim: str, lease_seconds: float) -> None:
+        self._journal = journal
+        self._claim = claim
+        self._lease = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="dvdexit-lease", daemon=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            try:
+                self._journal.renew_claims(self._claim, lease_seconds=self._lease)
+            except JournalError as exc:  # a busy journal now and then: the next round renews
+                log.warning("could not renew the journal claim: %s", exc.message)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._journal.release_claims(self._claim)
+
+
+def _scan_selected(settings: SendSettings, observer: Observer) -> tuple[ScanResult, int]:
+    """Scan the inputs and apply the selection; return what to send and how many were left out.
+
+    Raises NoDicomFoundError when nothing is left to send.
+    """
+    found = scan(list(settings.inputs), unpack_dir=settings.unpack_dir)
+    skipped = sum(r.disposition == "skipped" for r in found.rejected)
+    unreadable = len(found.rejected) - skipped
+    observer(ScanFinished(len(found.instances), found.total_bytes, skipped, unreadable))
+    kept = [inst for inst in found.instances if settings.selects(inst)]
+    excluded = len(found.instances) - len(kept)
+    if not kept:
+        reasons = sorted({r.reason for r in found.rejected})[:3]
+        raise NoDicomFoundError(
+            f"no DICOM instance to send in {', '.join(map(str, settings.inputs))}"
+            + (f" ({excluded} instance(s) left out by the selection options)" if excluded else "")
+            + (
+                f" ({skipped} file(s) skipped, {unreadable} unreadable: {'; '.join(reasons)})"
+                if found.rejected
+                else ""
+            )
+            + ("" if found.rejected or excluded else " (no files)"),
+            hint="point dvdexit at a folder, DICOMDIR medium or DICOM files"
+            + (", or widen --study/--modality/--exclude-*" if excluded else ""),
+        )
+    return ScanResult(instances=kept, rejected=found.rejected, unpacked=found.unpacked), excluded
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    series_uid: str
+    modality: str
+    instances: int
+    bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "series_uid": self.series_uid,
+            "modality": self.modality,
+            "instances": self.instances,
+            "bytes": self.bytes,
+        }
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What ``send`` would do (``--dry-run``): studies, series, and presentation contexts."""
+
+    studies: dict[str, tuple[SeriesPlan, ...]]
+    instances: int
+    bytes: int
+    excluded: int
+    skipped: tuple[FileProblem, ...]
+    failed: tuple[FileProblem, ...]
+    associations: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
+    workers: int
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dry_run": True,
+            "instances": self.instances,
+            "bytes": self.bytes,
+            "excluded": self.excluded,
+            "workers": self.workers,
+            "studies": [
+                {
+                    "study_uid": study,
+                    "instances": sum(s.instances for s in series),
+                    "bytes": sum(s.bytes for s in series),
+                    "series": [s.to_json() for s in series],
+                }
+                for study, series in self.studies.items()
+            ],
+            "associations": [
+                [{"sop_class_uid": sop, "transfer_syntaxes": list(ts)} for sop, ts in plan]
+                for plan in self.associations
+            ],
+            "failures": [f.to_json() for f in self.failed],
+            "skipped_files": [f.to_json() for f in self.skipped],
+            "exit_code": int(self.exit_code),
+        }
+
+
+def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPlan:
+    """Scan and select as ``send`` would, and say what it would send; send nothing.
+
+    Journals nothing. Raises NoDicomFoundError when nothing would be sent.
+    """
+    found, excluded = _scan_selected(settings, observer)
+    for folder in found.unpacked:  # a dry run keeps nothing
+        shutil.rmtree(folder, ignore_errors=True)
+    studies: dict[str, dict[str, list[Instance]]] = {}
+    for inst in found.instances:
+        studies.setdefault(inst.study_uid, {}).setdefault(inst.series_uid, []).append(inst)
+    plans = plan_contexts((i.sop_class_uid, i.transfer_syntax) for i in found.instances)
+    problems = [FileProblem(str(r.path), r.sop_instance_uid, r.reason) for r in found.rejected]
+    return SendPlan(
+        studies={
+            study: tuple(
+                SeriesPlan(uid, members[0].modality, len(members), sum(i.size for i in members))
+                for uid, members in series.items()
+            )
+            for study, series in studies.items()
+        },
+        instances=len(found.instances),
+        bytes=found.total_bytes,
+        excluded=excluded,
+        skipped=tuple(
+            p for p, r in zip(problems, found.rejected, strict=True) if r.disposition == "skipped"
+        ),
+        failed=tuple(
+            p for p, r in zip(problems, found.rejected, strict=True) if r.disposition == "failed"
+        ),
+        associations=tuple(
+            tuple((c.abstract_syntax, c.transfer_syntaxes) for c in plan.contexts) for plan in plans
+        ),
+        workers=min(settings.workers, len(studies)),
+    )
 
 
 def _send_all(
-    settings: SendSettings,
+    retries: int,
+    retry_delay: float,
     journal: Journal,
     transport: Transport,
     pending: list[tuple[int, Instance]],
     observer: Observer,
     sleep: Callable[[float], None],
+    *,
+    claim: str | None = None,
 ) -> tuple[str | None, str | None]:
-    """Send, retrying retryable failures; return the peer error that stopped us, if any."""
+    """Send, retrying retryable failures; return the peer error that stopped us, if any.
+
+    With ``claim``, an item whose claim was lost (our lease ran out and another run took
+    it) is left alone: that run sends it.
+    """
     attempt = 1
     try:
         transport.open([inst for _, inst in pending])
@@ -252,14 +601,16 @@ def _send_all(
     while True:
         retry: list[tuple[int, Instance]] = []
         for position, (item_id, inst) in enumerate(pending):
-            journal.mark_sending(item_id)
+            if not journal.mark_sending(item_id, claim=claim):
+                log.warning("item %d was claimed by another run; not sending it", item_id)
+                continue
             try:
                 outcome = transport.store(inst)
             except PeerError as exc:
                 # The peer went away and could not be reached again: nothing more can be
                 # sent in this round. Keep every remaining item retryable.
                 _fail_all(journal, pending[position:], exc.message)
-                if attempt > settings.retries:
+                if attempt > retries:
                     return exc.message, exc.hint
                 retry.extend(pending[position:])
                 break
@@ -271,9 +622,9 @@ def _send_all(
             _record(journal, item_id, inst, outcome, attempt, observer)
             if outcome.state == "failed" and outcome.retryable:
                 retry.append((item_id, inst))
-        if not retry or attempt > settings.retries:
+        if not retry or attempt > retries:
             return None, None
-        delay = settings.retry_delay * 2 ** (attempt - 1)
+        delay = retry_delay * 2 ** (attempt - 1)
         observer(RetryScheduled(len(retry), attempt + 1, delay))
         sleep(delay)
         attempt += 1
@@ -311,6 +662,248 @@ def _record(
 def _fail_all(journal: Journal, items: Sequence[tuple[int, Instance]], reason: str) -> None:
     for item_id, _ in items:
         journal.record_outcome(item_id, state="failed", status=None, reason=reason, retryable=True)
+
+
+# -- replay (send --retry-failed) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Which journaled items to resend, and how hard to try."""
+
+    peer_name: str | None = None
+    older_than: float = 0.0
+    max_attempts: int | None = None
+    retries: int = 2
+    retry_delay: float = 2.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    unpack_dir: Path | None = None
+    """Where sends unpacked archives; a transfer the replay completes loses its copy."""
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """What a replay did: counts over the items it claimed, and what it left behind."""
+
+    peers: tuple[str, ...]
+    transfers: tuple[int, ...]
+    claimed: int
+    sent: int
+    failed: int
+    pending: int
+    given_up: int
+    not_retryable: int
+    failures: tuple[FileProblem, ...]
+    warnings: tuple[FileProblem, ...]
+    bytes_sent: int
+    seconds: float
+    outcome: str
+    errors: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.outcome == "unreachable":
+            return ExitCode.PEER_UNREACHABLE
+        if self.failed or self.pending or self.given_up:
+            return ExitCode.PARTIAL_FAILURE
+        return ExitCode.OK
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "mode": "retry-failed",
+            "outcome": self.outcome,
+            "peers": list(self.peers),
+            "transfers": list(self.transfers),
+            "claimed": self.claimed,
+            "sent": self.sent,
+            "failed": self.failed,
+            "pending": self.pending,
+            "given_up": self.given_up,
+            "not_retryable": self.not_retryable,
+            "bytes_sent": self.bytes_sent,
+            "seconds": round(self.seconds, 3),
+            "errors": list(self.errors),
+            "failures": [f.to_json() for f in self.failures],
+            "warnings": [w.to_json() for w in self.warnings],
+            "exit_code": int(self.exit_code),
+        }
+
+
+def _reload(item: ItemRecord) -> Instance | str:
+    """The instance behind a journaled item, or why it cannot be resent as journaled."""
+    try:
+        inst = read_instance(Path(item.path))
+    except UnsendableFile as exc:
+        return f"cannot resend: {exc.reason}"
+    if inst.sop_instance_uid != item.sop_instance_uid or inst.digest != item.digest:
+        return (
+            "cannot resend: the file changed since it was journaled (its dataset digest or "
+            "SOP Instance UID differs); send it again as a new transfer"
+        )
+    return inst
+
+
+def _remove_unpacked(journal: Journal, items: Sequence[ItemRecord], unpack_dir: Path) -> None:
+    """Remove the unpacked archive folders a completed transfer's items came from."""
+    folders = set()
+    for item in items:
+        path = Path(item.path)
+        if path.is_relative_to(unpack_dir) and path != unpack_dir:
+            folders.add(unpack_dir / path.relative_to(unpack_dir).parts[0])
+    _remove_folders(journal, folders)
+
+
+def _remove_folders(journal: Journal, folders: Iterable[Path]) -> None:
+    """Remove unpacked folders that no unfinished item (of any transfer) still needs."""
+    for folder in folders:
+        if not journal.has_open_items_under(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _copy_outcomes(journal: Journal, twins: dict[int, list[int]]) -> None:
+    """Give items of an instance sent once in this replay the outcome of that send."""
+    wanted = [sent for sent, others in twins.items() if others]
+    for record in journal.items_by_id(wanted):
+        for other in twins[record.id]:
+            journal.record_outcome(
+                other,
+                state=record.state if record.state in ("sent", "failed") else "pending",
+                status=record.status,
+                reason=(record.reason or "")
+                + ("; " if record.reason else "")
+                + f"the same instance as item {record.id}, sent once for both",
+                retryable=record.retryable,
+            )
+
+
+def retry_failed(
+    settings: RetrySettings,
+    *,
+    journal: Journal,
+    transport_for: Callable[[str], Transport],
+    observer: Observer = ignore,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RetryResult:
+    """Resend what earlier sends left failed (retryably), pending or unanswered.
+
+    Items are claimed in the journal first, so two replays (or a replay and a send)
+    running at the same time never send the same item; confirmed items are never
+    touched. Each peer is looked up by name through ``transport_for``, so a peer whose
+    address was corrected since is reached at its new address. Idempotent: once every
+    item is sent, another replay finds nothing to do.
+    """
+    started = time.monotonic()
+    claim = new_claim()
+    claimed = journal.claim_replay(
+        claim,
+        peer=settings.peer_name,
+        older_than=settings.older_than,
+        max_attempts=settings.max_attempts,
+        lease_seconds=settings.lease_seconds,
+    )
+    by_peer: dict[str, list[ItemRecord]] = {}
+    for peer_name, item in claimed:
+        by_peer.setdefault(peer_name, []).append(item)
+    errors: list[str] = []
+    unreachable = 0
+    with _Lease(journal, claim, settings.lease_seconds):
+        for peer_name, items in by_peer.items():
+            ready: list[tuple[int, Instance]] = []
+            twins: dict[int, list[int]] = {}  # item sent -> items of the same instance
+            first: dict[tuple[str, str], int] = {}
+            confirmed = journal.confirmed_by_peer(
+                peer_name, (i.sop_instance_uid for i in items if i.sop_instance_uid)
+            )
+            for item in items:
+                key = (item.sop_instance_uid or "", item.digest or "")
+                if item.digest in confirmed.get(key[0], ()):
+                    # The same instance (same digest) reached this peer in another
+                    # transfer: sending it again would only make a duplicate.
+                    journal.record_outcome(
+                        item.id,
+                        state="sent",
+                        status=None,
+                        reason="not resent: the peer confirmed this instance (same digest) "
+                        "in another transfer",
+                    )
+                    continue
+                if key in first:
+                    twins[first[key]].append(item.id)
+                    continue
+                loaded = _reload(item)
+                if isinstance(loaded, str):
+                    journal.record_outcome(item.id, state="failed", status=None, reason=loaded)
+                else:
+                    first[key] = item.id
+                    twins[item.id] = []
+                    ready.append((item.id, loaded))
+            if not ready:
+                continue
+            try:
+                transport = transport_for(peer_name)
+            except ConfigError as exc:
+                # The items stay as they were (retryable), for when the peer is back.
+                errors.append(f"{peer_name}: {exc.message}")
+                continue
+            observer(
+                ReplayStarted(
+                    peer_name,
+                    tuple(sorted({i.transfer_id for i in items})),
+                    len(ready),
+                    sum(inst.size for _, inst in ready),
+                )
+            )
+            try:
+                error, _hint = _send_all(
+                    settings.retries,
+                    settings.retry_delay,
+                    journal,
+                    transport,
+                    ready,
+                    observer,
+                    sleep,
+                    claim=claim,
+                )
+            finally:
+                transport.close()
+            _copy_outcomes(journal, twins)
+            if error is not None:
+                errors.append(f"{peer_name}: {error}")
+                unreachable += 1
+    transfers = sorted({item.transfer_id for _, item in claimed})
+    for transfer_id in transfers:
+        if journal.refresh_outcome(transfer_id) == "complete" and settings.unpack_dir:
+            _remove_unpacked(journal, journal.items(transfer_id), settings.unpack_dir)
+    final = journal.items_by_id(item.id for _, item in claimed)
+    by_state: dict[str, list[ItemRecord]] = {}
+    for item in final:
+        by_state.setdefault(item.state, []).append(item)
+    sent = by_state.get("sent", []) + by_state.get("committed", [])
+    backlog = journal.replay_backlog(peer=settings.peer_name, max_attempts=settings.max_attempts)
+    if not claimed:
+        outcome = "nothing to do"
+    elif unreachable and unreachable == len(by_peer) and not sent:
+        outcome = "unreachable"
+    elif len(sent) == len(final):
+        outcome = "complete"
+    else:
+        outcome = "partial"
+    return RetryResult(
+        peers=tuple(sorted(by_peer)),
+        transfers=tuple(transfers),
+        claimed=len(claimed),
+        sent=len(sent),
+        failed=len(by_state.get("failed", [])),
+        pending=len(by_state.get("pending", [])) + len(by_state.get("sending", [])),
+        given_up=backlog["given_up"],
+        not_retryable=backlog["not_retryable"],
+        failures=tuple(_problem(i) for i in by_state.get("failed", [])),
+        warnings=tuple(_problem(i) for i in sent if i.reason),
+        bytes_sent=sum(i.size or 0 for i in sent),
+        seconds=time.monotonic() - started,
+        outcome=outcome,
+        errors=tuple(errors),
+    )
 
 
 # -- verify ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ __all__ = [
     "InstanceDone",
     "InstanceReceived",
     "Observer",
+    "ReplayStarted",
     "RetryScheduled",
     "ScanFinished",
     "StudyCompleted",
@@ -66,6 +67,16 @@ class RetryScheduled:
     instances: int
     attempt: int
     delay: float
+
+
+@dataclass(frozen=True)
+class ReplayStarted:
+    """A replay (``send --retry-failed``) claimed items of earlier transfers to one peer."""
+
+    peer: str
+    transfers: tuple[int, ...]
+    instances: int
+    total_bytes: int
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,7 @@ Event = (
     | AssociationOpened
     | InstanceDone
     | RetryScheduled
+    | ReplayStarted
     | TransferFinished
     | InstanceReceived
     | AssociationRefused

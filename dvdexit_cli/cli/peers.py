@@ -1,7 +1,11 @@
-"""``dvdexit peers``: the address book of peers (peers.toml)."""
+"""``dvdexit peers``: the address book of peers (peers.toml) and their secrets."""
 
 from __future__ import annotations
 
+import getpass
+import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,22 +14,57 @@ from rich.table import Table
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, out, print_json
+from dvdexit_cli.cli.status import render_diagnosis
 from dvdexit_cli.config import (
+    AUTH_KINDS,
     DEFAULT_CALLING_AE,
+    AnyPeer,
+    DicomWebPeer,
     DimsePeer,
+    FolderPeer,
     PeerBook,
     parse_host_port,
     resolve_paths,
 )
-from dvdexit_cli.errors import UsageError
+from dvdexit_cli.credentials import (
+    Secret,
+    delete_secret,
+    env_var_name,
+    keyring_status,
+    lookup_secret,
+    secret_source,
+    store_secret,
+)
+from dvdexit_cli.diagnose import diagnose
+from dvdexit_cli.errors import ConfigError, UsageError
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Add, list and remove peers.", no_args_is_help=True)
+app = typer.Typer(
+    help="Add, list, show, test and remove peers; store their secrets.", no_args_is_help=True
+)
 
 
 def _book() -> PeerBook:
     return PeerBook(resolve_paths().peers_file)
+
+
+def _file(value: Path | None, option: str) -> str | None:
+    if value is None:
+        return None
+    if not value.is_file():
+        raise ConfigError(f"{option} {value}: no such file")
+    return str(value.resolve())
+
+
+def _summary(peer: AnyPeer) -> str:
+    if isinstance(peer, DimsePeer):
+        tls = " over TLS" if peer.uses_tls else ""
+        return f"{peer.called_ae}@{peer.address}{tls} (we call as {peer.calling_ae})"
+    if isinstance(peer, DicomWebPeer):
+        who = f", user {peer.user}" if peer.user else ""
+        return f"{peer.url} ({peer.auth} auth{who})"
+    return f"folder {peer.path}"
 
 
 @app.command("add")
@@ -41,18 +80,90 @@ def add_command(
     calling_ae: Annotated[
         str, typer.Option("--calling-ae", metavar="AE", help="Our AE title towards this peer.")
     ] = DEFAULT_CALLING_AE,
-    replace: Annotated[
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", metavar="FILE", help="DIMSE over TLS: the CA bundle (PEM)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", metavar="FILE", help="DIMSE over TLS: our certificate."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", metavar="FILE", help="DIMSE over TLS: our private key."),
+    ] = None,
+    max_pdu: Annotated[
+        int, typer.Option("--max-pdu", min=0, help="Largest PDU we accept (0: no limit).")
+    ] = 0,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Parallel associations.")
+    ] = 1,
+    dicomweb: Annotated[
+        str | None, typer.Option("--dicomweb", metavar="URL", help="A DICOMweb base URL.")
+    ] = None,
+    auth: Annotated[
+        str, typer.Option("--auth", metavar="|".join(AUTH_KINDS), help="DICOMweb auth kind.")
+    ] = "none",
+    user: Annotated[
+        str | None, typer.Option("--user", metavar="USER", help="DICOMweb basic-auth user.")
+    ] = None,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option("--ca-bundle", metavar="FILE", help="DICOMweb: CA bundle for https."),
+    ] = None,
+    folder: Annotated[
+        Path | None, typer.Option("--folder", metavar="PATH", help="A drop folder.")
+    ] = None,
+    replace_existing: Annotated[
         bool, typer.Option("--replace", help="Overwrite a peer of that name.")
     ] = False,
 ) -> None:
-    """Add a DICOM (DIMSE) peer."""
-    if dimse is None or ae is None:
-        raise UsageError("a DIMSE peer needs --dimse HOST:PORT and --ae CALLED_AE")
-    host, port = parse_host_port(dimse)
-    peer = DimsePeer(name=name, host=host, port=port, called_ae=ae, calling_ae=calling_ae)
-    book = _book()
-    book.add(peer, replace=replace)
-    err.print(f"peer {name} added: {peer.called_ae}@{peer.address} (we call as {calling_ae})")
+    """Add a peer: --dimse HOST:PORT --ae AE, --dicomweb URL, or --folder PATH."""
+    chosen = [
+        o
+        for o, v in (("--dimse", dimse), ("--dicomweb", dicomweb), ("--folder", folder))
+        if v is not None
+    ]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one of --dimse HOST:PORT, --dicomweb URL, --folder PATH")
+    peer: AnyPeer
+    if dimse is not None:
+        if ae is None:
+            raise UsageError("a DIMSE peer needs --dimse HOST:PORT and --ae CALLED_AE")
+        if tls_key is not None and tls_cert is None:
+            raise UsageError("--tls-key goes with --tls-cert")
+        host, port = parse_host_port(dimse)
+        peer = DimsePeer(
+            name=name,
+            host=host,
+            port=port,
+            called_ae=ae,
+            calling_ae=calling_ae,
+            tls_ca=_file(tls_ca, "--tls-ca"),
+            tls_cert=_file(tls_cert, "--tls-cert"),
+            tls_key=_file(tls_key, "--tls-key"),
+            max_pdu=max_pdu,
+            workers=workers,
+        )
+    elif dicomweb is not None:
+        peer = DicomWebPeer(
+            name=name,
+            url=dicomweb,
+            auth=auth,
+            user=user,
+            ca_bundle=_file(ca_bundle, "--ca-bundle"),
+        )
+    else:
+        assert folder is not None
+        peer = FolderPeer(name=name, path=str(folder.expanduser().resolve()))
+    _book().add(peer, replace=replace_existing)
+    err.print(f"peer {name} added: {_summary(peer)}", markup=False)
+    if isinstance(peer, DicomWebPeer) and peer.needs_secret:
+        err.print(
+            f"store its secret with 'dvdexit peers login {name}' (or set "
+            f"{env_var_name(name)} for headless use)",
+            markup=False,
+        )
 
 
 @app.command("list")
@@ -66,15 +177,151 @@ def list_command(json_output: JsonOption = False) -> None:
     if not len(book):
         err.print(f"no peers yet ({book.path}); add one with 'dvdexit peers add'")
         return
-    table = Table("name", "kind", "address", "called AE", "calling AE")
+    table = Table("name", "kind", "address", "details")
     for p in book:
-        table.add_row(p.name, p.kind, p.address, p.called_ae, p.calling_ae)
+        table.add_row(p.name, p.kind, p.address, _summary(p))
     out.print(table)
+
+
+@app.command("show")
+@handle_errors
+def show_command(
+    name: Annotated[str, typer.Argument(help="The peer to show.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Show one peer's settings, and where its secret would come from (never the secret)."""
+    book = _book()
+    peer = book.get_any(name)
+    document: dict[str, object] = {**peer.describe(), "config_file": str(book.path)}
+    if isinstance(peer, DicomWebPeer) and peer.needs_secret:
+        document["secret"] = {
+            "environment_variable": env_var_name(name),
+            "source": secret_source(name),
+            "keyring_backend": keyring_status().backend,
+        }
+    if json_output:
+        print_json(document)
+        return
+    for key, value in document.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                out.print(
+                    f"{key}.{sub}: {subvalue if subvalue is not None else 'not set'}", markup=False
+                )
+        else:
+            out.print(f"{key}: {value}", markup=False)
 
 
 @app.command("remove")
 @handle_errors
 def remove_command(name: Annotated[str, typer.Argument(help="The peer to remove.")]) -> None:
-    """Remove a peer."""
+    """Remove a peer (and its keyring secret, if any)."""
     _book().remove(name)
-    err.print(f"peer {name} removed")
+    removed = delete_secret(name)
+    err.print(f"peer {name} removed" + ("; its keyring secret too" if removed else ""))
+
+
+@app.command("test")
+@handle_errors
+def test_command(
+    name: Annotated[str, typer.Argument(help="The peer to test.")],
+    contexts: Annotated[
+        bool, typer.Option("--contexts", help="DIMSE: also show accepted storage SOP classes.")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per stage.")] = 10.0,
+    json_output: JsonOption = False,
+) -> None:
+    """Diagnose a peer stage by stage (same as 'dvdexit status --peer NAME'); exit 0 or 5."""
+    diagnosis = diagnose(_book().get_any(name), timeout=timeout, contexts=contexts)
+    if json_output:
+        print_json(diagnosis.to_json())
+    else:
+        render_diagnosis(diagnosis)
+    raise typer.Exit(int(diagnosis.exit_code))
+
+
+@app.command("login")
+@handle_errors
+def login_command(
+    name: Annotated[str, typer.Argument(help="The peer whose secret to store.")],
+    from_env: Annotated[
+        bool,
+        typer.Option(
+            "--from-env",
+            help="Take the secret from the environment variable DVDEXIT_SECRET_<NAME> "
+            "instead of a prompt (for provisioning scripts).",
+        ),
+    ] = False,
+) -> None:
+    """Store a peer's password or token in the OS keyring (service "dvdexit").
+
+    Prompts without echo, only when stdin is a terminal.
+    """
+    peer = _book().get_any(name)
+    if not isinstance(peer, DicomWebPeer) or not peer.needs_secret:
+        raise ConfigError(
+            f"peer {name!r} uses no secret",
+            hint="only DICOMweb peers with --auth basic or bearer have one",
+        )
+    variable = env_var_name(name)
+    if from_env:
+        secret = lookup_secret_from_env(variable)
+    elif not sys.stdin.isatty():
+        raise ConfigError(
+            "cannot ask for the secret: stdin is not a terminal",
+            hint=f"run 'dvdexit peers login {name}' in a terminal, use --from-env with "
+            f"{variable} set, or set {variable} for the dvdexit process itself",
+        )
+    else:
+        what = "password" if peer.auth == "basic" else "token"
+        value = getpass.getpass(
+            f"{what} for {name}" + (f" (user {peer.user})" if peer.user else "") + ": "
+        )
+        if not value:
+            raise UsageError("empty secret: nothing stored")
+        secret = Secret(value)
+    backend = store_secret(name, secret)
+    # Read it back through the chain's keyring step: proves the backend really keeps it.
+    if lookup_secret(name, environ={}) != secret:
+        raise ConfigError(f"the keyring ({backend}) did not keep the secret")
+    err.print(f"secret for {name} stored in the OS keyring ({backend})", markup=False)
+
+
+def lookup_secret_from_env(variable: str) -> Secret:
+    import os
+
+    value = os.environ.get(variable)
+    if not value:
+        raise ConfigError(f"--from-env: {variable} is not set")
+    return Secret(value)
+
+
+@app.command("local")
+@handle_errors
+def local_command(
+    ae: Annotated[str | None, typer.Option("--ae", metavar="AE", help="Our AE title.")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            min=1,
+            max=65535,
+            help="Where peers reach us (Storage Commitment reports, C-MOVE).",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (empty: all).")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show or change our own side ([local] in peers.toml)."""
+    book = _book()
+    changes = {k: v for k, v in (("ae_title", ae), ("port", port), ("host", host)) if v is not None}
+    if changes:
+        book.set_local(replace(book.local, **changes))  # type: ignore[arg-type]
+    document = book.local.to_toml()
+    if json_output:
+        print_json({"local": document})
+        return
+    for key, value in document.items():
+        out.print(f"{key}: {value}", markup=False)

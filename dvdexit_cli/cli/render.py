@@ -21,6 +21,7 @@ from dvdexit_cli.events import (
     AssociationOpened,
     Event,
     InstanceDone,
+    ReplayStarted,
     RetryScheduled,
     ScanFinished,
     TransferStarted,
@@ -85,6 +86,24 @@ class SendProgress:
                     transient=True,
                 )
                 self._task = self._progress.add_task("send", total=event.total_bytes)
+                self._progress.start()
+        elif isinstance(event, ReplayStarted):
+            err.print(
+                f"retry-failed: resending {event.instances} instance(s) of transfer(s) "
+                f"{', '.join(map(str, event.transfers))} to {event.peer}"
+            )
+            if err.is_terminal and self._progress is None:
+                self._progress = Progress(
+                    TextColumn("resending"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=err,
+                    transient=True,
+                )
+                self._task = self._progress.add_task("resend", total=event.total_bytes)
                 self._progress.start()
         elif isinstance(event, AssociationOpened):
             if event.rejected_contexts:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -14,12 +16,26 @@ import typer
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_json
-from dvdexit_cli.config import PeerBook, resolve_paths
-from dvdexit_cli.engine import FileProblem, SendResult, SendSettings, send
+from dvdexit_cli.config import FolderPeer, Paths, PeerBook, resolve_paths
+from dvdexit_cli.engine import (
+    FileProblem,
+    RetryResult,
+    RetrySettings,
+    SendPlan,
+    SendResult,
+    SendSettings,
+    plan_send,
+    retry_failed,
+    send,
+)
+from dvdexit_cli.errors import UsageError
+from dvdexit_cli.events import Observer
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.transport.dimse import DimseTransport
+from dvdexit_cli.transport.base import Transport
+from dvdexit_cli.transport.dimse import uid_name
+from dvdexit_cli.transport.factory import transport_for
 
-__all__ = ["send_command"]
+__all__ = ["parse_duration", "send_command"]
 
 _LISTED = 20
 
@@ -38,20 +54,107 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds; UsageError otherwise."""
+    match = _DURATION.match(text.lower())
+    if match is None:
+        raise UsageError(
+            f"--older-than {text!r} is not a duration",
+            hint="use a number with an optional unit: 90s, 15m, 2h, 1d",
+        )
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 @handle_errors
 def send_command(
     paths: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
             help="DICOM files, folders, or DVD media with a DICOMDIR.", show_default=False
         ),
-    ],
+    ] = None,
     to: Annotated[
-        str, typer.Option("--to", help="The peer to send to (see 'dvdexit peers list').")
-    ],
+        str | None,
+        typer.Option(
+            "--to",
+            help="The peer to send to (see 'dvdexit peers list'); with --retry-failed, "
+            "only that peer's items are resent.",
+        ),
+    ] = None,
+    retry_failed_items: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Resend what earlier sends left failed (retryable), pending or unanswered; "
+            "never what a peer confirmed. Safe to run from cron, twice at once.",
+        ),
+    ] = False,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="With --retry-failed: only items last changed at least this long ago "
+            "(90s, 15m, 2h, 1d).",
+        ),
+    ] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts",
+            min=1,
+            help="With --retry-failed: leave items already tried this many times (they "
+            "still count as failed).",
+        ),
+    ] = None,
     retries: Annotated[
         int, typer.Option("--retries", min=0, max=20, help="Retries of retryable failures.")
     ] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=16,
+            help="Parallel associations, each sending whole studies in order (some PACS "
+            "accept only one: use 1).",
+        ),
+    ] = 2,
+    study: Annotated[
+        list[str] | None,
+        typer.Option("--study", help="Send only this Study Instance UID (repeatable)."),
+    ] = None,
+    modality: Annotated[
+        list[str] | None,
+        typer.Option("--modality", help="Send only these modalities, e.g. CT,MR (repeatable)."),
+    ] = None,
+    exclude_modality: Annotated[
+        list[str] | None,
+        typer.Option("--exclude-modality", help="Leave these modalities out, e.g. PR,KO."),
+    ] = None,
+    exclude_sop_class: Annotated[
+        list[str] | None,
+        typer.Option("--exclude-sop-class", help="Leave this SOP Class UID out (repeatable)."),
+    ] = None,
+    allow_lossy_transcode: Annotated[
+        bool,
+        typer.Option(
+            "--allow-lossy-transcode",
+            help="Decompress lossy compressed files (JPEG baseline, ...) for a peer that "
+            "accepts their SOP class only uncompressed; without it they fail.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what would be sent (studies, series, counts, bytes, presentation "
+            "contexts); send nothing, journal nothing.",
+        ),
+    ] = False,
     note: Annotated[
         str | None, typer.Option("--note", help="A note kept with the transfer.")
     ] = None,
@@ -63,22 +166,84 @@ def send_command(
 ) -> None:
     """Send studies to a peer; every instance is journaled and its outcome recorded."""
     home = resolve_paths()
-    peer = PeerBook(home.peers_file).get(to)
-    settings = SendSettings(
+    if retry_failed_items:
+        if paths:
+            raise UsageError(
+                "--retry-failed takes no paths: it resends what the journal holds",
+                hint="drop the paths, or drop --retry-failed to send them",
+            )
+        _replay(
+            home,
+            RetrySettings(
+                peer_name=to,
+                older_than=parse_duration(older_than) if older_than is not None else 0.0,
+                max_attempts=max_attempts,
+                retries=retries,
+                unpack_dir=home.data_dir / "unpacked",
+            ),
+            quiet=quiet,
+            json_output=json_output,
+        )
+    if older_than is not None or max_attempts is not None:
+        raise UsageError(
+            "--older-than and --max-attempts apply only with --retry-failed",
+            hint="add --retry-failed, or drop them",
+        )
+    if not paths:
+        raise UsageError("nothing to send: give files, folders or media", hint="see --help")
+    selected = SendSettings(
         inputs=tuple(paths),
+        peer_name=to or "",
+        peer_address="",
+        workers=workers,
+        studies=_values(study, upper=False),
+        modalities=_values(modality),
+        exclude_modalities=_values(exclude_modality),
+        exclude_sop_classes=_values(exclude_sop_class, upper=False),
+        unpack_dir=home.data_dir / "unpacked",
+    )
+    if dry_run:
+        plan = plan_send(selected, observer=SendProgress(quiet=quiet or json_output))
+        if json_output:
+            print_json(plan.to_json())
+        else:
+            _render_plan(plan)
+        raise typer.Exit(int(plan.exit_code))
+    if to is None:
+        raise UsageError("--to PEER is required", hint="list the peers with 'dvdexit peers list'")
+    peer = PeerBook(home.peers_file).get_any(to)
+    settings = replace(
+        selected,
         peer_name=peer.name,
         peer_address=peer.address,
         retries=retries,
         note=note,
         reason=reason,
+        # A drop folder gets one package per send, written by one writer.
+        workers=1 if isinstance(peer, FolderPeer) else selected.workers,
     )
     with (
         Journal(home.journal_file) as journal,
         SendProgress(quiet=quiet or json_output) as progress,
         _sigterm_interrupts(),
     ):
-        transport = DimseTransport(peer, observer=progress)
-        result = send(settings, journal=journal, transport=transport, observer=progress)
+
+        def make(observer: Observer) -> Transport:
+            return transport_for(
+                peer,
+                observer=observer,
+                note=note,
+                reason=reason,
+                allow_lossy_transcode=allow_lossy_transcode,
+            )
+
+        result = send(
+            settings,
+            journal=journal,
+            transport=make(progress),
+            observer=progress,
+            transport_factory=make,
+        )
     if json_output:
         print_json(result.to_json())
     else:
@@ -122,3 +287,82 @@ def _render(result: SendResult) -> None:
             f"(dvdexit status)",
             markup=False,
         )
+
+
+def _replay(home: Paths, settings: RetrySettings, *, quiet: bool, json_output: bool) -> None:
+    book = PeerBook(home.peers_file)
+    if settings.peer_name is not None:
+        book.get_any(settings.peer_name)  # an unknown --to is a mistake, not "nothing to do"
+    with (
+        Journal(home.journal_file) as journal,
+        SendProgress(quiet=quiet or json_output) as progress,
+        _sigterm_interrupts(),
+    ):
+
+        def transport_named(name: str) -> Transport:
+            return transport_for(book.get_any(name), observer=progress)
+
+        result = retry_failed(
+            settings, journal=journal, transport_for=transport_named, observer=progress
+        )
+    if json_output:
+        print_json(result.to_json())
+    else:
+        _render_replay(result)
+    raise typer.Exit(int(result.exit_code))
+
+
+def _render_replay(result: RetryResult) -> None:
+    if not result.claimed:
+        out.print("retry-failed: nothing to resend", markup=False)
+    else:
+        out.print(
+            f"retry-failed: {result.claimed} item(s) of transfer(s) "
+            f"{', '.join(map(str, result.transfers))} to {', '.join(result.peers)}: "
+            f"{result.sent} sent, {result.failed} failed"
+            + (f", {result.pending} not sent" if result.pending else "")
+            + f" ({human_bytes(result.bytes_sent)} in {result.seconds:.1f} s)",
+            markup=False,
+        )
+    _list("failed", result.failures, "red")
+    _list("sent with a warning", result.warnings, "yellow")
+    for error in result.errors:
+        err.print(f"dvdexit: error: {error}", markup=False)
+    if result.given_up:
+        err.print(
+            f"dvdexit: {result.given_up} item(s) reached --max-attempts and were not resent "
+            f"(dvdexit status)",
+            markup=False,
+        )
+
+
+def _values(given: list[str] | None, *, upper: bool = True) -> tuple[str, ...]:
+    """Repeatable, comma-separated option values, stripped (and upper-cased)."""
+    found = [v.strip() for text in given or () for v in text.split(",") if v.strip()]
+    return tuple(v.upper() if upper else v for v in found)
+
+
+def _render_plan(plan: SendPlan) -> None:
+    out.print(
+        f"dry run: would send {plan.instances} instance(s), {human_bytes(plan.bytes)}, in "
+        f"{len(plan.studies)} stud{'y' if len(plan.studies) == 1 else 'ies'} over "
+        f"{plan.workers} association(s) at a time"
+        + (f"; {plan.excluded} left out by the selection" if plan.excluded else ""),
+        markup=False,
+    )
+    for study, series in plan.studies.items():
+        out.print(f"  study {study}", markup=False)
+        for s in series:
+            out.print(
+                f"    series {s.series_uid} {s.modality or '?'}: {s.instances} instance(s), "
+                f"{human_bytes(s.bytes)}",
+                markup=False,
+            )
+    for number, contexts in enumerate(plan.associations, 1):
+        out.print(f"  association {number}: {len(contexts)} presentation context(s)")
+        for sop, syntaxes in contexts:
+            out.print(
+                f"    {uid_name(sop)}: {', '.join(uid_name(ts) for ts in syntaxes)}", markup=False
+            )
+    _list("would fail", plan.failed, "red")
+    _list("skipped", plan.skipped, "dim")

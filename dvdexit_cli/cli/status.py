@@ -1,7 +1,9 @@
-"""``dvdexit status``: the journal at a glance."""
+"""``dvdexit status``: the journal at a glance, or a staged diagnosis of one peer."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -10,15 +12,73 @@ from rich.table import Table
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, human_bytes, out, print_json
-from dvdexit_cli.config import resolve_paths
+from dvdexit_cli.config import PeerBook, resolve_paths
+from dvdexit_cli.diagnose import Diagnosis, diagnose
+from dvdexit_cli.errors import UsageError
 from dvdexit_cli.journal import Journal, TransferSummary
+from dvdexit_cli.journal.store import ItemRecord
+from dvdexit_cli.transport.statuses import classify_store_status
 
-__all__ = ["status_command"]
+__all__ = ["parse_duration", "plain_reason", "render_diagnosis", "status_command"]
 
 _STATES = ("pending", "sending", "sent", "committed", "failed", "skipped")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+# What a user should do about a failure status (PS3.4 B.2.3), beyond what it means.
+_ADVICE = {
+    "out of resources at the peer": "retry later",
+    "resource limitation at the peer": "retry later",
+    "SOP class not supported by the peer": "ask the peer to accept this kind of object",
+    "refused: not authorised": "ask the peer's administrator to allow our AE title",
+    "data set does not match SOP class": "the file is malformed for its SOP class",
+    "the peer cannot understand the data set": "the file may be damaged; check it",
+}
 
 
-def _transfer_json(t: TransferSummary) -> dict[str, object]:
+def parse_duration(text: str) -> timedelta:
+    """``30m``, ``12h``, ``7d``, ``2w`` -> a timedelta (UsageError otherwise)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise UsageError(
+            f"--since {text!r} is not a duration", hint="use a number and a unit: 30m, 12h, 7d, 2w"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def plain_reason(status: int | None, reason: str | None) -> str:
+    """A failure in words: "A700 out of resources at the peer: retry later"."""
+    if status is None:
+        return reason or "failed (no status from the peer)"
+    meaning = classify_store_status(status)
+    text = f"{status:04X} {meaning.text}"
+    advice = _ADVICE.get(meaning.text)
+    if advice:
+        text += f": {advice}"
+    return text
+
+
+def _seconds(t: TransferSummary) -> float | None:
+    if not t.finished_at:
+        return None
+    start = datetime.fromisoformat(t.created_at.replace("Z", "+00:00"))
+    end = datetime.fromisoformat(t.finished_at.replace("Z", "+00:00"))
+    return max(0.0, (end - start).total_seconds())
+
+
+def _failure_json(item: ItemRecord) -> dict[str, object]:
+    return {
+        "path": item.path,
+        "sop_instance_uid": item.sop_instance_uid,
+        "status": f"{item.status:04X}" if item.status is not None else None,
+        "reason": item.reason,
+        "plain_reason": plain_reason(item.status, item.reason),
+        "retryable": item.retryable,
+    }
+
+
+def _transfer_json(t: TransferSummary, failures: list[ItemRecord]) -> dict[str, object]:
+    seconds = _seconds(t)
     return {
         "transfer_id": t.id,
         "peer": t.peer,
@@ -31,34 +91,102 @@ def _transfer_json(t: TransferSummary) -> dict[str, object]:
         "reason": t.reason,
         "counts": {s: t.counts.get(s, 0) for s in _STATES},
         "bytes_sent": t.bytes_sent,
+        "seconds": round(seconds, 3) if seconds is not None else None,
+        "bytes_per_second": round(t.bytes_sent / seconds) if seconds else None,
+        "failures": [_failure_json(i) for i in failures],
     }
+
+
+def render_diagnosis(diagnosis: Diagnosis) -> None:
+    """Print a diagnosis, one line per stage, on stdout."""
+    for stage in diagnosis.stages:
+        mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[stage.status]
+        out.print(
+            f"{stage.stage:<12} {mark:<8} {stage.seconds * 1000:8.1f} ms  {stage.detail}",
+            markup=False,
+        )
+        if stage.hint:
+            out.print(f"{'':<12} hint: {stage.hint}", markup=False)
+    failed = diagnosis.failed_stage
+    verdict = "healthy" if failed is None else f"NOT healthy (failed at {failed.stage})"
+    out.print(f"peer {diagnosis.peer} ({diagnosis.address}): {verdict}", markup=False)
 
 
 @handle_errors
 def status_command(
+    peer: Annotated[
+        str | None,
+        typer.Option(
+            "--peer",
+            metavar="NAME",
+            help="Diagnose this peer stage by stage (exit 0 healthy, 5 not); with --failed or "
+            "--since, show only its transfers instead.",
+        ),
+    ] = None,
+    contexts: Annotated[
+        bool,
+        typer.Option(
+            "--contexts", help="With --peer: also show which storage SOP classes the peer accepts."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds allowed per stage.")
+    ] = 10.0,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Only transfers with failures, with the reasons.")
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="DURATION",
+            help="Only transfers started within DURATION (30m, 12h, 7d, 2w).",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many transfers.")] = 20,
     json_output: JsonOption = False,
 ) -> None:
-    """Show the latest transfers and received studies from the journal."""
+    """Show the latest transfers and received studies, or diagnose a peer (--peer)."""
     home = resolve_paths()
-    if not home.journal_file.exists():
-        transfers: list[TransferSummary] = []
-        received: list[dict[str, object]] = []
-    else:
+    if peer is not None and not failed and since is None:
+        diagnosis = diagnose(
+            PeerBook(home.peers_file).get_any(peer), timeout=timeout, contexts=contexts
+        )
+        if json_output:
+            print_json(diagnosis.to_json())
+        else:
+            render_diagnosis(diagnosis)
+        raise typer.Exit(int(diagnosis.exit_code))
+    if contexts:
+        raise UsageError("--contexts goes with --peer NAME alone (the diagnosis)")
+    cutoff = None
+    if since is not None:
+        moment = datetime.now(UTC) - parse_duration(since)
+        cutoff = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    transfers: list[TransferSummary] = []
+    received: list[dict[str, object]] = []
+    failures: dict[int, list[ItemRecord]] = {}
+    if home.journal_file.exists():
         with Journal(home.journal_file) as journal:
-            transfers = journal.transfers(limit=limit)
-            received = journal.received_summary(limit=limit)
+            transfers = journal.transfers(limit=limit, peer=peer, since=cutoff, failed_only=failed)
+            failures = {t.id: journal.items(t.id, states=("failed",)) for t in transfers}
+            if peer is None and not failed:
+                received = [
+                    r
+                    for r in journal.received_summary(limit=limit)
+                    if cutoff is None or str(r["last_received_at"]) >= cutoff
+                ]
     if json_output:
         print_json(
             {
                 "journal": str(home.journal_file),
-                "transfers": [_transfer_json(t) for t in transfers],
+                "transfers": [_transfer_json(t, failures.get(t.id, [])) for t in transfers],
                 "received": received,
             }
         )
         return
     if not transfers and not received:
-        err.print(f"nothing in the journal yet ({home.journal_file})")
+        err.print(f"nothing in the journal matches ({home.journal_file})")
         return
     if transfers:
         table = Table(title="transfers", title_justify="left")
@@ -72,10 +200,14 @@ def status_command(
             "skipped",
             "pending",
             "bytes",
+            "time",
+            "rate",
+            "note",
         ):
             table.add_column(column)
         for t in transfers:
             not_done = t.counts.get("pending", 0) + t.counts.get("sending", 0)
+            seconds = _seconds(t)
             table.add_row(
                 str(t.id),
                 t.peer,
@@ -86,8 +218,23 @@ def status_command(
                 str(t.counts.get("skipped", 0)),
                 str(not_done),
                 human_bytes(t.bytes_sent),
+                f"{seconds:.1f} s" if seconds is not None else "-",
+                f"{human_bytes(t.bytes_sent / seconds)}/s" if seconds else "-",
+                t.note or t.reason or "",
             )
         out.print(table)
+        for t in transfers:
+            items = failures.get(t.id, [])
+            if t.error:
+                out.print(f"transfer {t.id}: {t.error}", markup=False)
+            for item in items[:20]:
+                out.print(
+                    f"  transfer {t.id} failed {item.path}: "
+                    f"{plain_reason(item.status, item.reason)}",
+                    markup=False,
+                )
+            if len(items) > 20:
+                out.print(f"  ... and {len(items) - 20} more failure(s) (--json lists them)")
     if received:
         table = Table(title="received studies", title_justify="left")
         for column in ("study", "from AE", "last", "stored", "duplicate", "conflict", "refused"):

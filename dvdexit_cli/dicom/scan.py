@@ -10,13 +10,16 @@ so. Nothing here stops the scan of the other inputs.
 from __future__ import annotations
 
 import os
+import struct
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import pydicom
 
+from dvdexit_cli.dicom.archives import archive_kind, unpack, unpack_folder
 from dvdexit_cli.dicom.digest import (
     FileMeta,
     MalformedFileError,
@@ -80,6 +83,8 @@ class ScanResult:
 
     instances: list[Instance] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    unpacked: list[Path] = field(default_factory=list)
+    """Folders that archives among the inputs were unpacked into."""
 
     @property
     def total_bytes(self) -> int:
@@ -122,6 +127,8 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
             try:
                 meta = read_file_meta(fh)
             except NotPart10Error as exc:
+                if _looks_like_bare_dataset(fh):
+                    raise UnsendableFile(_BARE_DATASET_REASON, "failed") from exc
                 raise UnsendableFile(str(exc), not_dicom) from exc
             if meta.sop_class_uid == _DICOMDIR_CLASS:
                 raise UnsendableFile(_DICOMDIR_REASON, "skipped")
@@ -151,6 +158,37 @@ def read_instance(path: Path, *, known_dicom: bool = False) -> Instance:
         instance_number=_int_or_none(header.get("InstanceNumber")),
         meta_mismatch=meta_mismatch,
     )
+
+
+_BARE_DATASET_REASON = (
+    "a DICOM dataset without the File Meta Information (no Part 10 header): its transfer "
+    "syntax is unknown, so it is not sent; rewrite it as a Part 10 file (e.g. DCMTK "
+    "'dcmconv +F in out') and send that"
+)
+
+
+def _looks_like_bare_dataset(fh: BinaryIO) -> bool:
+    """Whether a file without 'DICM' starts like a little endian dataset (group 0008 first).
+
+    A stray byte or three before it (seen in the wild, and in pydicom's no_meta.dcm) is
+    tolerated: the file is still reported as a dataset without File Meta.
+    """
+    fh.seek(0)
+    head = fh.read(12)
+    for offset in range(4):
+        chunk = head[offset : offset + 8]
+        if len(chunk) < 8:
+            return False
+        group, element = struct.unpack("<HH", chunk[:4])
+        if group != 0x0008 or element > 0x00FF:
+            continue
+        vr = chunk[4:6]
+        if vr.isalpha() and vr.isupper():  # explicit VR
+            return True
+        (length,) = struct.unpack("<I", chunk[4:8])  # implicit VR: a short value follows
+        if length < 1024:
+            return True
+    return False
 
 
 def _read_header(fh: BinaryIO) -> pydicom.Dataset:
@@ -218,6 +256,16 @@ def _resolve_case_insensitive(root: Path, parts: Sequence[str]) -> Path | None:
     return current
 
 
+class _NotAnIndex(Exception):
+    """A file named DICOMDIR that holds no directory records."""
+
+
+_NOT_AN_INDEX = (
+    "named DICOMDIR but not a media index (no directory records); the folder is scanned "
+    "as a plain folder"
+)
+
+
 def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
     """The files a DICOMDIR names, resolved inside its medium; refusals for the others."""
     root = dicomdir.parent
@@ -228,6 +276,8 @@ def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
         return [], [Rejected(dicomdir, f"cannot read DICOMDIR: {exc}", "failed")]
     files: list[Path] = []
     rejected: list[Rejected] = []
+    if "DirectoryRecordSequence" not in ds:
+        raise _NotAnIndex
     for record in ds.get("DirectoryRecordSequence", []):
         file_id = record.get("ReferencedFileID")
         if file_id is None:
@@ -269,7 +319,12 @@ def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]
             dicomdir = _resolve_case_insensitive(path, ["DICOMDIR"])
             named: set[Path] = set()
             if dicomdir is not None and dicomdir.is_file():
-                files, refusals = _dicomdir_references(dicomdir)
+                try:
+                    files, refusals = _dicomdir_references(dicomdir)
+                except _NotAnIndex:
+                    yield Rejected(dicomdir, _NOT_AN_INDEX, "failed")
+                    seen.add(dicomdir.resolve())
+                    dicomdir, files, refusals = None, [], []
                 yield from refusals
                 for f in files:
                     key = f.resolve()
@@ -277,7 +332,8 @@ def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]
                     if key not in seen:
                         seen.add(key)
                         yield f, True
-                seen.add(dicomdir.resolve())
+                if dicomdir is not None:
+                    seen.add(dicomdir.resolve())
             for f in _walk(path):
                 key = f.resolve()
                 if key in seen:
@@ -304,38 +360,84 @@ def _sort_key(i: Instance) -> tuple[str, int, str, int, str]:
     )
 
 
-def scan(paths: Sequence[Path], *, deduplicate: bool = True) -> ScanResult:
-    """Scan ``paths`` (files, folders, DICOMDIR media) for instances to send.
+_MAX_ARCHIVE_DEPTH = 3
+
+
+def scan(
+    paths: Sequence[Path], *, deduplicate: bool = True, unpack_dir: Path | None = None
+) -> ScanResult:
+    """Scan ``paths`` (files, folders, DICOMDIR media, zip files, ISO images) for instances.
 
     Raises InputError when a path does not exist; everything else becomes a per-file
     refusal in the result. Instances come back grouped by study, in series and instance
     order. With ``deduplicate`` (for sending), two files with the same SOP Instance UID
     are sent once when their content is identical, and both fail as a conflict when it
     differs; without it (for verifying), every file is reported on its own.
+
+    Archives (found as inputs or inside folders) are unpacked member by member under
+    ``unpack_dir`` (a temporary folder when None) and scanned like a folder there; the
+    folders made are listed in ``ScanResult.unpacked``.
     """
     for path in paths:
         if not path.exists():
             raise InputError(f"input path does not exist: {path}", hint="check the path")
     result = ScanResult()
     found: list[Instance] = []
-    for item in _candidates(paths):
-        if isinstance(item, Rejected):
-            result.rejected.append(item)
-            continue
-        path, known = item
-        if known is False and path.name.upper() == "DICOMDIR":
-            result.rejected.append(Rejected(path, _DICOMDIR_REASON, "skipped"))
-            continue
-        try:
-            found.append(read_instance(path, known_dicom=known))
-        except UnsendableFile as exc:
-            result.rejected.append(
-                Rejected(path, exc.reason, exc.disposition, exc.sop_instance_uid)
-            )
+    roots: list[Path] = list(paths)
+    origins: dict[Path, Path] = {}
+    for depth in range(_MAX_ARCHIVE_DEPTH + 1):
+        archives: list[Path] = []
+        for item in _candidates(roots):
+            if isinstance(item, Rejected):
+                result.rejected.append(item)
+                continue
+            path, known = item
+            if known is False and path.name.upper() == "DICOMDIR":
+                result.rejected.append(Rejected(path, _DICOMDIR_REASON, "skipped"))
+                continue
+            if not known and archive_kind(path) is not None:
+                archives.append(path)
+                continue
+            try:
+                found.append(read_instance(path, known_dicom=known))
+            except UnsendableFile as exc:
+                result.rejected.append(
+                    Rejected(path, exc.reason, exc.disposition, exc.sop_instance_uid)
+                )
+        roots = []
+        for archive in archives:
+            if depth == _MAX_ARCHIVE_DEPTH:
+                result.rejected.append(
+                    Rejected(archive, "archive nested too deeply; not unpacked", "failed")
+                )
+                continue
+            if unpack_dir is None:
+                unpack_dir = Path(tempfile.mkdtemp(prefix="dvdexit-unpacked-"))
+            target = unpack_folder(unpack_dir, archive)
+            kind = archive_kind(archive)
+            assert kind is not None
+            for problem in unpack(archive, kind, target):
+                result.rejected.append(Rejected(problem.path, problem.reason, "failed"))
+            result.unpacked.append(target)
+            origins[target] = archive
+            roots.append(target)
+        if not roots:
+            break
+    if result.unpacked:
+        result.rejected = [_shown_in_archive(r, origins) for r in result.rejected]
     if deduplicate:
         found = _deduplicate(found, result.rejected)
     result.instances = sorted(found, key=_sort_key)
     return result
+
+
+def _shown_in_archive(rejected: Rejected, origins: dict[Path, Path]) -> Rejected:
+    """Name a refused file of an unpacked archive as ``ARCHIVE!/MEMBER`` for the user."""
+    for target, archive in origins.items():
+        if rejected.path.is_relative_to(target):
+            member = rejected.path.relative_to(target).as_posix()
+            return replace(rejected, path=Path(f"{archive}!/{member}"))
+    return rejected
 
 
 def _deduplicate(found: list[Instance], rejected: list[Rejected]) -> list[Instance]:

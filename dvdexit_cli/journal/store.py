@@ -14,8 +14,12 @@ Schema changes are numbered migrations applied in order (``PRAGMA user_version``
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +29,10 @@ from pathlib import Path
 from dvdexit_cli.dicom.scan import Instance, Rejected
 from dvdexit_cli.errors import JournalBusyError, JournalError
 
-__all__ = ["ItemRecord", "Journal", "ReceivedStudy", "TransferSummary", "utc_now"]
+__all__ = ["ItemRecord", "Journal", "ReceivedStudy", "TransferSummary", "new_claim", "utc_now"]
+
+DEFAULT_LEASE_SECONDS = 300.0
+"""How long a claim holds without renewal; a live sender renews it well before."""
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: transfers, their items, and what the receiver stored
@@ -84,7 +91,14 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX received_by_sop ON received(sop_instance_uid);
     CREATE INDEX received_by_study ON received(study_uid);
     """,
-    # 2: received studies (completeness) and the on-complete hook's runs
+    # 2: claims with leases, so that overlapping sends and replays never send one item twice
+    """
+    ALTER TABLE items ADD COLUMN claim TEXT;
+    ALTER TABLE items ADD COLUMN lease_expires REAL;
+    CREATE INDEX items_by_claim ON items(claim);
+    CREATE INDEX items_by_state ON items(state);
+    """,
+    # 3: received studies (completeness) and the on-complete hook's runs
     """
     CREATE TABLE studies (
         study_uid TEXT PRIMARY KEY,
@@ -115,10 +129,27 @@ _MIGRATIONS: tuple[str, ...] = (
         study_uid TEXT NOT NULL,
         peer TEXT NOT NULL,
         at TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('sent', 'failed', 'held')),
+        transfer_id INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX forwards_by_study ON forwards(study_uid, id);
+    """,
+    # 4: a forward is journaled as 'pending' before it is queued (found again after a stop)
+    """
+    CREATE TABLE forwards_new (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        at TEXT NOT NULL,
         outcome TEXT NOT NULL CHECK (outcome IN ('pending', 'sent', 'failed', 'held')),
         transfer_id INTEGER,
         reason TEXT
     );
+    INSERT INTO forwards_new SELECT id, study_uid, peer, at, outcome, transfer_id, reason
+        FROM forwards;
+    DROP TABLE forwards;
+    ALTER TABLE forwards_new RENAME TO forwards;
     CREATE INDEX forwards_by_study ON forwards(study_uid, id);
     """,
 )
@@ -168,6 +199,53 @@ class ItemRecord:
     status: int | None
     retryable: bool
     reason: str | None
+
+
+def _item(r: sqlite3.Row) -> ItemRecord:
+    return ItemRecord(
+        id=int(r["id"]),
+        transfer_id=int(r["transfer_id"]),
+        path=r["path"],
+        sop_instance_uid=r["sop_instance_uid"],
+        study_uid=r["study_uid"],
+        digest=r["digest"],
+        size=r["size"],
+        state=r["state"],
+        attempts=int(r["attempts"]),
+        status=r["status"],
+        retryable=bool(r["retryable"]),
+        reason=r["reason"],
+    )
+
+
+def new_claim() -> str:
+    """A claim token naming this process: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+def _claim_is_stale(claim: str, host: str) -> bool:
+    """True when ``claim`` belongs to a process of this host that no longer runs."""
+    owner, _, rest = claim.rpartition(":")
+    owner_host, _, pid_text = owner.rpartition(":")
+    if owner_host != host or not rest:
+        return False
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    try:  # killed but not yet reaped by its parent: gone all the same
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -296,10 +374,14 @@ class Journal:
         rejected: Iterable[Rejected],
         note: str | None = None,
         reason: str | None = None,
+        claim: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> tuple[int, list[int]]:
         """Record a new transfer with every item pending (or skipped/failed as scanned).
 
-        Returns the transfer id and the item ids of ``instances``, in order.
+        With ``claim``, the pending items are claimed by it in the same transaction, so
+        that no replay running meanwhile can take them. Returns the transfer id and the
+        item ids of ``instances``, in order.
         """
         now = utc_now()
         with self._write() as db:
@@ -337,16 +419,30 @@ class Journal:
                     for r in rejected
                 ],
             )
+            if claim is not None:
+                db.execute(
+                    "UPDATE items SET claim = ?, lease_expires = ? WHERE transfer_id = ?"
+                    " AND state = 'pending'",
+                    (claim, time.time() + lease_seconds, transfer_id),
+                )
         return transfer_id, ids
 
-    def mark_sending(self, item_id: int) -> None:
-        """Record that the item is about to go on the wire (one more attempt)."""
+    def mark_sending(self, item_id: int, *, claim: str | None = None) -> bool:
+        """Record that the item is about to go on the wire (one more attempt).
+
+        With ``claim``, only while the item is still claimed by it: returns False (and
+        changes nothing) when the claim was lost, and the item must not be sent.
+        """
+        sql = (
+            "UPDATE items SET state = 'sending', attempts = attempts + 1, updated_at = ?"
+            " WHERE id = ?"
+        )
+        params: list[object] = [utc_now(), item_id]
+        if claim is not None:
+            sql += " AND claim = ?"
+            params.append(claim)
         with self._write() as db:
-            db.execute(
-                "UPDATE items SET state = 'sending', attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ?",
-                (utc_now(), item_id),
-            )
+            return db.execute(sql, params).rowcount == 1
 
     def record_outcome(
         self,
@@ -372,11 +468,183 @@ class Journal:
                 (outcome, error, utc_now(), transfer_id),
             )
 
+    # -- claims and replay -----------------------------------------------------------
+
+    def renew_claims(self, claim: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        """Extend the lease of every item ``claim`` holds."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE items SET lease_expires = ? WHERE claim = ?",
+                (time.time() + lease_seconds, claim),
+            )
+
+    def release_claims(self, claim: str) -> None:
+        """Give up every item ``claim`` holds (whatever their state)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE items SET claim = NULL, lease_expires = NULL WHERE claim = ?", (claim,)
+            )
+
+    def claim_replay(
+        self,
+        claim: str,
+        *,
+        peer: str | None = None,
+        older_than: float = 0.0,
+        max_attempts: int | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> list[tuple[str, ItemRecord]]:
+        """Claim every item a replay should resend; return them with their peer's name.
+
+        That is: items ``pending`` or ``sending`` (no answer known), and items that
+        ``failed`` retryably, last changed at least ``older_than`` seconds ago, tried
+        fewer than ``max_attempts`` times, and not held by a live claim. A claim is live
+        until its lease expires, or until its process is known to be gone (same host,
+        no such process): a sender killed with -9 frees its items at once.
+        """
+        now = time.time()
+        cutoff = (
+            datetime.fromtimestamp(now - older_than, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+        host = socket.gethostname()
+        with self._write() as db:
+            holders = [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT DISTINCT claim FROM items WHERE claim IS NOT NULL"
+                    " AND lease_expires >= ?",
+                    (now,),
+                )
+            ]
+            stale = [h for h in holders if _claim_is_stale(h, host)]
+            sql = (
+                "SELECT items.*, transfers.peer AS peer FROM items"
+                " JOIN transfers ON transfers.id = items.transfer_id"
+                " WHERE (items.state IN ('pending', 'sending')"
+                " OR (items.state = 'failed' AND items.retryable = 1))"
+                " AND items.digest IS NOT NULL AND items.updated_at <= ?"
+                " AND (items.claim IS NULL OR items.lease_expires < ?"
+                f" OR items.claim IN ({', '.join('?' for _ in stale)}))"
+            )
+            params: list[object] = [cutoff, now, *stale]
+            if peer is not None:
+                sql += " AND transfers.peer = ?"
+                params.append(peer)
+            if max_attempts is not None:
+                sql += " AND items.attempts < ?"
+                params.append(max_attempts)
+            rows = db.execute(sql + " ORDER BY items.id", params).fetchall()
+            ids = [int(r["id"]) for r in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                db.execute(
+                    f"UPDATE items SET claim = ?, lease_expires = ?"
+                    f" WHERE id IN ({', '.join('?' for _ in chunk)})",
+                    [claim, now + lease_seconds, *chunk],
+                )
+        return [(str(r["peer"]), _item(r)) for r in rows]
+
+    def confirmed_by_peer(self, peer: str, sop_instance_uids: Iterable[str]) -> dict[str, set[str]]:
+        """Per SOP Instance UID, the digests ``peer`` confirmed (in any transfer)."""
+        found: dict[str, set[str]] = {}
+        sql = (
+            "SELECT items.sop_instance_uid, items.digest FROM items"
+            " JOIN transfers ON transfers.id = items.transfer_id"
+            " WHERE items.state IN ('sent', 'committed') AND transfers.peer = ?"
+            " AND items.sop_instance_uid IN ({})"
+        )
+        pending = list(dict.fromkeys(sop_instance_uids))
+        for start in range(0, len(pending), 500):
+            chunk = pending[start : start + 500]
+            for row in self._read(sql.format(", ".join("?" for _ in chunk)), [peer, *chunk]):
+                found.setdefault(row[0], set()).add(row[1])
+        return found
+
+    def has_open_items_under(self, folder: Path) -> bool:
+        """Whether any item not yet sent (pending, sending, failed) lives under ``folder``."""
+        prefix = str(folder).rstrip("/") + "/"
+        rows = self._read(
+            "SELECT 1 FROM items WHERE state IN ('pending', 'sending', 'failed')"
+            " AND substr(path, 1, ?) = ? LIMIT 1",
+            (len(prefix), prefix),
+        )
+        return bool(rows)
+
+    def replay_backlog(
+        self, *, peer: str | None = None, max_attempts: int | None = None
+    ) -> dict[str, int]:
+        """What a replay leaves behind: counts of items it cannot or will not resend.
+
+        ``given_up``: retryable, but tried ``max_attempts`` times or more;
+        ``not_retryable``: failed for good (a broken file, a peer's A9xx/Cxxx answer);
+        ``unanswered``: pending or sending (someone else's live claim, or too recent).
+        """
+        scope = " JOIN transfers ON transfers.id = items.transfer_id"
+        params: list[object] = []
+        if peer is not None:
+            scope += " AND transfers.peer = ?"
+            params.append(peer)
+        limit = max_attempts if max_attempts is not None else -1
+        (row,) = self._read(
+            "SELECT"
+            " COALESCE(SUM(items.state = 'failed' AND items.retryable = 1"
+            " AND ? >= 0 AND items.attempts >= ?), 0) AS given_up,"
+            " COALESCE(SUM(items.state = 'failed' AND items.retryable = 0), 0) AS not_retryable,"
+            " COALESCE(SUM(items.state IN ('pending', 'sending')), 0) AS unanswered,"
+            " COALESCE(SUM(items.state = 'failed' AND items.retryable = 1), 0) AS retryable"
+            " FROM items" + scope,
+            [limit, limit, *params],
+        )
+        return {key: int(row[key]) for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+
+    def refresh_outcome(self, transfer_id: int) -> str:
+        """Recompute a transfer's outcome from its items (after a replay); return it."""
+        with self._write() as db:
+            (open_items,) = db.execute(
+                "SELECT COUNT(*) FROM items WHERE transfer_id = ?"
+                " AND state IN ('pending', 'sending', 'failed')",
+                (transfer_id,),
+            ).fetchone()
+            outcome = "partial" if open_items else "complete"
+            db.execute(
+                "UPDATE transfers SET outcome = ?, finished_at = ?,"
+                " error = CASE WHEN ? = 'complete' THEN NULL ELSE error END WHERE id = ?",
+                (outcome, utc_now(), outcome, transfer_id),
+            )
+        return outcome
+
     # -- reading -------------------------------------------------------------------
 
-    def transfers(self, *, limit: int = 20) -> list[TransferSummary]:
-        """The most recent transfers, newest first, with item counts per state."""
-        rows = self._read("SELECT * FROM transfers ORDER BY id DESC LIMIT ?", (limit,))
+    def transfers(
+        self,
+        *,
+        limit: int = 20,
+        peer: str | None = None,
+        since: str | None = None,
+        failed_only: bool = False,
+    ) -> list[TransferSummary]:
+        """The most recent transfers, newest first, with item counts per state.
+
+        ``peer`` keeps one peer's transfers, ``since`` (an ISO 8601 UTC time as the journal
+        writes it) those created at or after it, ``failed_only`` those with a failed item or
+        an outcome other than success.
+        """
+        sql = "SELECT * FROM transfers WHERE 1 = 1"
+        params: list[object] = []
+        if peer is not None:
+            sql += " AND peer = ?"
+            params.append(peer)
+        if since is not None:
+            sql += " AND created_at >= ?"
+            params.append(since)
+        if failed_only:
+            sql += (
+                " AND (outcome NOT IN ('complete', 'running') OR EXISTS (SELECT 1 FROM items"
+                " WHERE items.transfer_id = transfers.id AND items.state = 'failed'))"
+            )
+        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         summaries = []
         for row in rows:
             counts = {
@@ -414,23 +682,72 @@ class Journal:
         if states:
             sql += f" AND state IN ({', '.join('?' for _ in states)})"
             params.extend(states)
-        return [
-            ItemRecord(
-                id=int(r["id"]),
-                transfer_id=int(r["transfer_id"]),
-                path=r["path"],
-                sop_instance_uid=r["sop_instance_uid"],
-                study_uid=r["study_uid"],
-                digest=r["digest"],
-                size=r["size"],
-                state=r["state"],
-                attempts=int(r["attempts"]),
-                status=r["status"],
-                retryable=bool(r["retryable"]),
-                reason=r["reason"],
+        return [_item(r) for r in self._read(sql + " ORDER BY id", params)]
+
+    def items_by_id(self, item_ids: Iterable[int]) -> list[ItemRecord]:
+        """The items with these ids, in id order."""
+        wanted = sorted(set(item_ids))
+        found: list[ItemRecord] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            found.extend(
+                _item(r)
+                for r in self._read(
+                    f"SELECT * FROM items WHERE id IN ({', '.join('?' for _ in chunk)})"
+                    " ORDER BY id",
+                    chunk,
+                )
             )
-            for r in self._read(sql + " ORDER BY id", params)
-        ]
+        return found
+
+    def mark_committed(
+        self, sop_instance_uids: Iterable[str], *, transfer_id: int | None = None
+    ) -> int:
+        """Record that the peer committed to holding these instances (Storage Commitment).
+
+        Items last ``sent`` with these SOP Instance UIDs (in ``transfer_id`` when given)
+        become ``committed``; returns how many items changed.
+        """
+        changed = 0
+        now = utc_now()
+        pending = list(dict.fromkeys(sop_instance_uids))
+        with self._write() as db:
+            for start in range(0, len(pending), 500):
+                chunk = pending[start : start + 500]
+                sql = (
+                    "UPDATE items SET state = 'committed', updated_at = ? WHERE state = 'sent'"
+                    f" AND sop_instance_uid IN ({', '.join('?' for _ in chunk)})"
+                )
+                params: list[object] = [now, *chunk]
+                if transfer_id is not None:
+                    sql += " AND transfer_id = ?"
+                    params.append(transfer_id)
+                changed += db.execute(sql, params).rowcount
+        return changed
+
+    def sent_instances(
+        self, *, transfer_id: int | None = None, study_uids: Sequence[str] = ()
+    ) -> list[dict[str, str | int | None]]:
+        """What was sent (or committed), last record per SOP Instance UID, for verify.
+
+        Each row: path, sop_class_uid, sop_instance_uid, study_uid, transfer_syntax,
+        digest, size, transfer_id.
+        """
+        sql = (
+            "SELECT path, sop_class_uid, sop_instance_uid, study_uid, transfer_syntax, digest,"
+            " size, transfer_id FROM items WHERE state IN ('sent', 'committed')"
+        )
+        params: list[object] = []
+        if transfer_id is not None:
+            sql += " AND transfer_id = ?"
+            params.append(transfer_id)
+        if study_uids:
+            sql += f" AND study_uid IN ({', '.join('?' for _ in study_uids)})"
+            params.extend(study_uids)
+        latest: dict[str, dict[str, str | int | None]] = {}
+        for row in self._read(sql + " ORDER BY id", params):
+            latest[row["sop_instance_uid"]] = {key: row[key] for key in row.keys()}  # noqa: SIM118
+        return list(latest.values())
 
     def sent_digests(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
         """Digest last recorded as sent (or committed) for each of these SOP Instance UIDs."""

@@ -35,6 +35,12 @@ from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.dicom.contexts import UNCOMPRESSED, ContextPlan, plan_contexts
 from dvdexit_cli.dicom.digest import CHUNK_SIZE, needs_padding
 from dvdexit_cli.dicom.scan import Instance
+from dvdexit_cli.dicom.transcode import (
+    LOSSLESS_COMPRESSED,
+    LOSSY_COMPRESSED,
+    TranscodeError,
+    decompressed,
+)
 from dvdexit_cli.errors import AssociationRejectedError, PeerUnreachableError
 from dvdexit_cli.events import AssociationOpened, Observer, ignore
 from dvdexit_cli.transport.base import StoreOutcome
@@ -140,8 +146,10 @@ class DimseTransport:
         network_timeout: float = 120.0,
         observer: Observer = ignore,
         ssl_context: ssl.SSLContext | None = None,
+        allow_lossy_transcode: bool = False,
     ) -> None:
         self.peer = peer
+        self._allow_lossy = allow_lossy_transcode
         # TLS: the context checks the peer's certificate; host name checking uses the
         # peer's host as given.
         self._tls_args = (ssl_context, self.peer.host) if ssl_context is not None else None
@@ -253,6 +261,18 @@ class DimseTransport:
                 f"{uid_name(accepted[0].transfer_syntax[0])}: the peer accepted no context "
                 f"in the file's own syntax"
             )
+        elif self._may_decompress(instance, accepted):
+            try:
+                payload = decompressed(instance.path, instance.transfer_syntax)
+            except TranscodeError as exc:
+                return StoreOutcome("failed", None, str(exc), retryable=False)
+            lossy = instance.transfer_syntax in LOSSY_COMPRESSED
+            warning = (
+                f"decompressed from {uid_name(instance.transfer_syntax)}"
+                + (" (lossy: --allow-lossy-transcode)" if lossy else " (lossless)")
+                + f": the peer accepts {uid_name(instance.sop_class_uid)} only uncompressed; "
+                "the dataset the peer holds differs from the file's"
+            )
         else:
             return self._no_context(instance, accepted)
         return self._c_store(assoc, payload, warning)
@@ -302,6 +322,12 @@ class DimseTransport:
             return StoreOutcome("sent", code, text if warning is None else f"{text}; {warning}")
         return StoreOutcome("failed", code, text, retryable=meaning.retryable)
 
+    def _may_decompress(self, instance: Instance, accepted: Sequence[Any]) -> bool:
+        if not any(cx.transfer_syntax[0] in UNCOMPRESSED for cx in accepted):
+            return False
+        ts = instance.transfer_syntax
+        return ts in LOSSLESS_COMPRESSED or (self._allow_lossy and ts in LOSSY_COMPRESSED)
+
     @staticmethod
     def _can_reencode(instance: Instance, accepted: Sequence[Any]) -> bool:
         return instance.transfer_syntax in UNCOMPRESSED and any(
@@ -315,10 +341,16 @@ class DimseTransport:
             reason = f"the peer accepts no presentation context for {sop}"
         elif instance.transfer_syntax == _DEFLATED:
             reason = f"the peer does not accept {sop} in {ts}; inflating is not supported yet"
-        else:
+        elif instance.transfer_syntax in LOSSY_COMPRESSED:
             reason = (
                 f"the peer accepts {sop} only as "
                 f"{', '.join(uid_name(cx.transfer_syntax[0]) for cx in accepted)}, not in {ts}; "
-                f"decompression is not supported yet"
+                f"the file is lossy compressed and is not re-encoded unless "
+                f"--allow-lossy-transcode is given"
+            )
+        else:
+            reason = (
+                f"the peer accepts {sop} only as "
+                f"{', '.join(uid_name(cx.transfer_syntax[0]) for cx in accepted)}, not in {ts}"
             )
         return StoreOutcome("failed", None, reason, retryable=False)

@@ -28,6 +28,8 @@ class MemoryPeer:
     reachable: bool = True
     fail_with: dict[str, list[int]] = field(default_factory=dict)
     """Per SOP Instance UID, statuses to answer on successive attempts (then success)."""
+    received: list[str] = field(default_factory=list)
+    """Every SOP Instance UID offered, in order, once per C-STORE (to spot resends)."""
 
     def digest(self, sop_instance_uid: str) -> str | None:
         data = self.stored.get(sop_instance_uid)
@@ -59,6 +61,7 @@ class MemoryTransport:
             raise PeerUnreachableError(
                 f"peer {self.peer.name} unreachable (in-memory, switched off)"
             )
+        self.peer.received.append(instance.sop_instance_uid)
         queued = self.peer.fail_with.get(instance.sop_instance_uid)
         if queued:
             code = queued.pop(0)

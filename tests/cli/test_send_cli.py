@@ -212,3 +212,188 @@ def test_a_bad_option_exits_2_and_names_it(dvdexit_home: Path, args: tuple[str, 
     assert result.returncode == 2, result.stderr
     assert named in result.stderr
     assert result.stdout == ""
+
+
+# -- send --retry-failed: usage ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--retry-failed", "somewhere"), "takes no paths"),
+        (("somewhere", "--to", "pacs", "--older-than", "1h"), "only with --retry-failed"),
+        (("--retry-failed", "--older-than", "soon"), "not a duration"),
+        (("somewhere",), "--to PEER is required"),
+        ((), "nothing to send"),
+    ],
+)
+def test_send_option_mistakes_exit_2_with_a_json_error_and_journal_nothing(
+    dvdexit_home: Path, args: tuple[str, ...], words: str
+):
+    result = run_dvdexit("send", *args, "--json", home=dvdexit_home)
+
+    assert result.returncode == 2, result.stderr
+    document = one_json_document(result)
+    assert words in document["error"]["message"]
+    assert any(words in line for line in error_lines(result))
+    assert not (dvdexit_home / "journal.sqlite").exists()
+
+
+def test_retry_failed_on_a_fresh_install_has_nothing_to_do_and_exits_0(dvdexit_home: Path):
+    result = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)
+
+    assert result.returncode == 0, result.stderr
+    document = one_json_document(result)
+    assert (document["outcome"], document["claimed"], document["exit_code"]) == (
+        "nothing to do",
+        0,
+        0,
+    )
+
+
+def test_retry_failed_to_an_unknown_peer_exits_3(dvdexit_home: Path):
+    result = run_dvdexit("send", "--retry-failed", "--to", "nowhere", "--json", home=dvdexit_home)
+
+    assert result.returncode == 3, result.stderr
+    assert one_json_document(result)["error"]["type"] == "UnknownPeerError"
+
+
+def test_cron_wrapper_is_silent_when_all_is_well_and_speaks_when_not(
+    dvdexit_home: Path, tmp_path: Path
+):
+    import os
+    import subprocess
+    import sys
+
+    from peers import dvdexit_env
+
+    wrapper = Path(__file__).resolve().parents[2] / "examples" / "dvdexit-retry.sh"
+    shim = tmp_path / "dvdexit"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m dvdexit_cli "$@"\n')
+    shim.chmod(0o755)
+    env = dvdexit_env(
+        dvdexit_home, {"DVDEXIT": str(shim), "DVDEXIT_RETRY_LOG": str(tmp_path / "log")}
+    )
+    env["PATH"] = os.environ["PATH"]
+
+    quiet = subprocess.run([wrapper], env=env, capture_output=True, text=True, timeout=60)
+    loud = subprocess.run(
+        [wrapper, "--to", "nowhere"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    assert loud.returncode == 3
+    assert "exited 3" in loud.stdout and "unknown peer" in loud.stdout
+    log_lines = (tmp_path / "log").read_text().splitlines()
+    assert len(log_lines) == 2 and "outcome=nothing to do" in log_lines[0]
+
+
+# -- selection and --dry-run -----------------------------------------------------------------
+
+
+def _mixed_media(root: Path) -> dict[str, list[Path]]:
+    """Two CT studies and one secondary-capture (OT) study, plus pydicom's MR_small."""
+    media = {
+        "ct1": write_study(root / "ct1", n_instances=3, seed="sel-ct1"),
+        "ct2": write_study(root / "ct2", n_instances=2, seed="sel-ct2"),
+        "ot": write_study(root / "ot", n_instances=2, modality="OT", seed="sel-ot"),
+    }
+    mr = root / "mr" / "MR_small.dcm"
+    mr.parent.mkdir()
+    mr.write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    media["mr"] = [mr]
+    return media
+
+
+def _study_uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_dry_run_lists_studies_series_counts_bytes_and_contexts_and_journals_nothing(
+    dvdexit_home: Path, tmp_path: Path
+):
+    media = _mixed_media(tmp_path / "in")
+    (tmp_path / "in" / "README.TXT").write_text("a viewer's readme")
+
+    result = run_dvdexit("send", tmp_path / "in", "--dry-run", "--json", home=dvdexit_home)
+    human = run_dvdexit("send", tmp_path / "in", "--dry-run", home=dvdexit_home)
+
+    assert result.returncode == 0, result.stderr
+    plan = one_json_document(result)
+    assert plan["dry_run"] is True
+    assert plan["instances"] == 8
+    assert plan["bytes"] == sum(p.stat().st_size for files in media.values() for p in files)
+    by_study = {s["study_uid"]: s for s in plan["studies"]}
+    assert by_study[_study_uid(media["ct1"][0])]["instances"] == 3
+    (series,) = by_study[_study_uid(media["ot"][0])]["series"]
+    assert (series["modality"], series["instances"]) == ("OT", 2)
+    (association,) = plan["associations"]
+    classes = {c["sop_class_uid"] for c in association}
+    assert classes == {
+        "1.2.840.10008.5.1.4.1.1.2",  # CT
+        "1.2.840.10008.5.1.4.1.1.7",  # secondary capture
+        "1.2.840.10008.5.1.4.1.1.4",  # MR
+    }
+    assert [Path(s["path"]).name for s in plan["skipped_files"]] == ["README.TXT"]
+    assert human.returncode == 0, human.stderr
+    assert "would send 8 instance(s)" in human.stdout
+    assert "CT Image Storage" in human.stdout
+    assert not (dvdexit_home / "journal.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (("--modality", "ct"), {"ct1", "ct2"}),
+        (("--modality", "CT,MR"), {"ct1", "ct2", "mr"}),
+        (("--exclude-modality", "OT", "--exclude-modality", "MR"), {"ct1", "ct2"}),
+        (("--exclude-sop-class", "1.2.840.10008.5.1.4.1.1.2"), {"ot", "mr"}),
+        (("--study", "STUDY:ct2", "--study", "STUDY:ot"), {"ct2", "ot"}),
+    ],
+)
+def test_selection_options_pick_the_studies_and_modalities_asked_for(
+    dvdexit_home: Path, tmp_path: Path, options: tuple[str, ...], expected: set[str]
+):
+    media = _mixed_media(tmp_path / "in")
+    uids = {name: _study_uid(files[0]) for name, files in media.items()}
+    args = [uids[o.split(":")[1]] if o.startswith("STUDY:") else o for o in options]
+
+    result = run_dvdexit("send", tmp_path / "in", "--dry-run", "--json", *args, home=dvdexit_home)
+
+    assert result.returncode == 0, result.stderr
+    plan = one_json_document(result)
+    assert {s["study_uid"] for s in plan["studies"]} == {uids[name] for name in expected}
+    assert plan["instances"] == sum(len(media[name]) for name in expected)
+    assert plan["excluded"] == 8 - plan["instances"]
+
+
+def test_a_selection_that_leaves_nothing_exits_4_and_says_so(dvdexit_home: Path, tmp_path: Path):
+    _mixed_media(tmp_path / "in")
+
+    result = run_dvdexit(
+        "send", tmp_path / "in", "--dry-run", "--modality", "US", "--json", home=dvdexit_home
+    )
+
+    assert result.returncode == 4, result.stderr
+    assert "left out by the selection" in one_json_document(result)["error"]["message"]
+
+
+@pytest.mark.peer
+def test_send_with_exclude_modality_sends_only_the_rest_and_journals_only_those(
+    storescp, dvdexit_home: Path, tmp_path: Path
+):
+    media = _mixed_media(tmp_path / "in")
+    scp = storescp(tmp_path / "arrived")
+    assert add_peer(dvdexit_home, "pacs", scp.port, scp.ae).returncode == 0
+
+    result = run_dvdexit(
+        "send", tmp_path / "in", "--to", "pacs", "--exclude-modality", "OT,MR", "--json",
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    document = one_json_document(result)
+    assert (document["sent"], document["excluded"]) == (5, 3)
+    assert len(scp.stored_files()) == len(media["ct1"]) + len(media["ct2"])

@@ -196,3 +196,27 @@ def _uids(folder: Path) -> list[str]:
     from dvdexit_cli.dicom.scan import scan
 
     return [i.sop_instance_uid for i in scan([folder]).instances]
+
+
+def test_workers_get_whole_studies_in_scan_order_and_about_equal_bytes(tmp_path: Path) -> None:
+    from dvdexit_cli.dicom.scan import scan
+    from dvdexit_cli.engine import _partition
+
+    for n, count in enumerate((6, 5, 3, 2)):
+        write_study(tmp_path / f"s{n}", n_instances=count, seed=f"partition-{n}")
+    found = scan([tmp_path])
+    work = list(enumerate(found.instances))
+
+    shares = _partition(work, 2)
+    single = _partition(work, 8)
+
+    assert len(shares) == 2
+    assert sorted(e for share in shares for e in share) == sorted(work)
+    for share in shares:
+        studies = [inst.study_uid for _, inst in share]
+        for study in set(studies):
+            positions = [pos for pos, _ in share if found.instances[pos].study_uid == study]
+            assert positions == sorted(positions)  # scan order within the study
+            assert positions == list(range(positions[0], positions[0] + len(positions)))
+    assert sorted(len(share) for share in shares) == [8, 8]  # 6+2 and 5+3
+    assert len(single) == 4  # never more workers than studies

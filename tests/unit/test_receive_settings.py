@@ -264,3 +264,26 @@ def test_a_layout_places_files_by_uid_and_date_and_finds_the_study_folder(tmp_pa
     assert store.study_folder(path, "1.2") == tmp_path / "20261125" / "20240131" / "1.2"
     odd = store.path_for("1.2", "1.3", "1.5", study_date="2024-01-31", received_date="20261125")
     assert odd.parent.parent.name == "nodate"
+
+
+def test_a_version_3_journal_keeps_its_forwards_and_learns_pending(tmp_path: Path) -> None:
+    import sqlite3
+
+    from dvdexit_cli.journal.store import _MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    for migration in _MIGRATIONS[:3]:
+        for statement in migration.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute(
+        "INSERT INTO forwards (study_uid, peer, at, outcome) VALUES ('1.1', 'pacs', 'x', 'held')"
+    )
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    with Journal(path) as journal:
+        assert [f["outcome"] for f in journal.forwards("1.1")] == ["held"]
+        journal.start_forward("1.1", peer="pacs")
+        assert [f["outcome"] for f in journal.forwards("1.1")] == ["held", "pending"]

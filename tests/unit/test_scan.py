@@ -99,7 +99,9 @@ def test_file_cut_in_the_middle_of_its_pixel_data_is_caught_before_sending(
     assert "(7FE0,0010)" in result.rejected[0].reason
 
 
-def test_empty_text_and_headerless_files_are_skipped_not_failed(tmp_path: Path) -> None:
+def test_empty_and_text_files_are_skipped_and_a_dataset_without_file_meta_fails_clearly(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "empty.dcm").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("referral letter")
     shutil.copy(bundled("no_meta.dcm"), tmp_path / "no_meta.dcm")
@@ -110,7 +112,8 @@ def test_empty_text_and_headerless_files_are_skipped_not_failed(tmp_path: Path) 
     reasons = {r.path.name: (r.disposition, r.reason) for r in result.rejected}
     assert reasons["empty.dcm"] == ("skipped", "empty file (0 bytes)")
     assert reasons["notes.txt"][0] == "skipped"
-    assert reasons["no_meta.dcm"][0] == "skipped"
+    assert reasons["no_meta.dcm"][0] == "failed"
+    assert "without the File Meta Information" in reasons["no_meta.dcm"][1]
 
 
 def test_missing_input_path_is_an_input_error(tmp_path: Path) -> None:

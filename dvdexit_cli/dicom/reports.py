@@ -1,0 +1,168 @@
+"""Reports that travel with the images: PDF as Encapsulated PDF, text as a Basic Text SR.
+
+Each new object belongs to the study of a reference instance: it copies that instance's
+Patient and General Study attributes (so a PACS files it with the images) and gets a new
+series and SOP Instance UID. Nothing else of the reference is copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+
+__all__ = [
+    "BASIC_TEXT_SR",
+    "ENCAPSULATED_PDF",
+    "basic_text_sr",
+    "encapsulated_pdf",
+]
+
+ENCAPSULATED_PDF = UID("1.2.840.10008.5.1.4.1.1.104.1")
+BASIC_TEXT_SR = UID("1.2.840.10008.5.1.4.1.1.88.11")
+_MANUFACTURER = "dvdexit"
+
+# Patient and General Study module attributes copied from the reference instance.
+_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+)
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _base(
+    reference: Dataset, sop_class: UID, modality: str, series_number: int, now: datetime
+) -> Dataset:
+    if "StudyInstanceUID" not in reference:
+        raise ValueError("the reference instance has no Study Instance UID")
+    ds = Dataset()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    if "SpecificCharacterSet" in reference:
+        ds.SpecificCharacterSet = reference.SpecificCharacterSet
+    for keyword in _PATIENT_STUDY:
+        if keyword in reference:
+            setattr(ds, keyword, reference[keyword].value)
+        elif keyword in _TYPE2:
+            setattr(ds, keyword, "")
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    ds.Modality = modality
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = 1
+    ds.Manufacturer = _MANUFACTURER
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    return ds
+
+
+def encapsulated_pdf(
+    pdf: Path,
+    *,
+    reference: Dataset,
+    title: str,
+    series_number: int = 9001,
+    now: datetime | None = None,
+) -> Dataset:
+    """Wrap the PDF at ``pdf`` as an Encapsulated PDF instance in the reference's study.
+
+    Raises ValueError when the file is not a PDF.
+    """
+    data = pdf.read_bytes()
+    if not data.startswith(b"%PDF-"):
+        raise ValueError(f"{pdf} is not a PDF file (no %PDF- header)")
+    moment = now or datetime.now()
+    ds = _base(reference, ENCAPSULATED_PDF, "DOC", series_number, moment)
+    ds.ConversionType = "WSD"
+    ds.AcquisitionDateTime = moment.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "YES"
+    ds.DocumentTitle = title
+    ds.ConceptNameCodeSequence = DicomSequence()
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    # PS3.3 C.24.2.1: the value is padded to even length with one NULL; the length
+    # attribute keeps the document's own size so a reader can strip the padding.
+    ds.EncapsulatedDocumentLength = len(data)
+    ds.EncapsulatedDocument = data + (b"\x00" if len(data) % 2 else b"")
+    return ds
+
+
+def _code(code: object) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value  # type: ignore[attr-defined]
+    item.CodingSchemeDesignator = code.scheme_designator  # type: ignore[attr-defined]
+    item.CodeMeaning = code.meaning  # type: ignore[attr-defined]
+    return item
+
+
+def basic_text_sr(
+    paragraphs: Sequence[str],
+    *,
+    reference: Dataset,
+    title: str = "Diagnostic Imaging Report",
+    heading: str = "findings",
+    series_number: int = 9002,
+    now: datetime | None = None,
+) -> Dataset:
+    """A Basic Text SR with the text as TEXT items under one heading.
+
+    ``heading`` is ``findings`` (a report) or ``reason`` (a sender's transfer note:
+    reason for the referral). Raises ValueError for empty text.
+    """
+    texts = [p.strip() for p in paragraphs if p.strip()]
+    if not texts:
+        raise ValueError("the report text is empty")
+    moment = now or datetime.now()
+    ds = _base(reference, BASIC_TEXT_SR, "SR", series_number, moment)
+    ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.PerformedProcedureCodeSequence = DicomSequence()
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.ConceptNameCodeSequence = DicomSequence([_code(codes.LN.DiagnosticImagingReport)])
+    concept = codes.DCM.Findings if heading == "findings" else codes.DCM.ReasonForStudy
+    items = []
+    for text in texts:
+        item = Dataset()
+        item.RelationshipType = "CONTAINS"
+        item.ValueType = "TEXT"
+        item.ConceptNameCodeSequence = DicomSequence([_code(concept)])
+        item.TextValue = text
+        items.append(item)
+    ds.ContentSequence = DicomSequence(items)
+    if title:
+        ds.SeriesDescription = title
+    return ds

@@ -1,0 +1,130 @@
+"""Write a transfer package atomically: build beside the target, fsync, rename.
+
+The media tree is made by pydicom's FileSet (DICOMDIR, file IDs of at most 8 uppercase
+characters, a folder per patient, study and series), fed with header-only datasets whose
+staged files are replaced by the original files, so every instance in the package keeps
+its bytes (and digest) and no pixel data is ever decoded.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.fileset import FileSet
+
+from dvdexit_cli.dicom.digest import dataset_digest
+from dvdexit_cli.dicom.scan import Instance
+from dvdexit_cli.package.manifest import (
+    MANIFEST_DIGEST_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+)
+
+__all__ = ["PackageWriteError", "PackageWritten", "write_package"]
+
+
+class PackageWriteError(Exception):
+    """The package could not be written; nothing exists at the target name."""
+
+
+@dataclass(frozen=True)
+class PackageWritten:
+    path: Path
+    manifest: Manifest
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _build_tree(instances: Sequence[Instance], root: Path, manifest: Manifest) -> None:
+    fs = FileSet()
+    by_uid = {}
+    for inst in instances:
+        header = pydicom.dcmread(inst.path, stop_before_pixels=True)
+        staged = fs.add(header)
+        # The staged copy holds only the header; point it at the original bytes.
+        Path(staged.path).unlink()
+        os.symlink(inst.path.resolve(), staged.path)
+        by_uid[inst.sop_instance_uid] = inst
+    fs.write(root)
+    for record in fs:
+        inst = by_uid[record.SOPInstanceUID]
+        file_id = Path(record.FileID).as_posix()
+        target = root / file_id
+        _, digest = dataset_digest(target)
+        if digest != inst.digest:
+            raise PackageWriteError(f"{inst.path} changed while the package was written")
+        manifest.entries.append(
+            ManifestEntry(
+                study_uid=inst.study_uid,
+                series_uid=inst.series_uid,
+                sop_class_uid=inst.sop_class_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                file_id=file_id,
+                size=target.stat().st_size,
+                digest=digest,
+            )
+        )
+    data = manifest.to_bytes()
+    (root / MANIFEST_NAME).write_bytes(data)
+    (root / MANIFEST_DIGEST_NAME).write_bytes(Manifest.digest_line(data))
+
+
+def write_package(
+    instances: Sequence[Instance],
+    target: Path,
+    *,
+    manifest: Manifest,
+    as_zip: bool = False,
+) -> PackageWritten:
+    """Write ``instances`` as a package at ``target`` (a folder, or a .zip with ``as_zip``).
+
+    The package is built in a hidden folder beside the target and renamed into place only
+    when complete and synced: a crash leaves no half package at the target name. Raises
+    PackageWriteError when the target exists or the disk fails.
+    """
+    if target.exists():
+        raise PackageWriteError(f"{target} already exists")
+    work = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
+    try:
+        work.mkdir(parents=True)
+        tree = work / "media"
+        _build_tree(instances, tree, manifest)
+        if as_zip:
+            archive = work / "package.zip"
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+                for path in sorted(tree.rglob("*")):
+                    if path.is_file():
+                        zf.write(path, path.relative_to(tree).as_posix())
+            final_source = archive
+        else:
+            final_source = tree
+        _fsync_tree(work)
+        os.rename(final_source, target)
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise PackageWriteError(f"cannot write package {target}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return PackageWritten(target, manifest)

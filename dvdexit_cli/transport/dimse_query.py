@@ -1,0 +1,441 @@
+"""DIMSE operations that ask a peer what it holds: C-FIND, Storage Commitment, C-GET.
+
+Used by remote verification (``dvdexit_cli.verify_remote``). Each function opens its own
+association, checks every status it gets, and translates pynetdicom's failures into
+``dvdexit_cli.errors`` classes. Nothing here prints or logs identifying values.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    Verification,
+)
+
+from dvdexit_cli.config import DimsePeer, LocalSettings
+from dvdexit_cli.dicom.contexts import EXPLICIT_LE, IMPLICIT_LE
+from dvdexit_cli.dicom.digest import MalformedFileError, NotPart10Error, dataset_digest
+from dvdexit_cli.errors import (
+    AssociationRejectedError,
+    ConfigError,
+    InputError,
+    PeerError,
+    PeerUnreachableError,
+)
+from dvdexit_cli.transport.dimse import set_nodelay
+
+__all__ = [
+    "CHECK_COMMIT",
+    "CHECK_FIND",
+    "CHECK_GET",
+    "CommitmentResult",
+    "Retrieved",
+    "compare_datasets",
+    "find_study_instances",
+    "probe_checks",
+    "request_commitment",
+    "retrieve_study",
+]
+
+log = logging.getLogger(__name__)
+
+CHECK_FIND = "c-find"
+CHECK_COMMIT = "storage-commitment"
+CHECK_GET = "c-get"
+
+# The well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
+_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+_PENDING = (0xFF00, 0xFF01)
+_MAX_CONTEXTS = 128
+
+
+def _ae(peer: DimsePeer, timeout: float) -> AE:
+    ae = AE(ae_title=peer.calling_ae)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    if peer.max_pdu:
+        ae.maximum_pdu_size = peer.max_pdu
+    return ae
+
+
+@contextmanager
+def _association(
+    peer: DimsePeer,
+    timeout: float,
+    contexts: Sequence[Any],
+    *,
+    ext_neg: Sequence[Any] = (),
+    handlers: Sequence[Any] = (),
+    ae: AE | None = None,
+) -> Iterator[Any]:
+    from dvdexit_cli.diagnose import tls_context  # diagnose imports pynetdicom too
+
+    ae = ae or _ae(peer, timeout)
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        contexts=list(contexts),
+        ae_title=peer.called_ae,
+        ext_neg=list(ext_neg) or None,
+        evt_handlers=list(handlers) or None,
+        tls_args=(tls_context(peer), peer.host) if peer.uses_tls else None,
+    )
+    if not assoc.is_established:
+        primitive = assoc.acceptor.primitive
+        if assoc.is_rejected and primitive is not None:
+            raise AssociationRejectedError(
+                f"association rejected by {peer.name} ({primitive.reason_str})",
+                hint=f"run 'dvdexit status --peer {peer.name}' for a diagnosis",
+            )
+        raise PeerUnreachableError(
+            f"peer {peer.name} unreachable at {peer.address}",
+            hint=f"run 'dvdexit status --peer {peer.name}' for a diagnosis",
+        )
+    # Nagle's algorithm delays every DIMSE message that is written in pieces (PEERS.md);
+    # with fast answers, keep the reactor thread off our responses (the pynetdicom race).
+    set_nodelay(assoc)
+    _keep_responses_for_caller(assoc)
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _keep_responses_for_caller(assoc: Any) -> None:
+    """Let the association's reactor thread take requests only, never responses.
+
+    pynetdicom's reactor may take a C-FIND / C-GET / N-ACTION response off the DIMSE queue
+    while the caller waits for it (PEERS.md, pynetdicom issue 875); the caller then sees
+    no answer. Requests (C-STORE sub-operations of a C-GET, N-EVENT-REPORT) still go to
+    the reactor, which dispatches them to our handlers. Same idea as the send path's
+    guard in transport/dimse.py, kept here so each module stands alone.
+    """
+    dimse = assoc.dimse
+    original = dimse.get_msg
+    queue = dimse.msg_queue
+
+    def get_msg(block: bool = False) -> Any:
+        if not block and threading.current_thread() is assoc:
+            with queue.mutex:
+                head = queue.queue[0] if queue.queue else None
+            if head is None or getattr(head[1], "Status", None) is not None:
+                return None, None
+        return original(block=block)
+
+    dimse.get_msg = get_msg
+
+
+def probe_checks(peer: DimsePeer, *, timeout: float = 10.0) -> dict[str, bool]:
+    """Which remote checks the peer accepts: one association proposing all of them."""
+    wanted = {
+        CHECK_FIND: StudyRootQueryRetrieveInformationModelFind,
+        CHECK_GET: StudyRootQueryRetrieveInformationModelGet,
+        CHECK_COMMIT: StorageCommitmentPushModel,
+    }
+    # Verification keeps a peer that accepts none of the others talking to us.
+    contexts = [build_context(Verification)] + [build_context(uid) for uid in wanted.values()]
+    with _association(peer, timeout, contexts) as assoc:
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    return {name: str(uid) in accepted for name, uid in wanted.items()}
+
+
+def _status(status: Any) -> int | None:
+    code = getattr(status, "Status", None)
+    return int(code) if code is not None else None
+
+
+def _no_answer(assoc: Any, peer: DimsePeer, what: str) -> PeerError:
+    """A request that got no valid status: refused without a status, aborted, or silent."""
+    how = "aborted the association on" if assoc.is_aborted else "gave no valid answer to"
+    return PeerError(
+        f"{peer.name} {how} our {what}",
+        hint=f"the peer may not allow {what} for our AE title {peer.calling_ae!r}: ask its "
+        f"administrator to register it (with our address); or it is busy: retry later",
+    )
+
+
+def _find(assoc: Any, query: Dataset, peer: DimsePeer) -> Iterator[Dataset]:
+    for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+        code = _status(status)
+        if code is None:
+            raise _no_answer(assoc, peer, "C-FIND")
+        if code in _PENDING:
+            if identifier is not None:
+                yield identifier
+        elif code != 0:
+            raise PeerError(
+                f"{peer.name} answered a C-FIND with status {code:04X}",
+                hint="the peer's query service failed; check its log",
+            )
+
+
+def find_study_instances(
+    peer: DimsePeer, study_uid: str, *, timeout: float = 30.0
+) -> dict[str, str]:
+    """SOP Instance UID -> SOP Class UID of every instance the peer lists for a study.
+
+    Queries hierarchically (SERIES, then IMAGE per series), which every Study Root
+    C-FIND SCP must support.
+    """
+    found: dict[str, str] = {}
+    context = [build_context(StudyRootQueryRetrieveInformationModelFind)]
+    with _association(peer, timeout, context) as assoc:
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = ""
+        series = [
+            str(ds.SeriesInstanceUID)
+            for ds in _find(assoc, query, peer)
+            if "SeriesInstanceUID" in ds
+        ]
+        for series_uid in dict.fromkeys(series):
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID = study_uid
+            query.SeriesInstanceUID = series_uid
+            query.SOPInstanceUID = ""
+            query.SOPClassUID = ""
+            for ds in _find(assoc, query, peer):
+                if "SOPInstanceUID" in ds:
+                    found[str(ds.SOPInstanceUID)] = str(ds.get("SOPClassUID", ""))
+    return found
+
+
+@dataclass
+class CommitmentResult:
+    """The peer's Storage Commitment answer for one request."""
+
+    transaction_uid: str
+    committed: set[str] = field(default_factory=set)
+    failed: dict[str, int] = field(default_factory=dict)
+    """SOP Instance UID -> Failure Reason (PS3.4 J.3.2.1.1.1.1), e.g. 0x0112 no such object."""
+    answered: bool = False
+    """Whether an N-EVENT-REPORT for this transaction arrived before the timeout."""
+
+
+class _CommitmentListener:
+    """Collects the N-EVENT-REPORT for one transaction, on any association."""
+
+    def __init__(self, transaction_uid: str) -> None:
+        self.result = CommitmentResult(transaction_uid)
+        self.done = threading.Event()
+
+    def __call__(self, event: Any) -> tuple[int, None]:
+        info = event.event_information
+        if info is None or str(info.get("TransactionUID", "")) != self.result.transaction_uid:
+            return 0x0000, None  # another transaction's report: acknowledge, ignore
+        for item in info.get("ReferencedSOPSequence", []):
+            self.result.committed.add(str(item.ReferencedSOPInstanceUID))
+        for item in info.get("FailedSOPSequence", []):
+            self.result.failed[str(item.ReferencedSOPInstanceUID)] = int(
+                item.get("FailureReason", 0x0110)
+            )
+        self.result.answered = True
+        self.done.set()
+        return 0x0000, None
+
+
+def request_commitment(
+    peer: DimsePeer,
+    references: Iterable[tuple[str, str]],
+    *,
+    local: LocalSettings,
+    timeout: float = 30.0,
+) -> CommitmentResult:
+    """Ask the peer to commit to holding (SOP Class UID, SOP Instance UID) ``references``.
+
+    Sends N-ACTION (push model), then waits up to ``timeout`` seconds for the
+    N-EVENT-REPORT, on the same association or on a new one the peer opens to
+    ``local.port`` (when set; many PACS, Orthanc among them, report that way).
+    """
+    listener = _CommitmentListener(generate_uid())
+    request = Dataset()
+    request.TransactionUID = listener.result.transaction_uid
+    sequence = []
+    for sop_class, sop_instance in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        sequence.append(item)
+    request.ReferencedSOPSequence = sequence
+
+    ae = _ae(peer, timeout)
+    server = None
+    handlers: list[Any] = [(evt.EVT_N_EVENT_REPORT, listener)]
+    if local.port is not None:
+        server_ae = AE(ae_title=local.ae_title)
+        server_ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+        server_ae.add_supported_context(Verification)
+        server_ae.network_timeout = timeout
+        try:
+            server = server_ae.start_server(
+                (local.host, local.port), block=False, evt_handlers=handlers
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on port {local.port} for the Storage Commitment report: "
+                f"{exc.strerror or exc}",
+                hint="another program uses that port; change [local] port in peers.toml",
+            ) from exc
+    try:
+        context = [build_context(StorageCommitmentPushModel)]
+        with _association(peer, timeout, context, handlers=handlers, ae=ae) as assoc:
+            status, _reply = assoc.send_n_action(
+                request, 1, StorageCommitmentPushModel, _COMMITMENT_INSTANCE
+            )
+            code = _status(status)
+            if code is None:
+                raise _no_answer(assoc, peer, "Storage Commitment request")
+            if code != 0:
+                raise PeerError(
+                    f"{peer.name} refused the Storage Commitment request (status {code:04X})",
+                    hint="the peer may not allow commitment for our AE title",
+                )
+            # Keep the association open for a while: some peers report on it.
+            listener.done.wait(timeout)
+    finally:
+        if server is not None:
+            server.shutdown()
+    return listener.result
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """One instance fetched back from the peer into a temporary Part 10 file."""
+
+    path: Path
+    sop_class_uid: str
+    transfer_syntax: str
+    digest: str
+
+
+class _GetReceiver:
+    """C-STORE sub-operations of a C-GET, written to ``folder`` as Part 10 files."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.received: dict[str, Retrieved] = {}
+        self.broken: dict[str, str] = {}
+
+    def __call__(self, event: Any) -> int:
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID or "")
+        sop_instance = str(request.AffectedSOPInstanceUID or "")
+        syntax = str(event.context.transfer_syntax)
+        target = self.folder / f"{len(self.received) + len(self.broken):06d}.dcm"
+        try:
+            source = getattr(event, "dataset_path", None)
+            if source is not None:  # pynetdicom already wrote a Part 10 file
+                shutil.move(str(source), target)
+            else:
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = UID(sop_class)
+                meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+                meta.TransferSyntaxUID = UID(syntax)
+                with target.open("wb") as fh:
+                    fh.write(b"\0" * 128 + b"DICM")
+                    write_file_meta_info(fh, meta, enforce_standard=True)  # type: ignore[arg-type]
+                    fh.write(request.DataSet.getvalue())
+            _meta, digest = dataset_digest(target)
+        except (OSError, NotPart10Error, MalformedFileError) as exc:
+            self.broken[sop_instance] = f"retrieved copy unreadable: {exc}"
+            return 0x0000  # we asked for it; the verdict records the problem
+        self.received[sop_instance] = Retrieved(target, sop_class, syntax, digest)
+        return 0x0000
+
+
+def retrieve_study(
+    peer: DimsePeer,
+    study_uid: str,
+    folder: Path,
+    *,
+    sop_classes: dict[str, set[str]],
+    timeout: float = 60.0,
+) -> tuple[dict[str, Retrieved], dict[str, str]]:
+    """C-GET a whole study into ``folder``; returns what arrived and what arrived broken.
+
+    ``sop_classes`` maps each SOP Class UID expected to the transfer syntaxes we sent it
+    in: each is offered for the peer's C-STORE sub-operations (we take the SCP role), so
+    a peer that kept the bytes sends them as they are.
+    """
+    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
+    roles = []
+    for sop_class, syntaxes in sop_classes.items():
+        if len(contexts) >= _MAX_CONTEXTS:
+            break
+        offered = [
+            *sorted(syntaxes),
+            *(ts for ts in (EXPLICIT_LE, IMPLICIT_LE) if ts not in syntaxes),
+        ]
+        contexts.append(build_context(sop_class, offered))
+        roles.append(build_role(sop_class, scp_role=True))
+    receiver = _GetReceiver(folder)
+    with _association(
+        peer, timeout, contexts, ext_neg=roles, handlers=[(evt.EVT_C_STORE, receiver)]
+    ) as assoc:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        final: int | None = None
+        for status, _identifier in assoc.send_c_get(
+            query, StudyRootQueryRetrieveInformationModelGet
+        ):
+            final = _status(status)
+            if final is None:
+                raise _no_answer(assoc, peer, "C-GET")
+        # B000 "sub-operations complete, one or more failures" still leaves what did
+        # arrive usable; the verdicts report what is missing.
+        if final is not None and final not in (0x0000, 0xB000) and not receiver.received:
+            raise PeerError(
+                f"{peer.name} answered a C-GET with status {final:04X}",
+                hint="the peer may not allow retrieval by our AE title",
+            )
+    return receiver.received, receiver.broken
+
+
+def compare_datasets(sent: Path, retrieved: Path) -> list[str]:
+    """Element-by-element comparison; the keywords (or tags) that differ, values never.
+
+    File Meta Information is not compared: a re-encoded copy legitimately differs there.
+    Raises InputError when the sent file can no longer be read (a DVD taken out).
+    """
+    try:
+        a = pydicom.dcmread(sent)
+    except (OSError, InvalidDicomError) as exc:
+        raise InputError(f"the sent file {sent} cannot be read for comparison: {exc}") from exc
+    b = pydicom.dcmread(retrieved)
+    differing: list[str] = []
+    for tag in sorted(set(a.keys()) | set(b.keys())):
+        left, right = a.get(tag), b.get(tag)
+        if left is None or right is None or left.value != right.value:
+            keyword = (left or right).keyword if (left or right) is not None else ""
+            differing.append(keyword or f"({tag.group:04X},{tag.element:04X})")
+    return differing
+
+
+def temporary_folder() -> tempfile.TemporaryDirectory[str]:
+    """Where retrieved copies live until they are compared (removed afterwards)."""
+    return tempfile.TemporaryDirectory(prefix="dvdexit-verify-")

@@ -1,0 +1,152 @@
+"""Transfer packages: a DVD-like tree any viewer reads, and a manifest that proves it whole."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pydicom
+import pytest
+from peers import require_tool
+from pydicom.fileset import FileSet
+
+from dvdexit_cli.dicom.digest import dataset_digest
+from dvdexit_cli.dicom.scan import scan
+from dvdexit_cli.package import MANIFEST_NAME, Manifest, verify_package, write_package
+from dvdexit_cli.package.writer import PackageWriteError
+from dvdexit_cli.samples import make_sample_dvd
+
+
+def _manifest() -> Manifest:
+    return Manifest(created_at="2026-11-25T10:00:00Z", sender_ae="DVDEXIT", note="second opinion")
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=4, sc_images=2)
+    found = scan([media.root])
+    return write_package(found.instances, tmp_path / "pkg", manifest=_manifest()).path
+
+
+def test_package_holds_every_instance_byte_for_byte_and_verifies_intact(
+    tmp_path: Path, package: Path
+) -> None:
+    check = verify_package(package)
+
+    assert check.verdict == "intact", check.problems
+    assert check.checked == 6
+    fs = FileSet(pydicom.dcmread(package / "DICOMDIR"))
+    assert len(fs) == 6
+    for instance in fs:
+        assert all(len(part) <= 8 and part.upper() == part for part in Path(instance.FileID).parts)
+    source = {i.sop_instance_uid: i.digest for i in scan([tmp_path / "dvd"]).instances}
+    packaged = {i.sop_instance_uid: i.digest for i in scan([package]).instances}
+    assert packaged == source
+    document = json.loads((package / MANIFEST_NAME).read_text())
+    assert document["instance_count"] == 6
+    assert document["note"] == "second opinion"
+
+
+def test_one_flipped_byte_is_named_as_tampered(package: Path) -> None:
+    victim = next(p for p in sorted(package.rglob("IM*")) if p.is_file())
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0x01
+    victim.write_bytes(bytes(data))
+
+    check = verify_package(package)
+
+    assert check.verdict == "tampered"
+    assert [(k, Path(n).name) for k, n, _ in check.problems] == [("tampered", victim.name)]
+
+
+def test_a_missing_instance_makes_the_package_incomplete(package: Path) -> None:
+    victim = next(p for p in sorted(package.rglob("IM*")) if p.is_file())
+    victim.unlink()
+
+    check = verify_package(package)
+
+    assert check.verdict == "incomplete"
+    assert ("missing", victim.relative_to(package).as_posix()) in [
+        (k, n) for k, n, _ in check.problems
+    ]
+
+
+def test_an_edited_manifest_is_detected(package: Path) -> None:
+    manifest = package / MANIFEST_NAME
+    manifest.write_text(manifest.read_text().replace("second opinion", "other"))
+    assert verify_package(package).verdict == "tampered"
+
+
+def test_zip_package_verifies_like_the_folder(tmp_path: Path) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    found = scan([media.root])
+    zipped = write_package(found.instances, tmp_path / "pkg.zip", manifest=_manifest(), as_zip=True)
+
+    assert zipfile.is_zipfile(zipped.path)
+    assert verify_package(zipped.path).verdict == "intact"
+
+
+def test_an_existing_target_is_never_overwritten(tmp_path: Path, package: Path) -> None:
+    found = scan([package])
+    before = sorted(p.name for p in package.rglob("*"))
+    with pytest.raises(PackageWriteError, match="already exists"):
+        write_package(found.instances, package, manifest=_manifest())
+    assert sorted(p.name for p in package.rglob("*")) == before
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_dicomdir_passes_dciodvfy_and_dcmdump(package: Path) -> None:
+    dciodvfy = require_tool("dciodvfy")
+    dcmdump = require_tool("dcmdump")
+    done = subprocess.run([dciodvfy, str(package / "DICOMDIR")], capture_output=True, text=True)
+    assert [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line] == []
+    dumped = subprocess.run([dcmdump, str(package / "DICOMDIR")], capture_output=True, text=True)
+    assert dumped.returncode == 0, dumped.stderr
+    assert "DirectoryRecordSequence" in dumped.stdout
+
+
+def test_package_digests_match_the_sources(tmp_path: Path) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    found = scan([media.root])
+    written = write_package(found.instances, tmp_path / "pkg", manifest=_manifest())
+    for entry in written.manifest.entries:
+        assert dataset_digest(written.path / entry.file_id)[1] == entry.digest
+
+
+def test_kill_9_while_writing_leaves_no_package_at_the_target_name(tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    from dvdexit_cli.samples import make_small_instances
+
+    make_small_instances(tmp_path / "many", 300, seed="kill-package")
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from dvdexit_cli.dicom.scan import scan\n"
+        "from dvdexit_cli.package import Manifest, write_package\n"
+        "found = scan([Path(sys.argv[1])])\n"
+        "print('scanned', flush=True)\n"
+        "write_package(found.instances, Path(sys.argv[2]),\n"
+        "              manifest=Manifest(created_at='t', sender_ae='A'))\n"
+    )
+    target = tmp_path / "pkg"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "many"), str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "scanned"
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".pkg.partial-*/media/PT*")):
+            assert proc.poll() is None, "the writer finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not target.exists()
