@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 from dvdexit_cli.errors import ConfigError
 
@@ -27,9 +28,22 @@ def _load(context: ssl.SSLContext, cert: Path | None, key: Path | None, ca: Path
         ) from exc
 
 
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """Server context whose handshake happens on the connection's first read.
+
+    pynetdicom wraps each accepted socket in its accept loop; with the default
+    (handshake at wrap time) one client that connects and says nothing blocks every
+    other association. Deferred, the handshake runs in that association's own thread.
+    """
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
 def server_context(*, cert: Path, key: Path | None, ca: Path | None) -> ssl.SSLContext:
     """For a listening receiver; with ``ca`` every client must present a certificate."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load(context, cert, key, ca)
     context.verify_mode = ssl.CERT_REQUIRED if ca is not None else ssl.CERT_NONE

@@ -34,7 +34,8 @@ from dvdexit_cli.receive.settings import (
     parse_networks,
     parse_size,
 )
-from dvdexit_cli.tls import server_context
+from dvdexit_cli.receive.store import DEFAULT_LAYOUT, validate_layout
+from dvdexit_cli.tls import client_context, server_context
 
 __all__ = ["receive_command"]
 
@@ -116,6 +117,14 @@ def receive_command(
     host: Annotated[
         str | None,
         typer.Option("--host", help="Address to listen on [0.0.0.0: every interface]."),
+    ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            "--layout",
+            help="Path template below the store: fields {study} {series} {sop} {study_date} "
+            "{received_date} only [{study}/{series}/{sop}.dcm].",
+        ),
     ] = None,
     allow_ae: Annotated[
         list[str] | None,
@@ -222,6 +231,11 @@ def receive_command(
         else None
     )
     chosen_host = str(_pick(host, table, "host", "0.0.0.0"))
+    chosen_layout = str(_pick(layout, table, "layout", DEFAULT_LAYOUT))
+    try:
+        validate_layout(chosen_layout)
+    except ValueError as exc:
+        raise UsageError(f"--layout {chosen_layout!r}: {exc}") from exc
     forward_peer = _pick(forward_to, table, "forward_to", None)
     peer = PeerBook(home.peers_file).get(str(forward_peer)) if forward_peer else None
     if peer is not None and not isinstance(peer, DimsePeer):
@@ -244,6 +258,7 @@ def receive_command(
         allow_from=parse_networks(
             _as_list(_pick(allow_from, table, "allow_from", []), "allow_from")
         ),
+        layout=chosen_layout,
         max_associations=int(_pick(max_associations, table, "max_associations", 10)),
         max_instance_size=(
             parse_size(size_limit, what="--max-instance-size") if size_limit is not None else None
@@ -255,6 +270,16 @@ def receive_command(
             _as_list(_pick(commit_reply, table, "commit_reply", []), "commit_reply")
         ),
         ssl_context=context,
+        # Reports on a new association go out with TLS too: our certificate, their CA.
+        client_ssl_context=(
+            client_context(
+                ca=Path(str(ca)) if ca else None,
+                cert=Path(str(cert)),
+                key=Path(str(key)) if key else None,
+            )
+            if cert
+            else None
+        ),
         forward_to=peer,
         reconcile=mapping,
         staging=home.data_dir / "forward-staging",

@@ -135,6 +135,23 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX forwards_by_study ON forwards(study_uid, id);
     """,
+    # 4: a forward is journaled as 'pending' before it is queued (found again after a stop)
+    """
+    CREATE TABLE forwards_new (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        at TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('pending', 'sent', 'failed', 'held')),
+        transfer_id INTEGER,
+        reason TEXT
+    );
+    INSERT INTO forwards_new SELECT id, study_uid, peer, at, outcome, transfer_id, reason
+        FROM forwards;
+    DROP TABLE forwards;
+    ALTER TABLE forwards_new RENAME TO forwards;
+    CREATE INDEX forwards_by_study ON forwards(study_uid, id);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -914,6 +931,15 @@ class Journal:
                 found[row["sop_instance_uid"]] = row
         return found
 
+    def study_files(self, study_uid: str) -> list[str]:
+        """Paths of the instances of a study the receiver stored (once each)."""
+        rows = self._read(
+            "SELECT DISTINCT path FROM received WHERE study_uid = ? AND path IS NOT NULL"
+            " AND outcome IN ('stored', 'duplicate') ORDER BY path",
+            (study_uid,),
+        )
+        return [str(r["path"]) for r in rows]
+
     def start_hook_run(self, study_uid: str, command: str) -> int:
         with self._write() as db:
             cursor = db.execute(
@@ -946,22 +972,34 @@ class Journal:
         )
         return [_study(r) for r in rows]
 
-    def record_forward(
-        self,
-        study_uid: str,
-        *,
-        peer: str,
-        outcome: str,
-        transfer_id: int | None,
-        reason: str | None,
+    def start_forward(self, study_uid: str, *, peer: str) -> int:
+        """Journal a forward as pending before it is queued (found again after a crash)."""
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO forwards (study_uid, peer, at, outcome) VALUES (?, ?, ?, 'pending')",
+                (study_uid, peer, utc_now()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish_forward(
+        self, forward_id: int, *, outcome: str, transfer_id: int | None, reason: str | None
     ) -> None:
-        """Record a forward of a complete study: sent, failed (retryable) or held."""
+        """Record how a forward ended: sent, failed (retryable) or held."""
         with self._write() as db:
             db.execute(
-                "INSERT INTO forwards (study_uid, peer, at, outcome, transfer_id, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (study_uid, peer, utc_now(), outcome, transfer_id, reason),
+                "UPDATE forwards SET at = ?, outcome = ?, transfer_id = ?, reason = ? WHERE id = ?",
+                (utc_now(), outcome, transfer_id, reason, forward_id),
             )
+
+    def pending_forwards(self, peer: str) -> list[tuple[int, ReceivedStudy]]:
+        """Forwards to ``peer`` queued but never finished (the receiver stopped first)."""
+        rows = self._read(
+            "SELECT f.id AS forward_id, s.* FROM forwards f JOIN studies s"
+            " ON s.study_uid = f.study_uid WHERE f.peer = ? AND f.outcome = 'pending'"
+            " ORDER BY f.id",
+            (peer,),
+        )
+        return [(int(r["forward_id"]), _study(r)) for r in rows]
 
     def forwards(self, study_uid: str | None = None) -> list[dict[str, object]]:
         if study_uid is None:

@@ -181,7 +181,7 @@ def _send(
     ae = AE(ae_title=ae_title)
     ae.add_requested_context(COMMITMENT_CLASS)
     role = build_role(COMMITMENT_CLASS, scp_role=True)
-    tls = (ssl_context, "") if ssl_context is not None else None
+    tls = (ssl_context, address[0]) if ssl_context is not None else None
     reply = ae.associate(address[0], address[1], ae_title=requester, ext_neg=[role], tls_args=tls)
     if not reply.is_established:
         log.error("storage commitment report: cannot associate with %s", requester)

@@ -53,15 +53,20 @@ class Forwarder:
         self._staging = staging
         self._mapping = mapping
         self._observer = observer
-        self._queue: queue.Queue[ReceivedStudy | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[ReceivedStudy, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the worker; forwards a stopped receiver left pending are queued first."""
+        for forward_id, study in self._journal.pending_forwards(self.peer.name):
+            self._queue.put((study, forward_id))
         self._thread = threading.Thread(target=self._work, name="dvdexit-forward", daemon=True)
         self._thread.start()
 
     def submit(self, study: ReceivedStudy) -> None:
-        self._queue.put(study)
+        """Journal the forward as pending, then queue it."""
+        forward_id = self._journal.start_forward(study.study_uid, peer=self.peer.name)
+        self._queue.put((study, forward_id))
 
     def stop(self, timeout: float) -> None:
         if self._thread is None:
@@ -71,22 +76,23 @@ class Forwarder:
         self._thread = None
 
     def _work(self) -> None:
-        while (study := self._queue.get()) is not None:
+        while (job := self._queue.get()) is not None:
+            study, forward_id = job
             try:
-                self.forward(study)
+                self.forward(study, forward_id)
             except Exception:  # one study's trouble must not stop the next
                 log.exception("forwarding study %s failed", study.study_uid)
 
-    def forward(self, study: ReceivedStudy) -> str:
+    def forward(self, study: ReceivedStudy, forward_id: int) -> str:
         """Forward one study now; returns sent, failed or held (also journaled)."""
-        folder = Path(study.folder)
-        files = sorted(p for p in folder.rglob("*.dcm") if not p.name.startswith("."))
+        # The journal knows which files are the study's, whatever the --layout.
+        files = [Path(p) for p in self._journal.study_files(study.study_uid)]
         transfer_id: int | None = None
         staged: Path | None = None
         try:
             if self._mapping is not None:
-                staged = self._reconcile(study.study_uid, folder, files)
-            inputs = (staged or folder,)
+                staged = self._reconcile(study.study_uid, files)
+            inputs = (staged,) if staged is not None else tuple(files)
             result = send(
                 SendSettings(
                     inputs=inputs, peer_name=self.peer.name, peer_address=self.peer.address
@@ -111,12 +117,8 @@ class Forwarder:
             outcome, reason = "failed", str(exc)
         if outcome == "sent" and staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
-        self._journal.record_forward(
-            study.study_uid,
-            peer=self.peer.name,
-            outcome=outcome,
-            transfer_id=transfer_id,
-            reason=reason,
+        self._journal.finish_forward(
+            forward_id, outcome=outcome, transfer_id=transfer_id, reason=reason
         )
         self._observer(
             StudyForwarded(
@@ -125,7 +127,7 @@ class Forwarder:
         )
         return outcome
 
-    def _reconcile(self, study_uid: str, folder: Path, files: list[Path]) -> Path:
+    def _reconcile(self, study_uid: str, files: list[Path]) -> Path:
         assert self._mapping is not None
         target = self._staging / study_uid
         datasets = []
@@ -141,7 +143,7 @@ class Forwarder:
         shutil.rmtree(target, ignore_errors=True)
         for path, ds, local in datasets:
             reconcile_dataset(ds, local)
-            out = target / path.relative_to(folder)
+            out = target / path.name  # {sop} is in every file name: unique
             out.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(out, enforce_file_format=True)
         return target

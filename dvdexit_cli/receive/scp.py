@@ -45,7 +45,12 @@ from dvdexit_cli.receive.completeness import CompletenessTracker
 from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
 from dvdexit_cli.receive.reconcile import PatientMapping
-from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
+from dvdexit_cli.receive.store import (
+    DEFAULT_LAYOUT,
+    InstanceStore,
+    RefusedInstance,
+    StoreWriteError,
+)
 from dvdexit_cli.transport.dimse import set_nodelay
 
 __all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer"]
@@ -83,12 +88,15 @@ class ReceiveSettings:
     allow_ae: tuple[str, ...] = ()
     allow_from: tuple[Network, ...] = ()
     max_associations: int = 10
+    layout: str = DEFAULT_LAYOUT
     max_instance_size: int | None = None
     min_free: int = 0
     idle_timeout: float = 60.0
     on_complete: str | None = None
     commit_reply: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     ssl_context: Any = None
+    #: For associations we open (storage commitment reports) when listening with TLS.
+    client_ssl_context: Any = None
     forward_to: DimsePeer | None = None
     reconcile: PatientMapping | None = None
     #: Where reconciled copies wait to be forwarded (outside the store).
@@ -132,7 +140,7 @@ class StorageServer:
         self.settings = settings
         self._journal = journal
         self._observer = observer
-        self._store = InstanceStore(settings.store, fsync=settings.fsync)
+        self._store = InstanceStore(settings.store, fsync=settings.fsync, layout=settings.layout)
         self._server: Any = None
         self._ae = AE(ae_title=settings.ae_title)
         self._ae.require_called_aet = True
@@ -328,7 +336,7 @@ class StorageServer:
             assoc=event.assoc,
             ae_title=self.settings.ae_title,
             reply_to=self.settings.commit_reply,
-            ssl_context=None,
+            ssl_context=self.settings.client_ssl_context,
         )
         return _status(STATUS_SUCCESS), None
 
@@ -419,7 +427,7 @@ class StorageServer:
                 study_uid=record["study_uid"],
                 calling_ae=calling_ae,
                 peer_address=address,
-                folder=str(self.settings.store / record["study_uid"]),
+                folder=str(self._store.study_folder(Path(record["path"]), record["study_uid"])),
                 new=outcome == "stored",
             )
         self._observer(

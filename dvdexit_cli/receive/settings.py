@@ -31,6 +31,7 @@ RECEIVE_KEYS = frozenset(
         "ae",
         "host",
         "store",
+        "layout",
         "allow_ae",
         "allow_from",
         "max_associations",

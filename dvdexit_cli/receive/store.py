@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
+import string
+import struct
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from dvdexit_cli.dicom.digest import (
     CHUNK_SIZE,
@@ -35,15 +37,61 @@ from dvdexit_cli.dicom.digest import (
 from dvdexit_cli.dicom.uids import is_valid_uid
 
 __all__ = [
+    "DEFAULT_LAYOUT",
     "IMPLEMENTATION_VERSION",
     "InstanceStore",
     "PutResult",
     "RefusedInstance",
     "StoreWriteError",
+    "validate_layout",
 ]
 
 IMPLEMENTATION_VERSION = "DVDEXIT_010"
-_HEADER_TAGS = ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
+_HEADER_TAGS = [
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "StudyDate",
+]
+#: The default ``--layout``; fields: study, series, sop (UIDs), study_date, received_date.
+DEFAULT_LAYOUT = "{study}/{series}/{sop}.dcm"
+_LAYOUT_FIELDS = frozenset({"study", "series", "sop", "study_date", "received_date"})
+_LAYOUT_TEXT = re.compile(r"^[A-Za-z0-9._/-]*$")
+_DATE = re.compile(r"^[0-9]{8}$")
+
+
+def validate_layout(layout: str) -> str:
+    """Check a path template; ValueError saying what is wrong.
+
+    Only the UID and date fields may appear, literal text is limited to letters, digits,
+    ``.``, ``_``, ``-`` and ``/``, and the file name must hold ``{sop}`` (one file per
+    instance), so no attribute a peer chooses freely can shape a path.
+    """
+    try:
+        parts = list(string.Formatter().parse(layout))
+    except ValueError as exc:
+        raise ValueError(f"malformed template: {exc}") from exc
+    for literal, field, spec, conversion in parts:
+        if not _LAYOUT_TEXT.match(literal):
+            raise ValueError(
+                f"only letters, digits, '.', '_', '-' and '/' may be literal: {literal!r}"
+            )
+        if field is None:
+            continue
+        if field not in _LAYOUT_FIELDS or spec or conversion:
+            raise ValueError(
+                f"{{{field}}} is not allowed; fields: "
+                + ", ".join(f"{{{f}}}" for f in sorted(_LAYOUT_FIELDS))
+            )
+    components = layout.split("/")
+    if layout.startswith("/") or any(c in ("", ".", "..") for c in components):
+        raise ValueError("the template must be a relative path without empty, '.' or '..' parts")
+    if "{sop}" not in components[-1]:
+        raise ValueError("the file name must contain {sop}")
+    if components[0].startswith(".") or components[0] == "conflicts":
+        raise ValueError("the first folder may not start with '.' or be 'conflicts'")
+    return layout
 
 
 class RefusedInstance(Exception):
@@ -64,6 +112,45 @@ class PutResult:
     series_uid: str
 
 
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr == b"OB":
+        return head + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def file_meta_bytes(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, calling_ae: str
+) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information (PS3.10 7.1), explicit VR LE.
+
+    Encoded directly: pydicom's writer costs more than the rest of a small instance's
+    store. The values are UIDs already checked and an AE title (at most 16 characters).
+    """
+
+    def uid(value: str) -> bytes:
+        raw = value.encode("ascii")
+        return raw + b"\x00" if len(raw) % 2 else raw
+
+    def text(value: str) -> bytes:
+        raw = value.encode("ascii", "replace")
+        return raw + b" " if len(raw) % 2 else raw
+
+    body = b"".join(
+        [
+            _element(0x00020001, b"OB", b"\x00\x01"),
+            _element(0x00020002, b"UI", uid(sop_class_uid)),
+            _element(0x00020003, b"UI", uid(sop_instance_uid)),
+            _element(0x00020010, b"UI", uid(transfer_syntax)),
+            _element(0x00020012, b"UI", uid(PYDICOM_IMPLEMENTATION_UID)),
+            _element(0x00020013, b"SH", text(IMPLEMENTATION_VERSION)),
+            *([_element(0x00020016, b"AE", text(calling_ae))] if calling_ae else []),
+        ]
+    )
+    group_length = _element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -75,16 +162,40 @@ def _fsync_dir(path: Path) -> None:
 class InstanceStore:
     """Stores received instances durably under ``root``."""
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True, layout: str = DEFAULT_LAYOUT) -> None:
         self.root = root
         self.fsync = fsync
+        self.layout = validate_layout(layout)
         self._lock = threading.Lock()
 
-    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+    def path_for(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        *,
+        study_date: str = "",
+        received_date: str = "",
+    ) -> Path:
         for uid in (study_uid, series_uid, sop_instance_uid):
             if not is_valid_uid(uid):
                 raise RefusedInstance(f"{uid!r} is not a valid UID")
-        return self.root / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+        fields = {
+            "study": study_uid,
+            "series": series_uid,
+            "sop": sop_instance_uid,
+            "study_date": study_date if _DATE.match(study_date) else "nodate",
+            "received_date": received_date or datetime.now(UTC).strftime("%Y%m%d"),
+        }
+        return self.root / self.layout.format(**fields)
+
+    def study_folder(self, path: Path, study_uid: str) -> Path:
+        """The folder holding a study: the first below the root named with its UID."""
+        parts = path.relative_to(self.root).parts[:-1]
+        for index, part in enumerate(parts):
+            if study_uid in part:
+                return self.root.joinpath(*parts[: index + 1])
+        return path.parent
 
     def put(
         self,
@@ -133,7 +244,9 @@ class InstanceStore:
                 )
             study = str(header.get("StudyInstanceUID", ""))
             series = str(header.get("SeriesInstanceUID", ""))
-            final = self.path_for(study, series, sop_instance_uid)
+            final = self.path_for(
+                study, series, sop_instance_uid, study_date=str(header.get("StudyDate", "") or "")
+            )
             self._ensure_dir(final.parent)
             tmp = final.parent / f".{sop_instance_uid}.{secrets.token_hex(4)}.tmp"
             try:
@@ -174,18 +287,10 @@ class InstanceStore:
         transfer_syntax: str,
         calling_ae: str,
     ) -> tuple[str, int]:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-        meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-        meta.TransferSyntaxUID = UID(transfer_syntax)
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-        if calling_ae:
-            meta.SourceApplicationEntityTitle = calling_ae
+        meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
         sha = hashlib.sha256()
         with tmp.open("xb") as out:
-            out.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+            out.write(meta)
             while chunk := src.read(CHUNK_SIZE):
                 sha.update(chunk)
                 out.write(chunk)

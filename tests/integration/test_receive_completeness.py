@@ -297,3 +297,30 @@ def test_commitment_report_goes_to_the_configured_address_when_the_requester_lef
     ((event_type, info),) = reports
     assert event_type == 1 and info.TransactionUID == action.TransactionUID
     assert len(info.ReferencedSOPSequence) == 2
+
+
+def test_a_custom_layout_stores_by_date_and_the_hook_gets_that_study_folder(
+    tmp_path, dvdexit_receiver, dvdexit_home
+):
+    study = write_study(tmp_path / "study", n_instances=2, seed="layout")
+    first = pydicom.dcmread(study[0], stop_before_pixels=True)
+    command, marker = hook(tmp_path)
+    receiver = dvdexit_receiver(
+        tmp_path / "STORE",
+        extra=[
+            "--layout",
+            "{study_date}/{study}/{sop}.dcm",
+            "--idle-timeout",
+            "1",
+            "--on-complete",
+            command,
+        ],
+    )
+    push(study, receiver.port)
+    ((uid, folder, count, _, _),) = wait_for_runs(marker, 1)
+    assert receiver.stop() == 0
+    expected_folder = receiver.store / str(first.StudyDate) / uid
+    assert (Path(folder), count) == (expected_folder, "2")
+    assert (expected_folder / f"{first.SOPInstanceUID}.dcm").is_file()
+    verified = run_dvdexit("verify", receiver.store, home=dvdexit_home)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -73,7 +73,13 @@ def test_forwarded_copy_in_orthanc_has_the_local_id_and_keeps_the_original(
 
     wait_until(lambda: len(pacs.instance_uids()) >= len(mapped), "the forward to Orthanc")
     with Journal(resolve_paths({"DVDEXIT_HOME": str(dvdexit_home)}).journal_file) as journal:
-        wait_until(lambda: len(journal.forwards()) == 2, "both studies' forward outcomes")
+        wait_until(
+            lambda: (
+                [f["outcome"] for f in journal.forwards()].count("pending") == 0
+                and len(journal.forwards()) == 2
+            ),
+            "both studies' forward outcomes",
+        )
         outcomes = {f["study_uid"]: f["outcome"] for f in journal.forwards()}
     assert receiver.stop() == 0
 

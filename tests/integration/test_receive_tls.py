@@ -8,19 +8,25 @@ connection and a client without a certificate get nothing stored.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
+import pydicom
 import pytest
 import trustme
-from peers import LOOPBACK, dcmtk_env, require_tool, run_dcmsend
+from peers import LOOPBACK, dcmtk_env, free_port, require_tool, run_dcmsend
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.dicom.digest import dataset_digest
 from dvdexit_cli.engine import SendSettings, send
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.samples import write_study
-from dvdexit_cli.tls import client_context
+from dvdexit_cli.tls import client_context, server_context
 from dvdexit_cli.transport.dimse import DimseTransport
 
 pytestmark = pytest.mark.peer
@@ -134,3 +140,81 @@ def test_dcmtk_storescu_with_tls_options_is_received(tmp_path, pki, dvdexit_rece
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert receiver.stop() == 0
     assert len(list(receiver.store.rglob("*.dcm"))) == len(study)
+
+
+def test_a_client_that_connects_and_says_nothing_does_not_block_the_others(
+    tmp_path, pki, dvdexit_receiver
+):
+    write_study(tmp_path / "study", n_instances=1, seed="tls-idle-client")
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+    context = client_context(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"])
+    with socket.create_connection((LOOPBACK, receiver.port)):  # no TLS handshake, ever
+        result = library_send(tmp_path / "study", receiver.port, tmp_path / "j.sqlite", context)
+        assert (result.sent, result.failed) == (1, 0), result
+    assert receiver.stop() == 0
+    assert len(list(receiver.store.rglob("*.dcm"))) == 1
+
+
+def test_commitment_report_on_a_new_association_goes_over_tls(tmp_path, pki, dvdexit_receiver):
+    study = write_study(tmp_path / "study", n_instances=1, seed="tls-commit-reply")
+    ds = pydicom.dcmread(study[0], stop_before_pixels=True)
+    reports: list[Dataset] = []
+    got = threading.Event()
+
+    def on_report(event: evt.Event) -> tuple[int, None]:
+        reports.append(event.event_information)
+        got.set()
+        return 0x0000, None
+
+    # The requester listens with TLS and wants a certificate from whoever reports to it.
+    listener = AE(ae_title="HOSP_A")
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    reply_port = free_port()
+    server = listener.start_server(
+        (LOOPBACK, reply_port),
+        block=False,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+        # Its certificate names 127.0.0.1, the address the receiver is told to report to.
+        ssl_context=server_context(cert=pki["server_cert"], key=pki["server_key"], ca=pki["ca"]),
+    )
+    try:
+        receiver = dvdexit_receiver(
+            tmp_path / "STORE",
+            extra=[
+                "--tls-cert",
+                str(pki["server_cert"]),
+                "--tls-key",
+                str(pki["server_key"]),
+                "--tls-ca",
+                str(pki["ca"]),
+                "--idle-timeout",
+                "3600",
+                "--commit-reply",
+                f"HOSP_A={LOOPBACK}:{reply_port}",
+            ],
+        )
+        context = client_context(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"])
+        sent = library_send(tmp_path / "study", receiver.port, tmp_path / "j.sqlite", context)
+        assert sent.sent == 1
+        requester = AE(ae_title="HOSP_A")
+        requester.add_requested_context(StorageCommitmentPushModel)
+        assoc = requester.associate(
+            LOOPBACK, receiver.port, ae_title="DVDEXIT", tls_args=(context, LOOPBACK)
+        )
+        assert assoc.is_established
+        action = Dataset()
+        action.TransactionUID = "1.2.3.4.5"
+        item = Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        action.ReferencedSOPSequence = [item]
+        status, _ = assoc.send_n_action(
+            action, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+        )
+        assert status.Status == 0x0000
+        assoc.release()
+        assert got.wait(60), "no report over TLS on a new association"
+    finally:
+        server.shutdown()
+    (info,) = reports
+    assert info.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from dvdexit_cli.config import DimsePeer, PeerBook
 from dvdexit_cli.errors import ConfigError, UsageError
@@ -19,6 +24,12 @@ from dvdexit_cli.receive.settings import (
     parse_commit_reply,
     parse_networks,
     parse_size,
+)
+from dvdexit_cli.receive.store import (
+    IMPLEMENTATION_VERSION,
+    InstanceStore,
+    file_meta_bytes,
+    validate_layout,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -171,3 +182,108 @@ def test_idle_studies_complete_once_and_committed_ones_wait_for_commitment(tmp_p
         tracker.check_idle(later + timedelta(seconds=61))
         assert completed == ["1.1", "1.1"]
         assert journal.study("1.1").instances == 2  # type: ignore[union-attr]
+
+
+def test_a_forward_queued_when_the_receiver_stopped_is_found_again(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        _receive(journal, "1.1", "1.1.1")
+        forward_id = journal.start_forward("1.1", peer="pacs")
+        ((found_id, study),) = journal.pending_forwards("pacs")
+        assert (found_id, study.study_uid) == (forward_id, "1.1")
+        assert journal.pending_forwards("other") == []
+        journal.finish_forward(forward_id, outcome="held", transfer_id=None, reason="no mapping")
+        assert journal.pending_forwards("pacs") == []
+        assert [f["outcome"] for f in journal.forwards("1.1")] == ["held"]
+
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize("calling_ae", ["HOSP_A", "ODD", ""])
+def test_the_hand_encoded_file_meta_is_what_pydicom_reads_and_writes(
+    tmp_path: Path, calling_ae: str
+) -> None:
+
+    raw = file_meta_bytes(
+        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.1", calling_ae
+    )
+    fh = io.BytesIO(raw)
+    read_preamble(fh, False)
+    meta = _read_file_meta_info(fh)
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.45"
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert meta.get("SourceApplicationEntityTitle", "") == calling_ae
+    assert fh.tell() == len(raw), "the group length covers exactly the meta"
+
+    expected = FileMetaDataset()
+    expected.MediaStorageSOPClassUID = UID(CT_IMAGE)
+    expected.MediaStorageSOPInstanceUID = UID("1.2.3.45")
+    expected.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
+    expected.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    expected.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if calling_ae:
+        expected.SourceApplicationEntityTitle = calling_ae
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, expected, enforce_standard=True)
+    assert raw == out.getvalue(), "byte for byte what pydicom writes"
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["{study}/{series}/{sop}.dcm", "{received_date}/{study_date}/{study}/{sop}.dcm", "{sop}"],
+)
+def test_layouts_of_uid_and_date_fields_are_accepted(layout: str) -> None:
+    assert validate_layout(layout) == layout
+
+
+@pytest.mark.parametrize(
+    ("layout", "why"),
+    [
+        ("{PatientName}/{sop}.dcm", "not allowed"),
+        ("{study}/{series}.dcm", "{sop}"),
+        ("../{study}/{sop}.dcm", "'..'"),
+        ("/abs/{sop}.dcm", "relative"),
+        ("{study}//{sop}.dcm", "empty"),
+        ("{study!r}/{sop}.dcm", "not allowed"),
+        ("{study:>70}/{sop}.dcm", "not allowed"),
+        ("a b/{sop}.dcm", "literal"),
+        (".hidden/{sop}.dcm", "first folder"),
+        ("{study/{sop}.dcm", "malformed"),
+    ],
+)
+def test_layouts_with_free_text_or_escapes_are_refused(layout: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        validate_layout(layout)
+
+
+def test_a_layout_places_files_by_uid_and_date_and_finds_the_study_folder(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, layout="{received_date}/{study_date}/{study}/{sop}.dcm")
+    path = store.path_for("1.2", "1.3", "1.4", study_date="20240131", received_date="20261125")
+    assert path == tmp_path / "20261125" / "20240131" / "1.2" / "1.4.dcm"
+    assert store.study_folder(path, "1.2") == tmp_path / "20261125" / "20240131" / "1.2"
+    odd = store.path_for("1.2", "1.3", "1.5", study_date="2024-01-31", received_date="20261125")
+    assert odd.parent.parent.name == "nodate"
+
+
+def test_a_version_3_journal_keeps_its_forwards_and_learns_pending(tmp_path: Path) -> None:
+    import sqlite3
+
+    from dvdexit_cli.journal.store import _MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    for migration in _MIGRATIONS[:3]:
+        for statement in migration.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute(
+        "INSERT INTO forwards (study_uid, peer, at, outcome) VALUES ('1.1', 'pacs', 'x', 'held')"
+    )
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    with Journal(path) as journal:
+        assert [f["outcome"] for f in journal.forwards("1.1")] == ["held"]
+        journal.start_forward("1.1", peer="pacs")
+        assert [f["outcome"] for f in journal.forwards("1.1")] == ["held", "pending"]
