@@ -237,7 +237,7 @@ def receive_command(
     except ValueError as exc:
         raise UsageError(f"--layout {chosen_layout!r}: {exc}") from exc
     forward_peer = _pick(forward_to, table, "forward_to", None)
-    peer = PeerBook(home.peers_file).get(str(forward_peer)) if forward_peer else None
+    peer = PeerBook(home.peers_file).get_any(str(forward_peer)) if forward_peer else None
     if peer is not None and not isinstance(peer, DimsePeer):
         raise UsageError(f"--forward-to {forward_peer}: only DIMSE peers can be forwarded to")
     mapping_file = _pick(reconcile, table, "reconcile", None)

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pydicom
 
-from dvdexit_cli.config import DimsePeer
+from dvdexit_cli.config import AnyPeer
 from dvdexit_cli.engine import SendSettings, send
 from dvdexit_cli.errors import DvdexitError
 from dvdexit_cli.events import Observer, StudyForwarded, ignore
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
 from dvdexit_cli.receive.reconcile import PatientMapping, reconcile_dataset
-from dvdexit_cli.transport.dimse import DimseTransport
+from dvdexit_cli.transport.factory import transport_for
 
 __all__ = ["Forwarder"]
 
@@ -41,7 +41,7 @@ class Forwarder:
 
     def __init__(
         self,
-        peer: DimsePeer,
+        peer: AnyPeer,
         *,
         journal: Journal,
         staging: Path,
@@ -98,7 +98,8 @@ class Forwarder:
                     inputs=inputs, peer_name=self.peer.name, peer_address=self.peer.address
                 ),
                 journal=self._journal,
-                transport=DimseTransport(self.peer),
+                # The peer as configured: TLS files, DICOMweb auth or a drop folder.
+                transport=transport_for(self.peer),
             )
             transfer_id = result.transfer_id
             outcome = (
