@@ -172,7 +172,7 @@ def status_command(
             failures = {t.id: journal.items(t.id, states=("failed",)) for t in transfers}
             if peer is None and not failed:
                 received = [
-                    r
+                    {**r, **_completeness(journal, str(r["study_uid"]))}
                     for r in journal.received_summary(limit=limit)
                     if cutoff is None or str(r["last_received_at"]) >= cutoff
                 ]
@@ -237,13 +237,43 @@ def status_command(
                 out.print(f"  ... and {len(items) - 20} more failure(s) (--json lists them)")
     if received:
         table = Table(title="received studies", title_justify="left")
-        for column in ("study", "from AE", "last", "stored", "duplicate", "conflict", "refused"):
+        for column in (
+            "study",
+            "from AE",
+            "last",
+            "stored",
+            "duplicate",
+            "conflict",
+            "refused",
+            "state",
+            "hook",
+            "forward",
+        ):
             table.add_column(column)
         for r in received:
+            state = str(r["state"] or "")
+            if r["completed_by"]:
+                state += f" ({r['completed_by']})"
             table.add_row(
                 str(r["study_uid"]),
                 str(r["calling_ae"]),
                 str(r["last_received_at"]),
                 *(str(r[k]) for k in ("stored", "duplicate", "conflict", "refused")),
+                state,
+                str(r["hook"] or ""),
+                str(r["forward"] or ""),
             )
         out.print(table)
+
+
+def _completeness(journal: Journal, study_uid: str) -> dict[str, object]:
+    """Whether a received study is complete, and what its hook and forward did last."""
+    study = journal.study(study_uid)
+    hooks = journal.hook_runs(study_uid)
+    forwards = journal.forwards(study_uid)
+    return {
+        "state": study.state if study else None,
+        "completed_by": study.completed_by if study else None,
+        "hook": hooks[-1]["outcome"] if hooks else None,
+        "forward": forwards[-1]["outcome"] if forwards else None,
+    }

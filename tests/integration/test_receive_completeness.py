@@ -7,6 +7,7 @@ environment to a marker file, one line per run.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -89,6 +90,9 @@ def test_idle_study_completes_once_and_the_hook_gets_its_environment(
     with journal_of(dvdexit_home) as journal:
         (run,) = journal.hook_runs(uid)
         assert (run["outcome"], run["exit_status"]) == ("succeeded", 0)
+    status = run_dvdexit("status", "--json", home=dvdexit_home)
+    (row,) = [r for r in json.loads(status.stdout)["received"] if r["study_uid"] == uid]
+    assert (row["state"], row["completed_by"], row["hook"]) == ("complete", "idle", "succeeded")
 
 
 def test_failing_hook_loses_nothing_and_rerun_hooks_runs_it_again_once(
