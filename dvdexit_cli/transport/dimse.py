@@ -10,7 +10,7 @@ Notes on pynetdicom 3.0 that shape this module (see shared PEERS.md):
 * pynetdicom's association reactor may take a C-STORE response off the DIMSE queue while
   ``send_c_store`` waits for it (a pause/unpause race), leaving the call to time out. The
   reactor of a requestor has no business with responses, so its non-blocking reads are
-  limited to requests (``_guard_reactor``). Should an answer still go missing, the item is
+  limited to requests (``guard_reactor``). Should an answer still go missing, the item is
   a retryable failure and the association is re-opened.
 """
 
@@ -46,7 +46,7 @@ from dvdexit_cli.events import AssociationOpened, Observer, ignore
 from dvdexit_cli.transport.base import StoreOutcome
 from dvdexit_cli.transport.statuses import classify_store_status
 
-__all__ = ["DimseTransport", "set_nodelay", "uid_name"]
+__all__ = ["DimseTransport", "guard_reactor", "set_nodelay", "uid_name"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def set_nodelay(assoc: Any) -> None:
         log.debug("could not set TCP_NODELAY: %s", exc)
 
 
-def _guard_reactor(assoc: Any) -> None:
+def guard_reactor(assoc: Any) -> None:
     """Keep the requestor's reactor thread from consuming DIMSE responses."""
     dimse = assoc.dimse
     original = dimse.get_msg
@@ -210,7 +210,7 @@ class DimseTransport:
                 f"('dvdexit peers list')",
             )
         set_nodelay(assoc)
-        _guard_reactor(assoc)
+        guard_reactor(assoc)
         self._assoc = assoc
         self._plan_index = index
         accepted = len(assoc.accepted_contexts)

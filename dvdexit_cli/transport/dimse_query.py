@@ -41,7 +41,7 @@ from dvdexit_cli.errors import (
     PeerError,
     PeerUnreachableError,
 )
-from dvdexit_cli.transport.dimse import set_nodelay
+from dvdexit_cli.transport.dimse import guard_reactor, set_nodelay
 
 __all__ = [
     "CHECK_COMMIT",
@@ -115,36 +115,15 @@ def _association(
     # Nagle's algorithm delays every DIMSE message that is written in pieces (PEERS.md);
     # with fast answers, keep the reactor thread off our responses (the pynetdicom race).
     set_nodelay(assoc)
-    _keep_responses_for_caller(assoc)
+    # pynetdicom's reactor may take a C-FIND / C-GET / N-ACTION response off the DIMSE
+    # queue while we wait for it (PEERS.md); requests (C-GET sub-operations,
+    # N-EVENT-REPORT) still reach it and our handlers.
+    guard_reactor(assoc)
     try:
         yield assoc
     finally:
         if assoc.is_established:
             assoc.release()
-
-
-def _keep_responses_for_caller(assoc: Any) -> None:
-    """Let the association's reactor thread take requests only, never responses.
-
-    pynetdicom's reactor may take a C-FIND / C-GET / N-ACTION response off the DIMSE queue
-    while the caller waits for it (PEERS.md, pynetdicom issue 875); the caller then sees
-    no answer. Requests (C-STORE sub-operations of a C-GET, N-EVENT-REPORT) still go to
-    the reactor, which dispatches them to our handlers. Same idea as the send path's
-    guard in transport/dimse.py, kept here so each module stands alone.
-    """
-    dimse = assoc.dimse
-    original = dimse.get_msg
-    queue = dimse.msg_queue
-
-    def get_msg(block: bool = False) -> Any:
-        if not block and threading.current_thread() is assoc:
-            with queue.mutex:
-                head = queue.queue[0] if queue.queue else None
-            if head is None or getattr(head[1], "Status", None) is not None:
-                return None, None
-        return original(block=block)
-
-    dimse.get_msg = get_msg
 
 
 def probe_checks(peer: DimsePeer, *, timeout: float = 10.0) -> dict[str, bool]:
