@@ -9,14 +9,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_json
-from dvdexit_cli.config import FolderPeer, Paths, PeerBook, resolve_paths
+from dvdexit_cli.cli.verify import remote_verify, render_remote
+from dvdexit_cli.config import AnyPeer, FolderPeer, Paths, PeerBook, resolve_paths
 from dvdexit_cli.engine import (
     FileProblem,
     RetryResult,
@@ -30,10 +31,13 @@ from dvdexit_cli.engine import (
 )
 from dvdexit_cli.errors import UsageError
 from dvdexit_cli.events import Observer
+from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.package import verify_package
 from dvdexit_cli.transport.base import Transport
 from dvdexit_cli.transport.dimse import uid_name
 from dvdexit_cli.transport.factory import transport_for
+from dvdexit_cli.verify_remote import expected_from_journal
 
 __all__ = ["parse_duration", "send_command"]
 
@@ -139,6 +143,14 @@ def send_command(
         list[str] | None,
         typer.Option("--exclude-sop-class", help="Leave this SOP Class UID out (repeatable)."),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="After the send, prove what the peer holds with the strongest check it "
+            "supports (as 'dvdexit verify --peer'); a folder peer's package is verified.",
+        ),
+    ] = False,
     allow_lossy_transcode: Annotated[
         bool,
         typer.Option(
@@ -237,18 +249,60 @@ def send_command(
                 allow_lossy_transcode=allow_lossy_transcode,
             )
 
+        transport = make(progress)
         result = send(
             settings,
             journal=journal,
-            transport=make(progress),
+            transport=transport,
             observer=progress,
             transport_factory=make,
         )
+        checked = (
+            _verify_after_send(peer, transport, result, journal, home, quiet=json_output)
+            if verify and result.sent
+            else None
+        )
+    code = result.exit_code
+    if checked is not None and code == ExitCode.OK:
+        code = ExitCode(checked["exit_code"])
     if json_output:
-        print_json(result.to_json())
+        print_json(result.to_json() | ({"verify": checked} if checked is not None else {}))
     else:
         _render(result)
-    raise typer.Exit(int(result.exit_code))
+    raise typer.Exit(int(code))
+
+
+def _verify_after_send(
+    peer: AnyPeer,
+    transport: Transport,
+    result: SendResult,
+    journal: Journal,
+    home: Paths,
+    *,
+    quiet: bool,
+) -> dict[str, Any]:
+    """``send --verify``: the remote verify of this transfer (or the package's check)."""
+    if isinstance(peer, FolderPeer):
+        package = getattr(transport, "package_path", None)
+        check = verify_package(package) if package is not None else None
+        if check is None:
+            return {"verdict": "not written", "exit_code": int(ExitCode.VERIFY_FAILED)}
+        if not quiet:
+            out.print(f"package {check.path}: {check.verdict}", markup=False)
+        ok = check.verdict == "intact"
+        return check.to_json() | {"exit_code": int(ExitCode.OK if ok else ExitCode.VERIFY_FAILED)}
+    expected = expected_from_journal(journal, transfer_id=result.transfer_id, study_uids=[])
+    remote = remote_verify(
+        peer,
+        expected,
+        local=PeerBook(home.peers_file).local,
+        journal=journal,
+        transfer_id=result.transfer_id,
+        quiet=quiet,
+    )
+    if not quiet:
+        render_remote(remote)
+    return remote.to_json()
 
 
 def _list(title: str, problems: tuple[FileProblem, ...], style: str) -> None:

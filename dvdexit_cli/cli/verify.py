@@ -12,7 +12,14 @@ from rich.table import Table
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, out, print_json
-from dvdexit_cli.config import DicomWebPeer, FolderPeer, PeerBook, resolve_paths
+from dvdexit_cli.config import (
+    DicomWebPeer,
+    DimsePeer,
+    FolderPeer,
+    LocalSettings,
+    PeerBook,
+    resolve_paths,
+)
 from dvdexit_cli.engine import VERDICTS, verify_paths
 from dvdexit_cli.errors import ConfigError, InputError, UsageError
 from dvdexit_cli.exitcodes import ExitCode
@@ -170,31 +177,56 @@ def _verify_peer(
         else:
             expected = expected_from_journal(journal, transfer_id=transfer, study_uids=studies)
 
-        def on_check(check: str) -> None:
-            if not json_output:
-                err.print(f"checking: {check}")
-
-        if isinstance(target, DicomWebPeer):
-            result = verify_remote_dicomweb(target, expected, timeout=timeout, on_check=on_check)
-        else:
-            result = verify_remote(
-                target,
-                expected,
-                local=local,
-                journal=journal,
-                transfer_id=transfer,
-                timeout=timeout,
-                commit_timeout=commit_timeout,
-                on_check=on_check,
-            )
+        result = remote_verify(
+            target,
+            expected,
+            local=local,
+            journal=journal,
+            transfer_id=transfer,
+            timeout=timeout,
+            commit_timeout=commit_timeout,
+            quiet=json_output,
+        )
     if json_output:
         print_json(result.to_json())
         raise typer.Exit(int(result.exit_code))
-    _render_remote(result)
+    render_remote(result)
     raise typer.Exit(int(result.exit_code))
 
 
-def _render_remote(result: RemoteVerifyResult) -> None:
+def remote_verify(
+    target: DimsePeer | DicomWebPeer,
+    expected: list[Expected],
+    *,
+    local: LocalSettings,
+    journal: Journal,
+    transfer_id: int | None,
+    timeout: float = 30.0,
+    commit_timeout: float = 30.0,
+    quiet: bool = False,
+) -> RemoteVerifyResult:
+    """The strongest remote verify the peer supports (also run by ``send --verify``)."""
+
+    def on_check(check: str) -> None:
+        if not quiet:
+            err.print(f"checking: {check}")
+
+    if isinstance(target, DicomWebPeer):
+        return verify_remote_dicomweb(target, expected, timeout=timeout, on_check=on_check)
+    return verify_remote(
+        target,
+        expected,
+        local=local,
+        journal=journal,
+        transfer_id=transfer_id,
+        timeout=timeout,
+        commit_timeout=commit_timeout,
+        on_check=on_check,
+    )
+
+
+def render_remote(result: RemoteVerifyResult) -> None:
+    """Human output of a remote verify."""
     for check, why in result.checks_unavailable.items():
         out.print(f"check {check}: unavailable ({why})", markup=False)
     if not result.verifiable:

@@ -70,10 +70,19 @@ def test_send_to_a_folder_peer_writes_a_package_that_verifies_and_flags_tamperin
     run_dvdexit("peers", "add", "drop", "--folder", drop, home=dvdexit_home)
 
     done = run_dvdexit(
-        "send", media.root, "--to", "drop", "--note", "for the MDT", "--json", home=dvdexit_home
+        "send",
+        media.root,
+        "--to",
+        "drop",
+        "--note",
+        "for the MDT",
+        "--verify",
+        "--json",
+        home=dvdexit_home,
     )
 
     assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verify"]["verdict"] == "intact"
     (package,) = list(drop.iterdir())
     assert {i.sop_instance_uid for i in scan([package]).instances} == set(media.path_by_sop_uid)
     intact = run_dvdexit("verify", package, "--json", home=dvdexit_home)

@@ -244,3 +244,53 @@ def test_a_dicomweb_peer_is_verified_with_qido_and_wado_and_names_a_deleted_inst
         if i["verdict"] == "missing"
     ]
     assert missing == [victim]
+
+
+def test_send_verify_proves_what_orthanc_holds_right_after_the_send(
+    tmp_path: Path, dvdexit_home: Path, orthanc: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=3, sc_images=1)
+    pacs, listen = _orthanc_with_us(orthanc)
+    run_dvdexit("peers", "local", "--port", str(listen), home=dvdexit_home)
+    run_dvdexit(
+        "peers",
+        "add",
+        "pacs",
+        "--dimse",
+        f"127.0.0.1:{pacs.dicom_port}",
+        "--ae",
+        pacs.aet,
+        home=dvdexit_home,
+    )
+
+    done = run_dvdexit("send", media.root, "--to", "pacs", "--verify", "--json", home=dvdexit_home)
+
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["sent"] == media.instance_count
+    assert document["verify"]["identical"] == media.instance_count
+    assert document["verify"]["committed"] == media.instance_count
+
+
+def test_send_verify_to_a_peer_that_cannot_be_verified_exits_7_though_all_was_sent(
+    tmp_path: Path, dvdexit_home: Path, storescp: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    scp = storescp(tmp_path / "scp")
+    run_dvdexit(
+        "peers",
+        "add",
+        "scp",
+        "--dimse",
+        f"127.0.0.1:{scp.port}",
+        "--ae",
+        scp.ae,
+        home=dvdexit_home,
+    )
+
+    done = run_dvdexit("send", media.root, "--to", "scp", "--verify", "--json", home=dvdexit_home)
+
+    document = json.loads(done.stdout)
+    assert document["sent"] == media.instance_count
+    assert document["verify"]["verifiable"] is False
+    assert done.returncode == 7
