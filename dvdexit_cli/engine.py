@@ -909,7 +909,7 @@ def retry_failed(
 # -- verify ---------------------------------------------------------------------------
 
 
-VERDICTS = ("identical", "different", "conflict", "unknown", "invalid")
+VERDICTS = ("identical", "different", "conflict", "missing", "unknown", "invalid")
 
 
 @dataclass(frozen=True)
@@ -953,15 +953,30 @@ class VerifyResult:
             row[f.verdict] += 1
         return table
 
+    def study_status(self) -> dict[str, str]:
+        """Per study: ``complete`` (all identical, none missing), ``incomplete`` (instances
+        the journal recorded are missing) or ``different`` (anything else not identical)."""
+        status = {}
+        for study, counts in self.studies().items():
+            if counts["missing"]:
+                status[study] = "incomplete"
+            elif sum(counts.values()) == counts["identical"]:
+                status[study] = "complete"
+            else:
+                status[study] = "different"
+        return status
+
     def to_json(self) -> dict[str, object]:
         return {
             "identical": self.count("identical"),
             "different": self.count("different"),
             "conflict": self.count("conflict"),
+            "missing": self.count("missing"),
             "unknown": self.count("unknown"),
             "invalid": self.count("invalid"),
             "ignored": len(self.ignored),
             "studies": self.studies(),
+            "study_status": self.study_status(),
             "problems": [f.to_json() for f in self.files if f.verdict != "identical"],
             "ignored_files": [i.to_json() for i in self.ignored],
             "exit_code": int(self.exit_code),
@@ -973,7 +988,9 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
 
     A file's digest is compared with what was last *sent* for its SOP Instance UID, or,
     for a file this machine received, with what the receiver *stored*. A file the journal
-    does not know is ``unknown``: it cannot be verified, and verification fails.
+    does not know is ``unknown``: it cannot be verified, and verification fails. For each
+    study found in a folder given, an instance the journal recorded as sent or stored that
+    is not among the files is ``missing``: the study is incomplete there.
     """
     found = scan(list(paths), deduplicate=False)
     uids = [i.sop_instance_uid for i in found.instances]
@@ -1000,6 +1017,27 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
         files.append(
             VerifiedFile(str(inst.path), inst.sop_instance_uid, inst.study_uid, verdict, reason)
         )
+    present = {f.sop_instance_uid for f in files}
+    # Completeness is asked of folders (a store, a medium), not of single files.
+    folders = [p.resolve() for p in paths if p.is_dir()]
+    in_folders = {
+        i.study_uid
+        for i in found.instances
+        if any(i.path.resolve().is_relative_to(folder) for folder in folders)
+    }
+    recorded = journal.recorded_instances(in_folders)
+    for study_uid, instances in sorted(recorded.items()):
+        for sop_uid, path in sorted(instances.items()):
+            if sop_uid not in present:
+                files.append(
+                    VerifiedFile(
+                        path,
+                        sop_uid,
+                        study_uid,
+                        "missing",
+                        "recorded in the journal as sent or stored, not among the files checked",
+                    )
+                )
     ignored = []
     for rejected in found.rejected:
         if rejected.disposition == "failed":

@@ -124,9 +124,10 @@ def verify_command(
     if json_output:
         print_json(result.to_json())
         raise typer.Exit(int(result.exit_code))
-    table = Table("study", *VERDICTS)
+    table = Table("study", *VERDICTS, "status")
+    status = result.study_status()
     for study_uid, per_study in sorted(result.studies().items()):
-        table.add_row(study_uid, *(str(per_study[k]) for k in VERDICTS))
+        table.add_row(study_uid, *(str(per_study[k]) for k in VERDICTS), status[study_uid])
     if result.files:
         out.print(table)
     problems = [f for f in result.files if f.verdict != "identical"]
@@ -139,6 +140,7 @@ def verify_command(
     out.print(
         f"verified {total} instance(s): {result.count('identical')} identical, "
         f"{result.count('different')} different, {result.count('conflict')} conflict, "
+        f"{result.count('missing')} missing, "
         f"{result.count('unknown')} unknown, "
         f"{result.count('invalid')} invalid; {len(result.ignored)} non-DICOM file(s) ignored "
         f"-> {verdict}",

@@ -776,6 +776,25 @@ class Journal:
             found.setdefault(uid, set()).add(digest)
         return found
 
+    def recorded_instances(self, study_uids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Per study, the SOP Instance UIDs sent or stored here, with their last path."""
+        found: dict[str, dict[str, str]] = {}
+        pending = list(dict.fromkeys(study_uids))
+        for start in range(0, len(pending), 400):
+            chunk = pending[start : start + 400]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._read(
+                "SELECT study_uid, sop_instance_uid, path FROM items"
+                f" WHERE state IN ('sent', 'committed') AND study_uid IN ({marks})"
+                " UNION ALL SELECT study_uid, sop_instance_uid, path FROM received"
+                f" WHERE outcome IN ('stored', 'duplicate') AND study_uid IN ({marks})",
+                [*chunk, *chunk],
+            )
+            for study, sop, path in rows:
+                if study and sop:
+                    found.setdefault(study, {})[sop] = path
+        return found
+
     def _latest_digests(self, sql: str, uids: Iterable[str]) -> dict[str, str]:
         return dict(self._rows_for_uids(sql, uids))  # rows come oldest first: last one wins
 

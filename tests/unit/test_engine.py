@@ -220,3 +220,20 @@ def test_workers_get_whole_studies_in_scan_order_and_about_equal_bytes(tmp_path:
             assert positions == list(range(positions[0], positions[0] + len(positions)))
     assert sorted(len(share) for share in shares) == [8, 8]  # 6+2 and 5+3
     assert len(single) == 4  # never more workers than studies
+
+
+def test_verify_names_an_instance_the_journal_recorded_but_the_folder_lost(
+    tmp_path: Path, journal: Journal
+) -> None:
+    files = write_study(tmp_path / "in", n_instances=3, seed="verify-missing")
+    send(settings(tmp_path / "in"), journal=journal, transport=MemoryTransport(MemoryPeer()))
+    lost = files[1]
+    lost.unlink()
+
+    result = verify_paths([tmp_path / "in"], journal=journal)
+
+    (missing,) = [f for f in result.files if f.verdict == "missing"]
+    assert missing.path == str(lost)
+    assert list(result.study_status().values()) == ["incomplete"]
+    assert result.exit_code == ExitCode.VERIFY_FAILED
+    assert result.to_json()["missing"] == 1
