@@ -218,3 +218,44 @@ def test_commitment_report_on_a_new_association_goes_over_tls(tmp_path, pki, dvd
         server.shutdown()
     (info,) = reports
     assert info.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_cli_send_uses_the_tls_files_of_the_peers_config(
+    tmp_path: Path, pki: dict[str, Path], dvdexit_receiver, dvdexit_home
+) -> None:
+    import json
+
+    from peers import run_dvdexit
+
+    files = write_study(tmp_path / "study", n_instances=3, seed="tls-cli")
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+    sender = tmp_path / "sender"
+    address = f"{LOOPBACK}:{receiver.port}"
+    run_dvdexit(
+        "peers",
+        "add",
+        "gw",
+        "--dimse",
+        address,
+        "--ae",
+        "DVDEXIT",
+        "--tls-ca",
+        pki["ca"],
+        "--tls-cert",
+        pki["client_cert"],
+        "--tls-key",
+        pki["client_key"],
+        home=sender,
+    )
+    run_dvdexit("peers", "add", "plain", "--dimse", address, "--ae", "DVDEXIT", home=sender)
+
+    done = run_dvdexit("send", tmp_path / "study", "--to", "gw", "--json", home=sender)
+    refused = run_dvdexit(
+        "send", tmp_path / "study", "--to", "plain", "--retries", "0", home=sender
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sent"] == len(files)
+    stored = sorted(receiver.store.rglob("*.dcm"))
+    assert {dataset_digest(p)[1] for p in stored} == {dataset_digest(f)[1] for f in files}
+    assert refused.returncode == 5
