@@ -43,6 +43,8 @@ from dvdexit_cli.journal.store import DEFAULT_LEASE_SECONDS, new_claim
 from dvdexit_cli.transport.base import BatchTransport, StoreOutcome, Transport
 
 __all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_SIZE",
     "VERDICTS",
     "FileProblem",
     "RetryResult",
@@ -53,6 +55,7 @@ __all__ = [
     "SeriesPlan",
     "VerifiedFile",
     "VerifyResult",
+    "batches",
     "plan_send",
     "retry_failed",
     "send",
