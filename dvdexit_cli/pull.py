@@ -447,7 +447,11 @@ def list_studies(
     transport_for: Callable[[AnyPeer], Any],
     timeout: float = 30.0,
 ) -> list[dict[str, Any]]:
-    """The studies matching ``query`` at the peer (QIDO-RS or C-FIND STUDY level)."""
+    """The studies matching ``query`` at the peer (QIDO-RS or C-FIND STUDY level).
+
+    Each: study_uid, study_date, accession, modalities, description, series, instances;
+    never the patient's name or ID.
+    """
     if isinstance(peer, DicomWebPeer):
         filters = {
             key: value
@@ -501,7 +505,6 @@ def _find_studies(peer: DimsePeer, query: StudyQuery, timeout: float) -> list[di
                     "study_uid": uid,
                     "study_date": str(ds.get("StudyDate", "") or "") or None,
                     "accession": str(ds.get("AccessionNumber", "") or "") or None,
-                    "patient_id": str(ds.get("PatientID", "") or "") or None,
                     "modalities": [str(m) for m in modalities]
                     if isinstance(modalities, Sequence) and not isinstance(modalities, str)
                     else ([str(modalities)] if modalities else []),

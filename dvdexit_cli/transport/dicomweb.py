@@ -212,7 +212,6 @@ _STUDY_FIELDS = {
     "study_uid": _STUDY_UID,
     "study_date": "00080020",
     "accession": "00080050",
-    "patient_id": "00100020",
     "modalities": "00080061",
     "description": "00081030",
     "series": "00201206",
@@ -292,7 +291,10 @@ def study_instances(
 def search_studies(
     transport: DicomwebTransport, filters: dict[str, str], *, limit: int = 1000
 ) -> list[dict[str, Any]]:
-    """QIDO-RS at study level: one dict per matching study (keys of ``_STUDY_FIELDS``)."""
+    """QIDO-RS at study level: one dict per matching study (keys of ``_STUDY_FIELDS``).
+
+    The Patient ID is a matching key only: results never carry it (nor the name).
+    """
     params: dict[str, Any] = dict(filters)
     params["limit"] = limit
     params["includefield"] = ",".join(_STUDY_FIELDS.values())

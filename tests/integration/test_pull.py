@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
 from peers import free_port, run_dvdexit
 
 from dvdexit_cli.config import resolve_paths
@@ -222,3 +223,36 @@ def test_list_refuses_a_bad_date_and_a_query_without_keys(
     assert bad_date.returncode == 2 and "--study-date" in bad_date.stderr
     assert no_key.returncode == 2
     assert json.loads(no_key.stdout)["error"]["type"] == "UsageError"
+
+
+def test_pull_with_basic_auth_uses_the_secret_and_never_shows_it(
+    tmp_path: Path, dvdexit_home: Path, orthanc: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    secret = "pull-Pa55-w0rd-for-test"
+    pacs = orthanc(users={"reader": secret})
+    transport = DicomwebTransport(pacs.dicomweb_url, auth=httpx.BasicAuth("reader", secret))
+    assert all(
+        o.state == "sent"
+        for o in transport.store_batch(scan([media.root]).instances).outcomes.values()
+    )
+    transport.close()
+    run_dvdexit(
+        "peers", "add", "web", "--dicomweb", pacs.dicomweb_url, "--auth", "basic",
+        "--user", "reader", home=dvdexit_home,
+    )  # fmt: skip
+    store = tmp_path / "store"
+    args = ("receive", "--from", "web", "--study", media.study_uids[0], "--store", store)
+
+    done = run_dvdexit(
+        "-vv", *args, "--json", home=dvdexit_home, env={"DVDEXIT_SECRET_WEB": secret}
+    )
+    without = run_dvdexit(*args, home=dvdexit_home)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "complete"
+    assert without.returncode == 3
+    assert secret not in done.stdout + done.stderr + without.stdout + without.stderr
+    for path in [*dvdexit_home.rglob("*"), *store.rglob("*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
