@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer
-from dvdexit_cli.dicom.digest import MalformedFileError, NotPart10Error, dataset_digest
+from dvdexit_cli.dicom.digest import (
+    MalformedFileError,
+    NotPart10Error,
+    dataset_digest,
+    read_file_meta,
+)
 from dvdexit_cli.dicom.uids import is_valid_uid
 from dvdexit_cli.errors import InputError, PeerError, PeerUnreachableError, UsageError
 from dvdexit_cli.exitcodes import ExitCode
@@ -221,7 +226,8 @@ def _put(
     """Store one retrieved Part 10 file and journal it as received."""
     meta = None
     try:
-        meta, _ = dataset_digest(source)
+        with source.open("rb") as fh:
+            meta = read_file_meta(fh)  # the header only: the store digests while copying
         put = store.put(
             source,
             sop_class_uid=meta.sop_class_uid,
