@@ -256,3 +256,34 @@ def test_pull_with_basic_auth_uses_the_secret_and_never_shows_it(
     for path in [*dvdexit_home.rglob("*"), *store.rglob("*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_pull_from_an_unreachable_peer_exits_5_and_stores_nothing(
+    tmp_path: Path, dvdexit_home: Path
+) -> None:
+    run_dvdexit(
+        "peers", "add", "web", "--dicomweb", f"http://127.0.0.1:{free_port()}/dicom-web",
+        home=dvdexit_home,
+    )  # fmt: skip
+    store = tmp_path / "store"
+
+    done = run_dvdexit(
+        "receive", "--from", "web", "--study", "1.2.826.0.1.3680043.8.498.1", "--store", store,
+        "--json", home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 5, done.stderr
+    assert json.loads(done.stdout)["error"]["type"] == "PeerUnreachableError"
+    assert not list(store.rglob("*.dcm"))
+
+
+def test_pull_from_a_folder_peer_is_a_usage_error(tmp_path: Path, dvdexit_home: Path) -> None:
+    run_dvdexit("peers", "add", "outbox", "--folder", tmp_path / "outbox", home=dvdexit_home)
+
+    done = run_dvdexit(
+        "receive", "--from", "outbox", "--study", "1.2.826.0.1.3680043.8.498.1",
+        "--store", tmp_path / "store", home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stderr
+    assert "DICOMweb and DIMSE" in done.stderr
