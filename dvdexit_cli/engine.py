@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -40,9 +40,11 @@ from dvdexit_cli.events import (
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import ItemRecord, Journal
 from dvdexit_cli.journal.store import DEFAULT_LEASE_SECONDS, new_claim
-from dvdexit_cli.transport.base import StoreOutcome, Transport
+from dvdexit_cli.transport.base import BatchTransport, StoreOutcome, Transport
 
 __all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_SIZE",
     "VERDICTS",
     "FileProblem",
     "RetryResult",
@@ -53,6 +55,7 @@ __all__ = [
     "SeriesPlan",
     "VerifiedFile",
     "VerifyResult",
+    "batches",
     "plan_send",
     "retry_failed",
     "send",
@@ -60,6 +63,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 50
+DEFAULT_BATCH_BYTES = 64 * 1024 * 1024
+MAX_RETRY_AFTER = 600.0
+"""A peer's Retry-After is honoured up to this many seconds (a bogus header must not hang a
+night's cron run)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,10 @@ class SendSettings:
     exclude_sop_classes: tuple[str, ...] = ()
     unpack_dir: Path | None = None
     """Where zip files and ISO images are unpacked (kept until their transfer is complete)."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Instances per request, for transports that send batches (STOW-RS)."""
+    batch_bytes: int = DEFAULT_BATCH_BYTES
+    """Bytes per request (a larger single instance goes alone)."""
 
     def selects(self, inst: Instance) -> bool:
         """Whether the selection options keep this instance."""
@@ -264,6 +277,7 @@ def send(
                     observer,
                     sleep,
                     claim=claim,
+                    batching=(settings.batch_size, settings.batch_bytes),
                 )
     except KeyboardInterrupt:
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
@@ -320,6 +334,7 @@ def _worker(
     share: _Work,
     events: Any,
     parent: int,
+    batching: tuple[int, int] = (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_BYTES),
 ) -> None:
     """One worker process: its own journal connection and association."""
     # Ctrl-C reaches the whole process group; the parent decides, the worker just stops.
@@ -330,7 +345,7 @@ def _worker(
         try:
             error, hint = _send_all(
                 retries, retry_delay, journal, transport, share, events.put, time.sleep,
-                claim=claim,
+                claim=claim, batching=batching,
             )  # fmt: skip
         finally:
             transport.close()
@@ -380,7 +395,7 @@ def _send_parallel(
             target=_worker,
             args=(
                 journal_path, claim, factory, settings.retries, settings.retry_delay, share,
-                events, os.getpid(),
+                events, os.getpid(), (settings.batch_size, settings.batch_bytes),
             ),
             name=f"dvdexit-worker-{n}",
             daemon=True,
@@ -586,11 +601,13 @@ def _send_all(
     sleep: Callable[[float], None],
     *,
     claim: str | None = None,
+    batching: tuple[int, int] = (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_BYTES),
 ) -> tuple[str | None, str | None]:
     """Send, retrying retryable failures; return the peer error that stopped us, if any.
 
     With ``claim``, an item whose claim was lost (our lease ran out and another run took
-    it) is left alone: that run sends it.
+    it) is left alone: that run sends it. A transport with ``store_batch`` (STOW-RS)
+    gets ``batching`` = (instances, bytes) per request.
     """
     attempt = 1
     try:
@@ -598,6 +615,11 @@ def _send_all(
     except PeerError as exc:
         _fail_all(journal, pending, str(exc))
         return exc.message, exc.hint
+    if isinstance(transport, BatchTransport):
+        return _send_batches(
+            retries, retry_delay, journal, transport, pending, observer, sleep,
+            claim=claim, batching=batching,
+        )  # fmt: skip
     while True:
         retry: list[tuple[int, Instance]] = []
         for position, (item_id, inst) in enumerate(pending):
@@ -625,6 +647,93 @@ def _send_all(
         if not retry or attempt > retries:
             return None, None
         delay = retry_delay * 2 ** (attempt - 1)
+        observer(RetryScheduled(len(retry), attempt + 1, delay))
+        sleep(delay)
+        attempt += 1
+        pending = retry
+
+
+def batches(
+    pending: Sequence[tuple[int, Instance]], size: int, max_bytes: int
+) -> Iterator[list[tuple[int, Instance]]]:
+    """Consecutive batches of at most ``size`` instances and ``max_bytes`` bytes.
+
+    An instance larger than ``max_bytes`` goes alone: it cannot be split.
+    """
+    batch: list[tuple[int, Instance]] = []
+    total = 0
+    for entry in pending:
+        if batch and (len(batch) >= size or total + entry[1].size > max_bytes):
+            yield batch
+            batch, total = [], 0
+        batch.append(entry)
+        total += entry[1].size
+    if batch:
+        yield batch
+
+
+def _send_batches(
+    retries: int,
+    retry_delay: float,
+    journal: Journal,
+    transport: BatchTransport,
+    pending: list[tuple[int, Instance]],
+    observer: Observer,
+    sleep: Callable[[float], None],
+    *,
+    claim: str | None,
+    batching: tuple[int, int],
+) -> tuple[str | None, str | None]:
+    """The batch path of ``_send_all``: one request per batch, one outcome per instance.
+
+    The whole batch is marked ``sending`` before its request, so a kill -9 mid-request
+    leaves every instance of it to the replay. The peer's Retry-After (429/503) is a
+    floor for the next round's delay.
+    """
+    size, max_bytes = max(1, batching[0]), max(1, batching[1])
+    attempt = 1
+    while True:
+        retry: list[tuple[int, Instance]] = []
+        retry_after: float | None = None
+        groups = list(batches(pending, size, max_bytes))
+        for position, batch in enumerate(groups):
+            claimed: list[tuple[int, Instance]] = []
+            for item_id, inst in batch:
+                if journal.mark_sending(item_id, claim=claim):
+                    claimed.append((item_id, inst))
+                else:
+                    log.warning("item %d was claimed by another run; not sending it", item_id)
+            if not claimed:
+                continue
+            try:
+                result = transport.store_batch([inst for _, inst in claimed])
+            except PeerError as exc:
+                rest = claimed + [entry for later in groups[position + 1 :] for entry in later]
+                _fail_all(journal, rest, exc.message)
+                if attempt > retries:
+                    return exc.message, exc.hint
+                retry.extend(rest)
+                break
+            except BaseException:
+                for item_id, _ in claimed:
+                    journal.record_outcome(
+                        item_id, state="pending", status=None, reason="interrupted while sending"
+                    )
+                raise
+            if result.retry_after is not None:
+                retry_after = max(retry_after or 0.0, result.retry_after)
+            for item_id, inst in claimed:
+                outcome = result.outcomes.get(inst.sop_instance_uid) or StoreOutcome(
+                    "failed", None, "the peer gave no answer for this instance", retryable=True
+                )
+                _record(journal, item_id, inst, outcome, attempt, observer)
+                if outcome.state == "failed" and outcome.retryable:
+                    retry.append((item_id, inst))
+        if not retry or attempt > retries:
+            return None, None
+        delay = retry_delay * 2 ** (attempt - 1)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
         observer(RetryScheduled(len(retry), attempt + 1, delay))
         sleep(delay)
         attempt += 1
@@ -678,6 +787,8 @@ class RetrySettings:
     retry_delay: float = 2.0
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     unpack_dir: Path | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_bytes: int = DEFAULT_BATCH_BYTES
     """Where sends unpacked archives; a transfer the replay completes loses its copy."""
 
 
@@ -863,6 +974,7 @@ def retry_failed(
                     observer,
                     sleep,
                     claim=claim,
+                    batching=(settings.batch_size, settings.batch_bytes),
                 )
             finally:
                 transport.close()

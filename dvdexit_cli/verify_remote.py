@@ -16,6 +16,7 @@ its exit code is 7 (verification failed), never 0.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +26,13 @@ from dvdexit_cli.dicom.scan import scan
 from dvdexit_cli.errors import InputError, PeerError, PeerUnreachableError
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.transport.dicomweb_query import (
+from dvdexit_cli.transport.dicomweb import (
     CHECK_QIDO,
     CHECK_WADO,
-    qido_instances,
-    wado_instance,
+    DicomwebTransport,
+    retrieve_instance,
+    study_instances,
 )
-from dvdexit_cli.transport.dicomweb_query import client as dicomweb_client
 from dvdexit_cli.transport.dimse_query import (
     CHECK_COMMIT,
     CHECK_FIND,
@@ -401,10 +402,14 @@ def verify_remote_dicomweb(
     fetched: dict[str, str] = {}
     notes: dict[str, str] = {}
     listed: dict[str, dict[str, tuple[str, str]]] = {}
-    with dicomweb_client(peer, timeout=timeout) as http:
+    from dvdexit_cli.transport.factory import transport_for
+
+    http = transport_for(peer)
+    assert isinstance(http, DicomwebTransport)
+    with closing(http):
         on_check(CHECK_QIDO)
         try:
-            listed = {study: qido_instances(http, peer, study) for study in studies}
+            listed = {study: study_instances(http, study) for study in studies}
         except PeerUnreachableError:
             raise
         except PeerError as exc:
@@ -431,8 +436,8 @@ def verify_remote_dicomweb(
                     if at_peer is None:
                         continue
                     target = Path(tmp) / f"{n:06d}.dcm"
-                    if not wado_instance(
-                        http, peer, e.study_uid, at_peer[1], e.sop_instance_uid, target
+                    if not retrieve_instance(
+                        http, e.study_uid, at_peer[1], e.sop_instance_uid, target
                     ):
                         continue
                     try:

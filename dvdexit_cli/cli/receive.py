@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from dvdexit_cli.cli.errors import handle_errors
+from dvdexit_cli.cli.options import JsonOption
+from dvdexit_cli.cli.pull import pull_from
 from dvdexit_cli.cli.render import err
 from dvdexit_cli.config import DimsePeer, PeerBook, resolve_paths, validate_ae_title
 from dvdexit_cli.errors import UsageError
@@ -201,10 +203,62 @@ def receive_command(
             help="Run the --on-complete command again for studies whose hook failed, and exit.",
         ),
     ] = False,
+    from_peer: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Pull from this peer instead of listening: --study UID (WADO-RS, C-GET or "
+            "C-MOVE), or --list.",
+        ),
+    ] = None,
+    pull_study: Annotated[
+        list[str] | None,
+        typer.Option("--study", help="With --from: the Study Instance UID to pull (repeatable)."),
+    ] = None,
+    list_only: Annotated[
+        bool,
+        typer.Option("--list", help="With --from: list matching studies, retrieve nothing."),
+    ] = False,
+    patient_id: Annotated[
+        str | None, typer.Option("--patient-id", help="With --list: match this Patient ID.")
+    ] = None,
+    accession: Annotated[
+        str | None, typer.Option("--accession", help="With --list: match this Accession Number.")
+    ] = None,
+    study_date: Annotated[
+        str | None,
+        typer.Option("--study-date", help="With --list: YYYYMMDD or a range YYYYMMDD-YYYYMMDD."),
+    ] = None,
+    move_dest: Annotated[
+        str | None,
+        typer.Option(
+            "--move-dest",
+            help="With --from a DIMSE peer: C-MOVE to this AE title (our running receiver, "
+            "known to the peer) instead of C-GET.",
+        ),
+    ] = None,
+    json_output: JsonOption = False,
 ) -> None:
-    """Receive studies over DICOM (C-STORE) until stopped with Ctrl-C or SIGTERM."""
+    """Receive studies over DICOM (C-STORE) until stopped, or pull them from a peer (--from)."""
     home = resolve_paths()
     table = load_receive_table(home.peers_file)
+    if from_peer is not None:
+        pull_from(
+            home,
+            from_peer,
+            studies=tuple(pull_study or ()),
+            store=_pick(store, table, "store", None),
+            list_only=list_only,
+            query=(patient_id, accession, study_date),
+            move_dest=move_dest,
+            json_output=json_output,
+        )
+        return
+    if pull_study or list_only or patient_id or accession or study_date or move_dest:
+        raise UsageError(
+            "--study, --list, --patient-id, --accession, --study-date and --move-dest "
+            "apply only with --from PEER"
+        )
     hook = _pick(on_complete, table, "on_complete", None)
     if rerun_hooks:
         _rerun_hooks(home.journal_file, hook)

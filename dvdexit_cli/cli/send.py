@@ -19,6 +19,7 @@ from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_js
 from dvdexit_cli.cli.verify import remote_verify, render_remote
 from dvdexit_cli.config import AnyPeer, FolderPeer, Paths, PeerBook, resolve_paths
 from dvdexit_cli.engine import (
+    DEFAULT_BATCH_SIZE,
     FileProblem,
     RetryResult,
     RetrySettings,
@@ -39,7 +40,7 @@ from dvdexit_cli.transport.dimse import uid_name
 from dvdexit_cli.transport.factory import transport_for
 from dvdexit_cli.verify_remote import expected_from_journal
 
-__all__ = ["parse_duration", "send_command"]
+__all__ = ["parse_duration", "parse_size", "send_command"]
 
 _LISTED = 20
 
@@ -71,6 +72,21 @@ def parse_duration(text: str) -> float:
             hint="use a number with an optional unit: 90s, 15m, 2h, 1d",
         )
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$")
+_UNIT_BYTES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``512K``, ``64M``, ``1G`` -> bytes (binary units); UsageError otherwise."""
+    match = _SIZE.match(text.lower())
+    if match is None or int(match.group(1)) == 0:
+        raise UsageError(
+            f"--batch-bytes {text!r} is not a size",
+            hint="use a positive number with an optional unit: 512K, 64M, 1G",
+        )
+    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
 
 
 @handle_errors
@@ -127,6 +143,23 @@ def send_command(
             "accept only one: use 1).",
         ),
     ] = 2,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=10000,
+            help="DICOMweb: instances per STOW-RS request.",
+        ),
+    ] = DEFAULT_BATCH_SIZE,
+    batch_bytes: Annotated[
+        str,
+        typer.Option(
+            "--batch-bytes",
+            help="DICOMweb: bytes per STOW-RS request (64M, 512K, 1G); a larger instance "
+            "goes alone.",
+        ),
+    ] = "64M",
     study: Annotated[
         list[str] | None,
         typer.Option("--study", help="Send only this Study Instance UID (repeatable)."),
@@ -192,6 +225,8 @@ def send_command(
                 max_attempts=max_attempts,
                 retries=retries,
                 unpack_dir=home.data_dir / "unpacked",
+                batch_size=batch_size,
+                batch_bytes=parse_size(batch_bytes),
             ),
             quiet=quiet,
             json_output=json_output,
@@ -208,6 +243,8 @@ def send_command(
         peer_name=to or "",
         peer_address="",
         workers=workers,
+        batch_size=batch_size,
+        batch_bytes=parse_size(batch_bytes),
         studies=_values(study, upper=False),
         modalities=_values(modality),
         exclude_modalities=_values(exclude_modality),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from dvdexit_cli.dicom.scan import Instance
 
-__all__ = ["StoreOutcome", "Transport"]
+__all__ = ["BatchResult", "BatchTransport", "StoreOutcome", "Transport"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,21 @@ class Transport(Protocol):
     def store(self, instance: Instance) -> StoreOutcome: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The peer's answer to one batch: an outcome per SOP Instance UID it was asked about.
+
+    ``retry_after`` is the delay (seconds) the peer asked for before the next attempt.
+    """
+
+    outcomes: dict[str, StoreOutcome]
+    retry_after: float | None = None
+
+
+@runtime_checkable
+class BatchTransport(Transport, Protocol):
+    """A transport that stores many instances in one request (STOW-RS)."""
+
+    def store_batch(self, instances: Sequence[Instance]) -> BatchResult: ...

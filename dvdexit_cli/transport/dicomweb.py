@@ -13,7 +13,6 @@ from __future__ import annotations
 import secrets
 import ssl
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,17 @@ import httpx
 
 from dvdexit_cli.dicom.digest import CHUNK_SIZE
 from dvdexit_cli.dicom.scan import Instance
-from dvdexit_cli.errors import PeerUnreachableError
-from dvdexit_cli.transport.base import StoreOutcome
+from dvdexit_cli.errors import InputError, PeerError, PeerUnreachableError
+from dvdexit_cli.transport.base import BatchResult, StoreOutcome
 
 __all__ = [
-    "DicomwebQueryError",
+    "CHECK_QIDO",
+    "CHECK_WADO",
     "DicomwebTransport",
     "StowBatchResult",
     "parse_stow_response",
     "retrieve_instance",
+    "search_studies",
     "study_instances",
 ]
 
@@ -39,13 +40,12 @@ _FAILED = "00081198"
 _SOP_INSTANCE = "00081155"
 _FAILURE_REASON = "00081197"
 _WARNING_REASON = "00081196"
-_RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
+# 409: the Failed SOP Sequence explains the conflicts; an instance it does not mention
+# may simply not have been reached, so it is retried like any unknown one.
+_RETRYABLE_4XX = {408, 409, 429}
 
 
-@dataclass(frozen=True)
-class StowBatchResult:
-    outcomes: dict[str, StoreOutcome]
-    retry_after: float | None = None
+StowBatchResult = BatchResult
 
 
 def _value(item: dict[str, Any], tag: str) -> Any:
@@ -88,7 +88,9 @@ def parse_stow_response(
                     f"{text}failed at the peer (STOW-RS Failed SOP Sequence)",
                     retryable=retryable,
                 )
-    unexplained_retryable = status_code in _RETRYABLE_HTTP or status_code < 400
+    unexplained_retryable = (
+        status_code < 400 or status_code >= 500 or (status_code in _RETRYABLE_4XX)
+    )
     for uid in uids:
         if uid not in outcomes:
             outcomes[uid] = StoreOutcome(
@@ -197,59 +199,161 @@ class DicomwebTransport:
         )
 
 
-class DicomwebQueryError(Exception):
-    """A QIDO-RS or WADO-RS request failed (HTTP status or a broken body)."""
+# -- QIDO-RS and WADO-RS: verify and pull ----------------------------------------------
+
+CHECK_QIDO = "qido-rs"
+CHECK_WADO = "wado-rs"
+
+_SOP_CLASS = "00080016"
+_SOP_UID = "00080018"
+_SERIES_UID = "0020000E"
+_STUDY_UID = "0020000D"
+_STUDY_FIELDS = {
+    "study_uid": _STUDY_UID,
+    "study_date": "00080020",
+    "accession": "00080050",
+    "modalities": "00080061",
+    "description": "00081030",
+    "series": "00201206",
+    "instances": "00201208",
+}
 
 
-def _get(client: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
+def _get(
+    transport: DicomwebTransport, path: str, accept: str, params: dict[str, Any] | None = None
+) -> httpx.Response:
+    """GET (body read); PeerUnreachableError on network faults, PeerError on 401/403."""
+    url = transport.base_url + path
     try:
-        response = client.get(url, **kwargs)
+        response = transport._client.get(url, headers={"Accept": accept}, params=params)
+    except httpx.TransportError as exc:
+        raise PeerUnreachableError(
+            f"DICOMweb peer {transport.name} unreachable: {type(exc).__name__}",
+            hint=f"run 'dvdexit status --peer {transport.name}' for a diagnosis",
+        ) from exc
     except httpx.HTTPError as exc:
-        raise DicomwebQueryError(f"GET {url} failed: {exc}") from exc
-    if response.status_code == 204:
-        return response
-    if response.status_code >= 400:
-        raise DicomwebQueryError(f"GET {url} answered HTTP {response.status_code}")
+        raise PeerError(
+            f"DICOMweb request to {transport.name} failed: {type(exc).__name__}"
+        ) from exc
+    _refuse_credentials(transport, response.status_code)
     return response
+
+
+def _refuse_credentials(transport: DicomwebTransport, status_code: int) -> None:
+    if status_code in (401, 403):
+        raise PeerError(
+            f"DICOMweb peer {transport.name} refused our credentials (HTTP {status_code})",
+            hint=f"check 'dvdexit peers show {transport.name}' and the peer's secret",
+        )
+
+
+def _json_list(transport: DicomwebTransport, response: httpx.Response, what: str) -> list[Any]:
+    if response.status_code in (204, 404) or not response.content.strip():
+        return []
+    if response.status_code != 200:
+        raise PeerError(f"{what} at {transport.name} answered HTTP {response.status_code}")
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise PeerError(f"{what} at {transport.name} answered something other than JSON") from exc
+    if not isinstance(body, list):
+        raise PeerError(f"{what} at {transport.name} answered JSON that is not a list")
+    return [item for item in body if isinstance(item, dict)]
 
 
 def study_instances(
     transport: DicomwebTransport, study_uid: str, *, page: int = 1000
-) -> list[tuple[str, str]]:
-    """QIDO-RS: (Series Instance UID, SOP Instance UID) of every instance of a study."""
-    found: list[tuple[str, str]] = []
+) -> dict[str, tuple[str, str]]:
+    """QIDO-RS: SOP Instance UID -> (SOP Class UID, Series UID) of a study's instances.
+
+    Pages through the list (``limit``/``offset``); an unknown study is an empty dict.
+    """
+    found: dict[str, tuple[str, str]] = {}
     offset = 0
     while True:
+        params = {"limit": page, "offset": offset, "includefield": _SOP_CLASS}
         response = _get(
-            transport._client,
-            f"{transport.base_url}/studies/{study_uid}/instances",
-            params={"limit": page, "offset": offset},
-            headers={"Accept": "application/dicom+json"},
+            transport, f"/studies/{study_uid}/instances", "application/dicom+json", params
         )
-        items = response.json() if response.status_code != 204 and response.content else []
+        items = _json_list(transport, response, "QIDO-RS")
         for item in items:
-            found.append((str(_value(item, "0020000E")), str(_value(item, "00080018"))))
+            uid = _value(item, _SOP_UID)
+            if uid:
+                found[str(uid)] = (
+                    str(_value(item, _SOP_CLASS) or ""),
+                    str(_value(item, _SERIES_UID) or ""),
+                )
         if len(items) < page:
             return found
         offset += len(items)
 
 
+def search_studies(
+    transport: DicomwebTransport, filters: dict[str, str], *, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """QIDO-RS at study level: one dict per matching study (keys of ``_STUDY_FIELDS``).
+
+    The Patient ID is a matching key only: results never carry it (nor the name).
+    """
+    params: dict[str, Any] = dict(filters)
+    params["limit"] = limit
+    params["includefield"] = ",".join(_STUDY_FIELDS.values())
+    response = _get(transport, "/studies", "application/dicom+json", params)
+    studies = []
+    for item in _json_list(transport, response, "QIDO-RS"):
+        row: dict[str, Any] = {}
+        for key, tag in _STUDY_FIELDS.items():
+            values = item.get(tag, {}).get("Value") or []
+            if key == "modalities":
+                row[key] = [str(v) for v in values]
+            elif key in ("series", "instances"):
+                row[key] = int(values[0]) if values else None
+            else:
+                row[key] = str(values[0]) if values else None
+        if row["study_uid"]:
+            studies.append(row)
+    return studies
+
+
 def retrieve_instance(
-    transport: DicomwebTransport, study_uid: str, series_uid: str, sop_uid: str, dest: Path
-) -> Path:
-    """WADO-RS: stream one instance (Part 10) to ``dest``; raise DicomwebQueryError."""
+    transport: DicomwebTransport,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    dest: Path,
+) -> bool:
+    """WADO-RS: stream one instance as the peer stores it (``transfer-syntax=*``) to ``dest``.
+
+    Returns False when the peer does not have it (HTTP 404). PeerUnreachableError on a
+    network fault, PeerError on any other refusal or a truncated or broken body, InputError
+    when ``dest`` cannot be written.
+    """
     from dvdexit_cli.transport.multipart import MultipartError, boundary_of, split_parts
 
-    url = f"{transport.base_url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
-    headers = {"Accept": 'multipart/related; type="application/dicom"'}
+    path = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
     try:
-        with transport._client.stream("GET", url, headers=headers) as response:
-            if response.status_code >= 400:
-                raise DicomwebQueryError(f"GET {url} answered HTTP {response.status_code}")
+        with transport._client.stream(
+            "GET", transport.base_url + path, headers={"Accept": accept}
+        ) as response:
+            _refuse_credentials(transport, response.status_code)
+            if response.status_code == 404:
+                return False
+            if response.status_code != 200:
+                raise PeerError(f"WADO-RS at {transport.name} answered HTTP {response.status_code}")
             boundary = boundary_of(response.headers.get("Content-Type", ""))
-            count = split_parts(response.iter_bytes(), boundary, lambda index: dest.open("wb"))
-    except (httpx.HTTPError, MultipartError) as exc:
-        raise DicomwebQueryError(f"GET {url} failed: {exc}") from exc
+            count = split_parts(response.iter_bytes(), boundary, lambda _index: dest.open("wb"))
+    except httpx.TransportError as exc:
+        raise PeerUnreachableError(
+            f"DICOMweb peer {transport.name} unreachable during WADO-RS: {type(exc).__name__}",
+            hint=f"run 'dvdexit status --peer {transport.name}' for a diagnosis",
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise PeerError(f"WADO-RS at {transport.name} failed: {type(exc).__name__}") from exc
+    except MultipartError as exc:
+        raise PeerError(f"WADO-RS at {transport.name}: {exc}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot write a retrieved copy to {dest}: {exc.strerror}") from exc
     if count != 1:
-        raise DicomwebQueryError(f"GET {url} returned {count} parts instead of 1")
-    return dest
+        raise PeerError(f"WADO-RS at {transport.name} returned {count} parts instead of 1")
+    return True

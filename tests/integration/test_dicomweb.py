@@ -164,6 +164,19 @@ def test_409_without_details_is_a_failure_not_a_success(
 
     result = DicomwebTransport(url).store_batch(three)
 
+    # 409 is a hint only: instances its body does not name are unknown, so retried.
+    assert all(o.state == "failed" and o.retryable for o in result.outcomes.values())
+    assert all("unknown" in (o.reason or "") for o in result.outcomes.values())
+
+
+def test_400_without_details_is_not_retried(
+    scripted: tuple[str, type[_Scripted]], three: list[Instance]
+) -> None:
+    url, handler = scripted
+    handler.script.append((400, {}, None))
+
+    result = DicomwebTransport(url).store_batch(three)
+
     assert all(o.state == "failed" and not o.retryable for o in result.outcomes.values())
 
 
@@ -198,10 +211,16 @@ def test_qido_lists_and_wado_returns_every_instance_with_its_bytes(
 
     for study in {i.study_uid for i in instances}:
         listed = study_instances(transport, study)
-        expected = {(i.series_uid, i.sop_instance_uid) for i in instances if i.study_uid == study}
-        assert set(listed) == expected
-        for series, sop in listed:
-            back = retrieve_instance(transport, study, series, sop, tmp_path / f"{sop}.dcm")
+        expected = {
+            i.sop_instance_uid: (i.sop_class_uid, i.series_uid)
+            for i in instances
+            if i.study_uid == study
+        }
+        assert listed == expected
+        for sop, (_sop_class, series) in listed.items():
+            back = tmp_path / f"{sop}.dcm"
+            assert retrieve_instance(transport, study, series, sop, back)
             digest = next(i.digest for i in instances if i.sop_instance_uid == sop)
             assert dataset_digest(back)[1] == digest
+    assert not retrieve_instance(transport, "1.2.3.999", "1.2.3.998", "1.2.3.997", tmp_path / "x")
     transport.close()
