@@ -17,6 +17,7 @@ from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_json
 from dvdexit_cli.config import FolderPeer, Paths, PeerBook, resolve_paths
+from dvdexit_cli.dicom.attach import Attachments, parse_report_option
 from dvdexit_cli.engine import (
     FileProblem,
     RetryResult,
@@ -161,6 +162,38 @@ def send_command(
     reason: Annotated[
         str | None, typer.Option("--reason", help="The reason for the transfer (referral).")
     ] = None,
+    recipient: Annotated[
+        str | None,
+        typer.Option("--recipient", help="Who the transfer is for (receiving clinician)."),
+    ] = None,
+    note_as_sr: Annotated[
+        bool,
+        typer.Option(
+            "--note-as-sr",
+            help="Also send --note/--reason/--recipient as a Basic Text SR 'Transfer note' "
+            "in each study (it adds an object to the patient's record).",
+        ),
+    ] = False,
+    report: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--report",
+            help="A PDF report to send with the study as Encapsulated PDF: FILE.pdf, or "
+            "STUDY_UID=FILE.pdf when the inputs hold several studies (repeatable).",
+        ),
+    ] = None,
+    report_text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--report-text",
+            help="A UTF-8 text report to send with the study as Basic Text SR: FILE.txt, "
+            "or STUDY_UID=FILE.txt (repeatable).",
+        ),
+    ] = None,
+    zip_package: Annotated[
+        bool,
+        typer.Option("--zip", help="For a folder peer: write the package as one .zip file."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -191,6 +224,18 @@ def send_command(
         )
     if not paths:
         raise UsageError("nothing to send: give files, folders or media", hint="see --help")
+    attachments = Attachments.under(
+        home.data_dir / "unpacked",
+        pdf_reports=tuple(parse_report_option(v, option="--report") for v in report or ()),
+        text_reports=tuple(
+            parse_report_option(v, option="--report-text") for v in report_text or ()
+        ),
+        note=note,
+        reason=reason,
+        recipient=recipient,
+        note_as_sr=note_as_sr,
+    )
+    attachments.check()
     selected = SendSettings(
         inputs=tuple(paths),
         peer_name=to or "",
@@ -201,6 +246,7 @@ def send_command(
         exclude_modalities=_values(exclude_modality),
         exclude_sop_classes=_values(exclude_sop_class, upper=False),
         unpack_dir=home.data_dir / "unpacked",
+        attach=None if attachments.empty else attachments,
     )
     if dry_run:
         plan = plan_send(selected, observer=SendProgress(quiet=quiet or json_output))
@@ -212,6 +258,11 @@ def send_command(
     if to is None:
         raise UsageError("--to PEER is required", hint="list the peers with 'dvdexit peers list'")
     peer = PeerBook(home.peers_file).get_any(to)
+    if zip_package and not isinstance(peer, FolderPeer):
+        raise UsageError(
+            f"--zip applies only to folder peers; {peer.name} is not one",
+            hint="drop --zip, or send to a peer added with 'dvdexit peers add NAME --folder'",
+        )
     settings = replace(
         selected,
         peer_name=peer.name,
@@ -235,6 +286,8 @@ def send_command(
                 note=note,
                 reason=reason,
                 allow_lossy_transcode=allow_lossy_transcode,
+                recipient=recipient,
+                as_zip=zip_package,
             )
 
         result = send(

@@ -21,6 +21,7 @@ __all__ = [
     "ENCAPSULATED_PDF",
     "basic_text_sr",
     "encapsulated_pdf",
+    "transfer_note_sr",
 ]
 
 ENCAPSULATED_PDF = UID("1.2.840.10008.5.1.4.1.1.104.1")
@@ -141,9 +142,55 @@ def basic_text_sr(
     ``heading`` is ``findings`` (a report) or ``reason`` (a sender's transfer note:
     reason for the referral). Raises ValueError for empty text.
     """
+    concept = codes.DCM.Findings if heading == "findings" else codes.DCM.ReasonForStudy
     texts = [p.strip() for p in paragraphs if p.strip()]
     if not texts:
         raise ValueError("the report text is empty")
+    return _text_sr(
+        [(concept, text) for text in texts],
+        reference=reference,
+        title=title,
+        series_number=series_number,
+        now=now,
+    )
+
+
+def transfer_note_sr(
+    *,
+    reference: Dataset,
+    note: str | None = None,
+    reason: str | None = None,
+    recipient: str | None = None,
+    series_number: int = 9003,
+    now: datetime | None = None,
+) -> Dataset:
+    """The sender's transfer note as a Basic Text SR in the reference's study.
+
+    The reason is a "Reason for Study" item, the note and the recipient "Comment"
+    items (the recipient prefixed ``Recipient:``). Raises ValueError when all are empty.
+    """
+    items = []
+    if reason and reason.strip():
+        items.append((codes.DCM.ReasonForStudy, reason.strip()))
+    if recipient and recipient.strip():
+        items.append((codes.DCM.Comment, f"Recipient: {recipient.strip()}"))
+    if note and note.strip():
+        items.append((codes.DCM.Comment, note.strip()))
+    if not items:
+        raise ValueError("the transfer note is empty: give a note, reason or recipient")
+    return _text_sr(
+        items, reference=reference, title="Transfer note", series_number=series_number, now=now
+    )
+
+
+def _text_sr(
+    items: Sequence[tuple[object, str]],
+    *,
+    reference: Dataset,
+    title: str,
+    series_number: int,
+    now: datetime | None,
+) -> Dataset:
     moment = now or datetime.now()
     ds = _base(reference, BASIC_TEXT_SR, "SR", series_number, moment)
     ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
@@ -153,16 +200,15 @@ def basic_text_sr(
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
     ds.ConceptNameCodeSequence = DicomSequence([_code(codes.LN.DiagnosticImagingReport)])
-    concept = codes.DCM.Findings if heading == "findings" else codes.DCM.ReasonForStudy
-    items = []
-    for text in texts:
+    content = []
+    for concept, text in items:
         item = Dataset()
         item.RelationshipType = "CONTAINS"
         item.ValueType = "TEXT"
         item.ConceptNameCodeSequence = DicomSequence([_code(concept)])
         item.TextValue = text
-        items.append(item)
-    ds.ContentSequence = DicomSequence(items)
+        content.append(item)
+    ds.ContentSequence = DicomSequence(content)
     if title:
         ds.SeriesDescription = title
     return ds

@@ -34,6 +34,7 @@ class FolderTransport:
         organisation: str | None = None,
         note: str | None = None,
         reason: str | None = None,
+        recipient: str | None = None,
         as_zip: bool = False,
     ) -> None:
         self.peer = peer
@@ -42,6 +43,7 @@ class FolderTransport:
             "organisation": organisation,
             "note": note,
             "reason": reason,
+            "recipient": recipient,
         }
         self._as_zip = as_zip
         self._packaged: set[str] = set()
