@@ -205,6 +205,12 @@ def send_command(
                 "--retry-failed takes no paths: it resends what the journal holds",
                 hint="drop the paths, or drop --retry-failed to send them",
             )
+        if report or report_text or note_as_sr or zip_package:
+            raise UsageError(
+                "--report, --report-text, --note-as-sr and --zip apply to a new send, "
+                "not to --retry-failed",
+                hint="a replay resends the reports the first send journaled",
+            )
         _replay(
             home,
             RetrySettings(
