@@ -63,7 +63,11 @@ def screen_packages(found: ScanResult, inputs: Iterable[Path]) -> ScanResult:
         return found
     packages = [_load(root.resolve()) for root in roots]
     kept: list[Instance] = []
-    rejected = list(found.rejected)
+    own = {p.root / name for p in packages for name in (MANIFEST_NAME, MANIFEST_DIGEST_NAME)}
+    # The manifest files are the package's own, not stray files of the medium.
+    rejected = [
+        r for r in found.rejected if not (r.disposition == "skipped" and r.path.resolve() in own)
+    ]
     seen: set[Path] = set()
     for inst in found.instances:
         path = inst.path.resolve()

@@ -76,6 +76,7 @@ def test_a_tampered_instance_is_named_by_verify_and_refused_when_sent_onward(
     assert onward.returncode == 6, onward.stderr
     result = json.loads(onward.stdout)
     assert result["sent"] == media.instance_count - 1
+    assert result["skipped_files"] == []  # the manifest files are the package's own
     (failure,) = result["failures"]
     assert failure["sop_instance_uid"] == victim["sop_instance_uid"]
     assert "differs from the package manifest" in failure["reason"]

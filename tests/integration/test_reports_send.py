@@ -149,3 +149,37 @@ def test_every_object_dvdexit_attaches_passes_dciodvfy(tmp_path: Path) -> None:
             line for line in (checked.stdout + checked.stderr).splitlines() if "Error" in line
         ]
         assert errors == [], (path.name, errors)
+
+
+def test_a_report_whose_send_failed_is_resent_by_retry_failed_then_its_copy_removed(
+    tmp_path: Path, dvdexit_home: Path, storescp: object
+) -> None:
+    from peers import free_port
+
+    study = write_study(tmp_path / "ct", n_instances=2, seed="report-replay")
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(PDF)
+    down = ("peers", "add", "scp", "--dimse", f"{LOOPBACK}:{free_port()}", "--ae", "STORESCP")
+    assert run_dvdexit(*down, home=dvdexit_home).returncode == 0
+
+    failed = run_dvdexit(
+        "send", tmp_path / "ct", "--to", "scp", "--report", pdf, "--retries", "0",
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    assert failed.returncode == 5, failed.stderr
+    (kept,) = list(dvdexit_home.rglob("attached-*"))  # the report, kept for the replay
+    scp = storescp(tmp_path / "pacs")  # type: ignore[operator]
+    run_dvdexit("peers", "remove", "scp", home=dvdexit_home)
+    up = ("peers", "add", "scp", "--dimse", f"{LOOPBACK}:{scp.port}", "--ae", scp.ae)
+    assert run_dvdexit(*up, home=dvdexit_home).returncode == 0
+
+    replay = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)
+
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["sent"] == 3
+    stored = [pydicom.dcmread(p) for p in scp.stored_files()]  # type: ignore[attr-defined]
+    (report,) = [ds for ds in stored if ds.SOPClassUID == ENCAPSULATED_PDF]
+    assert report.EncapsulatedDocument[: report.EncapsulatedDocumentLength] == PDF
+    assert report.StudyInstanceUID == pydicom.dcmread(study[0]).StudyInstanceUID
+    assert not kept.exists()
