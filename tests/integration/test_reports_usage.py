@@ -69,6 +69,7 @@ def test_report_options_do_not_apply_to_a_replay(setup: tuple[Path, Path, Path])
     done = run_dvdexit("send", "--retry-failed", "--note-as-sr", "--note", "x", home=home)
     assert done.returncode == 2
     assert "not to --retry-failed" in done.stderr
+    _nothing_happened(drop, home)
 
 
 def test_a_report_goes_into_the_folder_package_with_the_images(
