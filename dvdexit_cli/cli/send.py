@@ -190,6 +190,15 @@ def send_command(
             "or STUDY_UID=FILE.txt (repeatable).",
         ),
     ] = None,
+    sr_to_pdf: Annotated[
+        bool,
+        typer.Option(
+            "--sr-to-pdf",
+            help="Also send each structured report (SR among the inputs, or made by "
+            "--report-text/--note-as-sr) rendered as an Encapsulated PDF, for PACS that "
+            "cannot show SR.",
+        ),
+    ] = False,
     zip_package: Annotated[
         bool,
         typer.Option("--zip", help="For a folder peer: write the package as one .zip file."),
@@ -205,9 +214,10 @@ def send_command(
                 "--retry-failed takes no paths: it resends what the journal holds",
                 hint="drop the paths, or drop --retry-failed to send them",
             )
-        if report or report_text or note_as_sr or zip_package:
+        if report or report_text or note_as_sr or sr_to_pdf or zip_package:
             raise UsageError(
-                "--report, --report-text, --note-as-sr and --zip apply to a new send, "
+                "--report, --report-text, --note-as-sr, --sr-to-pdf and --zip apply to a "
+                "new send, "
                 "not to --retry-failed",
                 hint="a replay resends the reports the first send journaled",
             )
@@ -240,6 +250,7 @@ def send_command(
         reason=reason,
         recipient=recipient,
         note_as_sr=note_as_sr,
+        sr_to_pdf=sr_to_pdf,
     )
     attachments.check()
     selected = SendSettings(

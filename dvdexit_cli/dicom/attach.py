@@ -17,7 +17,13 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from dvdexit_cli.dicom.reports import basic_text_sr, encapsulated_pdf, transfer_note_sr
+from dvdexit_cli.dicom.reports import (
+    SR_CLASSES,
+    basic_text_sr,
+    encapsulated_pdf,
+    encapsulated_pdf_bytes,
+    transfer_note_sr,
+)
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.dicom.uids import is_valid_uid
 from dvdexit_cli.errors import InputError, UsageError
@@ -49,6 +55,25 @@ def parse_report_option(value: str, *, option: str) -> ReportFile:
     return ReportFile(path, study)
 
 
+def _rendered(sr: Dataset, series_number: int) -> Dataset:
+    """An Encapsulated PDF of ``sr``, in its study, that names the SR as its source."""
+    # Imported here: fpdf2 (and Pillow under it) load only when a PDF is rendered.
+    from dvdexit_cli.dicom.sr_pdf import render_sr_pdf
+
+    title = str(sr.get("SeriesDescription", "")) or "Structured report"
+    ds = encapsulated_pdf_bytes(
+        render_sr_pdf(sr),
+        reference=sr,
+        title=f"{title} (rendered from SR)"[:1024],
+        series_number=series_number,
+    )
+    source = Dataset()
+    source.ReferencedSOPClassUID = sr.SOPClassUID
+    source.ReferencedSOPInstanceUID = sr.SOPInstanceUID
+    ds.SourceInstanceSequence = [source]
+    return ds
+
+
 def _paragraphs(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -75,6 +100,8 @@ class Attachments:
     reason: str | None = None
     recipient: str | None = None
     note_as_sr: bool = False
+    sr_to_pdf: bool = False
+    """Also send each SR (among the inputs, or made here) rendered as an Encapsulated PDF."""
 
     @classmethod
     def under(cls, parent: Path, **fields: object) -> Attachments:
@@ -83,7 +110,7 @@ class Attachments:
 
     @property
     def empty(self) -> bool:
-        return not (self.pdf_reports or self.text_reports or self.note_as_sr)
+        return not (self.pdf_reports or self.text_reports or self.note_as_sr or self.sr_to_pdf)
 
     def check(self) -> None:
         """Refuse unusable files before anything is scanned or sent (InputError)."""
@@ -120,27 +147,32 @@ class Attachments:
                 jobs.append((kind, self._study_for(given, first, option), given))
         if self.note_as_sr:
             jobs.extend(("note", study, None) for study in first)
-        if not jobs:
+        srs = [i for i in instances if i.sop_class_uid in SR_CLASSES] if self.sr_to_pdf else []
+        if not jobs and not srs:
             return []
         self.folder.mkdir(parents=True, exist_ok=False)
         references: dict[str, Dataset] = {}
-        written: list[Path] = []
+        made: list[tuple[str, Dataset]] = []
         series: dict[str, int] = {}
-        for number, (kind, study, report) in enumerate(jobs, 1):
+
+        def next_series(study: str) -> int:
+            series[study] = series.get(study, 9000) + 1
+            return series[study]
+
+        for kind, study, report in jobs:
             if study not in references:
                 references[study] = pydicom.dcmread(first[study].path, stop_before_pixels=True)
             reference = references[study]
-            series[study] = series.get(study, 9000) + 1
             if kind == "pdf" and report is not None:
                 ds = encapsulated_pdf(
                     report.path,
                     reference=reference,
                     title=report.path.stem[:64] or "Report",
-                    series_number=series[study],
+                    series_number=next_series(study),
                 )
             elif kind == "text" and report is not None:
                 ds = basic_text_sr(
-                    _paragraphs(report.path), reference=reference, series_number=series[study]
+                    _paragraphs(report.path), reference=reference, series_number=next_series(study)
                 )
             else:
                 ds = transfer_note_sr(
@@ -148,8 +180,16 @@ class Attachments:
                     note=self.note,
                     reason=self.reason,
                     recipient=self.recipient,
-                    series_number=series[study],
+                    series_number=next_series(study),
                 )
+            made.append((kind, ds))
+        if self.sr_to_pdf:
+            sources: list[Dataset] = [pydicom.dcmread(i.path) for i in srs]
+            sources += [ds for kind, ds in made if kind in ("text", "note")]
+            for sr in sources:
+                made.append(("srpdf", _rendered(sr, next_series(str(sr.StudyInstanceUID)))))
+        written: list[Path] = []
+        for number, (kind, ds) in enumerate(made, 1):
             target = self.folder / f"{number:03d}-{kind}.dcm"
             ds.save_as(target, enforce_file_format=True)
             written.append(target)

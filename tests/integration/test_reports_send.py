@@ -72,7 +72,8 @@ def test_a_text_report_and_the_transfer_note_arrive_as_basic_text_sr(
     done = run_dvdexit(
         "send", tmp_path / "ct", "--to", "pacs", "--report-text", text,
         "--note", "Prior CT for comparison", "--reason", "Second opinion",
-        "--recipient", "Dr. Demo, neurosurgery", "--note-as-sr", "--json", home=dvdexit_home,
+        "--recipient", "Dr. Demo, neurosurgery", "--note-as-sr", "--sr-to-pdf", "--json",
+        home=dvdexit_home,
     )  # fmt: skip
 
     assert done.returncode == 0, done.stderr
@@ -91,6 +92,12 @@ def test_a_text_report_and_the_transfer_note_arrive_as_basic_text_sr(
         "Recipient: Dr. Demo, neurosurgery",
         "Prior CT for comparison",
     }
+    # --sr-to-pdf: each SR also arrives as a PDF, for a PACS that cannot show SR.
+    pdfs = [t for t in _orthanc_instances(pacs).values() if t["SOPClassUID"] == ENCAPSULATED_PDF]
+    rendered = b"".join(pacs.rest("GET", f"/instances/{p['ID']}/pdf") for p in pdfs)  # type: ignore[attr-defined]
+    assert len(pdfs) == 2
+    assert {p["StudyInstanceUID"] for p in pdfs} == {srs[0]["StudyInstanceUID"]}
+    assert b"No acute findings." in rendered and b"Prior CT for comparison" in rendered
 
 
 def test_a_report_without_its_study_among_several_is_a_usage_error_and_nothing_is_sent(
