@@ -203,6 +203,13 @@ def send_command(
         bool,
         typer.Option("--zip", help="For a folder peer: write the package as one .zip file."),
     ] = False,
+    iso_package: Annotated[
+        bool,
+        typer.Option(
+            "--iso",
+            help="For a folder peer: write the package as an ISO 9660 DVD image (.iso).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -214,10 +221,10 @@ def send_command(
                 "--retry-failed takes no paths: it resends what the journal holds",
                 hint="drop the paths, or drop --retry-failed to send them",
             )
-        if report or report_text or note_as_sr or sr_to_pdf or zip_package:
+        if report or report_text or note_as_sr or sr_to_pdf or zip_package or iso_package:
             raise UsageError(
-                "--report, --report-text, --note-as-sr, --sr-to-pdf and --zip apply to a "
-                "new send, "
+                "--report, --report-text, --note-as-sr, --sr-to-pdf, --zip and --iso apply "
+                "to a new send, "
                 "not to --retry-failed",
                 hint="a replay resends the reports the first send journaled",
             )
@@ -275,9 +282,12 @@ def send_command(
     if to is None:
         raise UsageError("--to PEER is required", hint="list the peers with 'dvdexit peers list'")
     peer = PeerBook(home.peers_file).get_any(to)
-    if zip_package and not isinstance(peer, FolderPeer):
+    if zip_package and iso_package:
+        raise UsageError("--zip and --iso exclude each other", hint="choose one")
+    if (zip_package or iso_package) and not isinstance(peer, FolderPeer):
         raise UsageError(
-            f"--zip applies only to folder peers; {peer.name} is not one",
+            f"--{'zip' if zip_package else 'iso'} applies only to folder peers; "
+            f"{peer.name} is not one",
             hint="drop --zip, or send to a peer added with 'dvdexit peers add NAME --folder'",
         )
     settings = replace(
@@ -305,6 +315,7 @@ def send_command(
                 allow_lossy_transcode=allow_lossy_transcode,
                 recipient=recipient,
                 as_zip=zip_package,
+                as_iso=iso_package,
             )
 
         result = send(

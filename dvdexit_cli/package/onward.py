@@ -63,10 +63,18 @@ def screen_packages(found: ScanResult, inputs: Iterable[Path]) -> ScanResult:
         return found
     packages = [_load(root.resolve()) for root in roots]
     kept: list[Instance] = []
-    own = {p.root / name for p in packages for name in (MANIFEST_NAME, MANIFEST_DIGEST_NAME)}
-    # The manifest files are the package's own, not stray files of the medium.
+    names = (MANIFEST_NAME, MANIFEST_DIGEST_NAME)
+    own = {p.root / name for p in packages for name in names}
+    # A package's manifest files are its own, not stray files of the medium. (A refusal
+    # inside an archive is shown as ARCHIVE!/MEMBER; a root manifest there is a package's.)
+    own_shown = tuple(f"!/{name}" for name in names)
     rejected = [
-        r for r in found.rejected if not (r.disposition == "skipped" and r.path.resolve() in own)
+        r
+        for r in found.rejected
+        if not (
+            r.disposition == "skipped"
+            and (r.path.resolve() in own or str(r.path).endswith(own_shown))
+        )
     ]
     seen: set[Path] = set()
     for inst in found.instances:

@@ -128,5 +128,53 @@ def test_a_zip_package_reads_as_a_dvd_and_is_delivered_whole_to_storescp(
     onward = run_dvdexit("send", package, "--to", "scp", "--json", home=dvdexit_home)
 
     assert onward.returncode == 0, onward.stderr
+    assert json.loads(onward.stdout)["skipped_files"] == []
+    stored = _stored_uids(scp.outdir)  # type: ignore[attr-defined]
+    assert stored == {uid: dataset_digest(p)[1] for uid, p in media.path_by_sop_uid.items()}
+
+
+def test_a_dvd_image_package_verifies_indexes_its_files_by_iso9660_names_and_goes_onward(
+    tmp_path: Path, dvdexit_home: Path, storescp: object
+) -> None:
+    from pycdlib.pycdlib import PyCdlib
+
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=3, sc_images=1)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    scp = storescp(tmp_path / "pacs")  # type: ignore[operator]
+    _add_peers(dvdexit_home, drop, scp)
+
+    burned = run_dvdexit("send", media.root, "--to", "drop", "--iso", home=dvdexit_home)
+    both = run_dvdexit("send", media.root, "--to", "drop", "--iso", "--zip", home=dvdexit_home)
+
+    assert burned.returncode == 0, burned.stderr
+    assert both.returncode == 2
+    (image,) = list(drop.iterdir())
+    assert image.suffix == ".iso"
+    assert run_dvdexit("verify", image, home=dvdexit_home).returncode == 0
+    # A viewer on a plain ISO 9660 reader finds every file the DICOMDIR names.
+    iso = PyCdlib()
+    iso.open(str(image))
+    try:
+        facade = iso.get_iso9660_facade()
+        plain = {
+            f"{d.rstrip('/')}/{name.split(';')[0].rstrip('.')}"
+            for d, _, files in facade.walk("/")
+            for name in files
+        }
+        dicomdir = tmp_path / "DICOMDIR"
+        with dicomdir.open("wb") as out:
+            facade.get_file_from_iso_fp(out, "/DICOMDIR.;1")
+    finally:
+        iso.close()
+    records = pydicom.dcmread(dicomdir).DirectoryRecordSequence
+    file_ids = {"/" + "/".join(r.ReferencedFileID) for r in records if "ReferencedFileID" in r}
+    assert len(file_ids) == media.instance_count
+    assert file_ids <= plain
+
+    onward = run_dvdexit("send", image, "--to", "scp", "--json", home=dvdexit_home)
+
+    assert onward.returncode == 0, onward.stderr
+    assert json.loads(onward.stdout)["skipped_files"] == []
     stored = _stored_uids(scp.outdir)  # type: ignore[attr-defined]
     assert stored == {uid: dataset_digest(p)[1] for uid, p in media.path_by_sop_uid.items()}

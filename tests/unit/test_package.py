@@ -210,3 +210,27 @@ def test_a_file_added_to_a_package_or_missing_from_it_is_refused_the_rest_sent(
     assert copied.sop_instance_uid in peer.stored
     assert smuggled not in peer.stored
     assert len(peer.stored) == len(manifest.entries) - 1
+
+
+def test_a_dvd_image_package_verifies_and_names_a_tampered_instance(
+    tmp_path: Path, package: Path
+) -> None:
+    from dvdexit_cli.package.verify import is_package
+    from dvdexit_cli.package.writer import _write_iso
+
+    found = scan([package])
+    image = write_package(
+        found.instances, tmp_path / "disc.iso", manifest=_manifest(), as_iso=True
+    ).path
+    manifest = Manifest.from_bytes((package / MANIFEST_NAME).read_bytes())
+    victim = package / manifest.entries[0].file_id
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    _write_iso(package, tmp_path / "tampered.iso")
+
+    assert is_package(image) and not is_package(victim)
+    assert verify_package(image).verdict == "intact"
+    check = verify_package(tmp_path / "tampered.iso")
+    assert check.verdict == "tampered"
+    assert [(k, f) for k, f, _ in check.problems] == [("tampered", manifest.entries[0].file_id)]
