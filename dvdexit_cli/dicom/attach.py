@@ -115,12 +115,16 @@ class Attachments:
     def check(self) -> None:
         """Refuse unusable files before anything is scanned or sent (InputError)."""
         for report in self.pdf_reports:
-            with report.path.open("rb") as fh:
-                if not fh.read(5) == b"%PDF-":
-                    raise InputError(
-                        f"--report {report.path} is not a PDF file (no %PDF- header)",
-                        hint="give a PDF, or a text file with --report-text",
-                    )
+            try:
+                with report.path.open("rb") as fh:
+                    head = fh.read(5)
+            except OSError as exc:
+                raise InputError(f"cannot read {report.path}: {exc.strerror or exc}") from exc
+            if head != b"%PDF-":
+                raise InputError(
+                    f"--report {report.path} is not a PDF file (no %PDF- header)",
+                    hint="give a PDF, or a text file with --report-text",
+                )
         for report in self.text_reports:
             _paragraphs(report.path)
         if self.note_as_sr and not (self.note or self.reason or self.recipient):
@@ -150,7 +154,13 @@ class Attachments:
         srs = [i for i in instances if i.sop_class_uid in SR_CLASSES] if self.sr_to_pdf else []
         if not jobs and not srs:
             return []
-        self.folder.mkdir(parents=True, exist_ok=False)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            raise InputError(
+                f"cannot create {self.folder}: {exc.strerror or exc}",
+                hint="check free space and permissions of the data directory",
+            ) from exc
         references: dict[str, Dataset] = {}
         made: list[tuple[str, Dataset]] = []
         series: dict[str, int] = {}
@@ -189,10 +199,16 @@ class Attachments:
             for sr in sources:
                 made.append(("srpdf", _rendered(sr, next_series(str(sr.StudyInstanceUID)))))
         written: list[Path] = []
-        for number, (kind, ds) in enumerate(made, 1):
-            target = self.folder / f"{number:03d}-{kind}.dcm"
-            ds.save_as(target, enforce_file_format=True)
-            written.append(target)
+        try:
+            for number, (kind, ds) in enumerate(made, 1):
+                target = self.folder / f"{number:03d}-{kind}.dcm"
+                ds.save_as(target, enforce_file_format=True)
+                written.append(target)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the report objects into {self.folder}: {exc.strerror or exc}",
+                hint="check free space and permissions of the data directory",
+            ) from exc
         return written
 
     @staticmethod
