@@ -224,8 +224,7 @@ def send_command(
         if report or report_text or note_as_sr or sr_to_pdf or zip_package or iso_package:
             raise UsageError(
                 "--report, --report-text, --note-as-sr, --sr-to-pdf, --zip and --iso apply "
-                "to a new send, "
-                "not to --retry-failed",
+                "to a new send, not to --retry-failed",
                 hint="a replay resends the reports the first send journaled",
             )
         _replay(
