@@ -40,6 +40,7 @@ from dvdexit_cli.events import (
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import ItemRecord, Journal
 from dvdexit_cli.journal.store import DEFAULT_LEASE_SECONDS, new_claim
+from dvdexit_cli.package.onward import screen_packages
 from dvdexit_cli.transport.base import BatchTransport, StoreOutcome, Transport
 
 __all__ = [
@@ -97,6 +98,9 @@ class SendSettings:
     """Instances per request, for transports that send batches (STOW-RS)."""
     batch_bytes: int = DEFAULT_BATCH_BYTES
     """Bytes per request (a larger single instance goes alone)."""
+    attach: Callable[[Sequence[Instance]], Sequence[Path]] | None = None
+    """Writes objects that travel with the selected studies (reports, a transfer note;
+    see dicom/attach.py) and returns their files; they are sent after the images."""
 
     def selects(self, inst: Instance) -> bool:
         """Whether the selection options keep this instance."""
@@ -473,6 +477,7 @@ def _scan_selected(settings: SendSettings, observer: Observer) -> tuple[ScanResu
     Raises NoDicomFoundError when nothing is left to send.
     """
     found = scan(list(settings.inputs), unpack_dir=settings.unpack_dir)
+    found = screen_packages(found, settings.inputs)
     skipped = sum(r.disposition == "skipped" for r in found.rejected)
     unreadable = len(found.rejected) - skipped
     observer(ScanFinished(len(found.instances), found.total_bytes, skipped, unreadable))
@@ -492,7 +497,18 @@ def _scan_selected(settings: SendSettings, observer: Observer) -> tuple[ScanResu
             hint="point dvdexit at a folder, DICOMDIR medium or DICOM files"
             + (", or widen --study/--modality/--exclude-*" if excluded else ""),
         )
-    return ScanResult(instances=kept, rejected=found.rejected, unpacked=found.unpacked), excluded
+    unpacked = list(found.unpacked)
+    if settings.attach is not None:
+        try:
+            attached = [read_instance(path) for path in settings.attach(kept)]
+        except BaseException:
+            for folder in unpacked:  # nothing will be sent: keep no copies
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        kept.extend(attached)
+        # Kept like unpacked copies: until the transfer is complete, for --retry-failed.
+        unpacked.extend(sorted({inst.path.parent for inst in attached}))
+    return ScanResult(instances=kept, rejected=found.rejected, unpacked=unpacked), excluded
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_json
 from dvdexit_cli.cli.verify import remote_verify, render_remote
 from dvdexit_cli.config import AnyPeer, FolderPeer, Paths, PeerBook, resolve_paths
+from dvdexit_cli.dicom.attach import Attachments, parse_report_option
 from dvdexit_cli.engine import (
     DEFAULT_BATCH_SIZE,
     FileProblem,
@@ -206,6 +207,54 @@ def send_command(
     reason: Annotated[
         str | None, typer.Option("--reason", help="The reason for the transfer (referral).")
     ] = None,
+    recipient: Annotated[
+        str | None,
+        typer.Option("--recipient", help="Who the transfer is for (receiving clinician)."),
+    ] = None,
+    note_as_sr: Annotated[
+        bool,
+        typer.Option(
+            "--note-as-sr",
+            help="Also send --note/--reason/--recipient as a Basic Text SR 'Transfer note' "
+            "in each study (it adds an object to the patient's record).",
+        ),
+    ] = False,
+    report: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--report",
+            help="A PDF report to send with the study as Encapsulated PDF: FILE.pdf, or "
+            "STUDY_UID=FILE.pdf when the inputs hold several studies (repeatable).",
+        ),
+    ] = None,
+    report_text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--report-text",
+            help="A UTF-8 text report to send with the study as Basic Text SR: FILE.txt, "
+            "or STUDY_UID=FILE.txt (repeatable).",
+        ),
+    ] = None,
+    sr_to_pdf: Annotated[
+        bool,
+        typer.Option(
+            "--sr-to-pdf",
+            help="Also send each structured report (SR among the inputs, or made by "
+            "--report-text/--note-as-sr) rendered as an Encapsulated PDF, for PACS that "
+            "cannot show SR.",
+        ),
+    ] = False,
+    zip_package: Annotated[
+        bool,
+        typer.Option("--zip", help="For a folder peer: write the package as one .zip file."),
+    ] = False,
+    iso_package: Annotated[
+        bool,
+        typer.Option(
+            "--iso",
+            help="For a folder peer: write the package as an ISO 9660 DVD image (.iso).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -216,6 +265,12 @@ def send_command(
             raise UsageError(
                 "--retry-failed takes no paths: it resends what the journal holds",
                 hint="drop the paths, or drop --retry-failed to send them",
+            )
+        if report or report_text or note_as_sr or sr_to_pdf or zip_package or iso_package:
+            raise UsageError(
+                "--report, --report-text, --note-as-sr, --sr-to-pdf, --zip and --iso apply "
+                "to a new send, not to --retry-failed",
+                hint="a replay resends the reports the first send journaled",
             )
         _replay(
             home,
@@ -238,6 +293,19 @@ def send_command(
         )
     if not paths:
         raise UsageError("nothing to send: give files, folders or media", hint="see --help")
+    attachments = Attachments.under(
+        home.data_dir / "unpacked",
+        pdf_reports=tuple(parse_report_option(v, option="--report") for v in report or ()),
+        text_reports=tuple(
+            parse_report_option(v, option="--report-text") for v in report_text or ()
+        ),
+        note=note,
+        reason=reason,
+        recipient=recipient,
+        note_as_sr=note_as_sr,
+        sr_to_pdf=sr_to_pdf,
+    )
+    attachments.check()
     selected = SendSettings(
         inputs=tuple(paths),
         peer_name=to or "",
@@ -250,6 +318,7 @@ def send_command(
         exclude_modalities=_values(exclude_modality),
         exclude_sop_classes=_values(exclude_sop_class, upper=False),
         unpack_dir=home.data_dir / "unpacked",
+        attach=None if attachments.empty else attachments,
     )
     if dry_run:
         plan = plan_send(selected, observer=SendProgress(quiet=quiet or json_output))
@@ -261,6 +330,14 @@ def send_command(
     if to is None:
         raise UsageError("--to PEER is required", hint="list the peers with 'dvdexit peers list'")
     peer = PeerBook(home.peers_file).get_any(to)
+    if zip_package and iso_package:
+        raise UsageError("--zip and --iso exclude each other", hint="choose one")
+    if (zip_package or iso_package) and not isinstance(peer, FolderPeer):
+        raise UsageError(
+            f"--{'zip' if zip_package else 'iso'} applies only to folder peers; "
+            f"{peer.name} is not one",
+            hint="drop --zip, or send to a peer added with 'dvdexit peers add NAME --folder'",
+        )
     settings = replace(
         selected,
         peer_name=peer.name,
@@ -284,6 +361,9 @@ def send_command(
                 note=note,
                 reason=reason,
                 allow_lossy_transcode=allow_lossy_transcode,
+                recipient=recipient,
+                as_zip=zip_package,
+                as_iso=iso_package,
             )
 
         transport = make(progress)

@@ -19,12 +19,22 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 __all__ = [
     "BASIC_TEXT_SR",
     "ENCAPSULATED_PDF",
+    "SR_CLASSES",
     "basic_text_sr",
     "encapsulated_pdf",
+    "encapsulated_pdf_bytes",
+    "transfer_note_sr",
 ]
 
 ENCAPSULATED_PDF = UID("1.2.840.10008.5.1.4.1.1.104.1")
 BASIC_TEXT_SR = UID("1.2.840.10008.5.1.4.1.1.88.11")
+SR_CLASSES = frozenset(
+    {
+        BASIC_TEXT_SR,
+        UID("1.2.840.10008.5.1.4.1.1.88.22"),  # Enhanced SR
+        UID("1.2.840.10008.5.1.4.1.1.88.33"),  # Comprehensive SR
+    }
+)
 _MANUFACTURER = "dvdexit"
 
 # Patient and General Study module attributes copied from the reference instance.
@@ -104,12 +114,29 @@ def encapsulated_pdf(
     data = pdf.read_bytes()
     if not data.startswith(b"%PDF-"):
         raise ValueError(f"{pdf} is not a PDF file (no %PDF- header)")
+    return encapsulated_pdf_bytes(
+        data, reference=reference, title=title, series_number=series_number, now=now
+    )
+
+
+def encapsulated_pdf_bytes(
+    data: bytes,
+    *,
+    reference: Dataset,
+    title: str,
+    series_number: int = 9001,
+    now: datetime | None = None,
+) -> Dataset:
+    """Wrap the PDF document ``data`` as an Encapsulated PDF instance in the reference's study."""
+    if not data.startswith(b"%PDF-"):
+        raise ValueError("not a PDF document (no %PDF- header)")
     moment = now or datetime.now()
     ds = _base(reference, ENCAPSULATED_PDF, "DOC", series_number, moment)
     ds.ConversionType = "WSD"
     ds.AcquisitionDateTime = moment.strftime("%Y%m%d%H%M%S")
     ds.BurnedInAnnotation = "YES"
     ds.DocumentTitle = title
+    _unicode_if_needed(ds, [title])
     ds.ConceptNameCodeSequence = DicomSequence()
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     # PS3.3 C.24.2.1: the value is padded to even length with one NULL; the length
@@ -141,9 +168,55 @@ def basic_text_sr(
     ``heading`` is ``findings`` (a report) or ``reason`` (a sender's transfer note:
     reason for the referral). Raises ValueError for empty text.
     """
+    concept = codes.DCM.Findings if heading == "findings" else codes.DCM.ReasonForStudy
     texts = [p.strip() for p in paragraphs if p.strip()]
     if not texts:
         raise ValueError("the report text is empty")
+    return _text_sr(
+        [(concept, text) for text in texts],
+        reference=reference,
+        title=title,
+        series_number=series_number,
+        now=now,
+    )
+
+
+def transfer_note_sr(
+    *,
+    reference: Dataset,
+    note: str | None = None,
+    reason: str | None = None,
+    recipient: str | None = None,
+    series_number: int = 9003,
+    now: datetime | None = None,
+) -> Dataset:
+    """The sender's transfer note as a Basic Text SR in the reference's study.
+
+    The reason is a "Reason for Study" item, the note and the recipient "Comment"
+    items (the recipient prefixed ``Recipient:``). Raises ValueError when all are empty.
+    """
+    items = []
+    if reason and reason.strip():
+        items.append((codes.DCM.ReasonForStudy, reason.strip()))
+    if recipient and recipient.strip():
+        items.append((codes.DCM.Comment, f"Recipient: {recipient.strip()}"))
+    if note and note.strip():
+        items.append((codes.DCM.Comment, note.strip()))
+    if not items:
+        raise ValueError("the transfer note is empty: give a note, reason or recipient")
+    return _text_sr(
+        items, reference=reference, title="Transfer note", series_number=series_number, now=now
+    )
+
+
+def _text_sr(
+    items: Sequence[tuple[object, str]],
+    *,
+    reference: Dataset,
+    title: str,
+    series_number: int,
+    now: datetime | None,
+) -> Dataset:
     moment = now or datetime.now()
     ds = _base(reference, BASIC_TEXT_SR, "SR", series_number, moment)
     ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
@@ -153,16 +226,27 @@ def basic_text_sr(
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
     ds.ConceptNameCodeSequence = DicomSequence([_code(codes.LN.DiagnosticImagingReport)])
-    concept = codes.DCM.Findings if heading == "findings" else codes.DCM.ReasonForStudy
-    items = []
-    for text in texts:
+    content = []
+    for concept, text in items:
         item = Dataset()
         item.RelationshipType = "CONTAINS"
         item.ValueType = "TEXT"
         item.ConceptNameCodeSequence = DicomSequence([_code(concept)])
         item.TextValue = text
-        items.append(item)
-    ds.ContentSequence = DicomSequence(items)
+        content.append(item)
+    ds.ContentSequence = DicomSequence(content)
     if title:
         ds.SeriesDescription = title
+    _unicode_if_needed(ds, [text for _, text in items])
     return ds
+
+
+def _unicode_if_needed(ds: Dataset, texts: Sequence[str]) -> None:
+    """Declare UTF-8 when text we add is not ASCII and the reference declared no Unicode.
+
+    Values copied from the reference are decoded already, so they re-encode in UTF-8.
+    """
+    if all(text.isascii() for text in texts):
+        return
+    if ds.get("SpecificCharacterSet") not in ("ISO_IR 192",):
+        ds.SpecificCharacterSet = "ISO_IR 192"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pydicom
+from pycdlib.pycdlib import PyCdlib
+from pycdlib.pycdlibexception import PyCdlibException
 
+from dvdexit_cli.dicom.archives import archive_kind, unpack
 from dvdexit_cli.dicom.digest import dataset_digest
 from dvdexit_cli.package.manifest import MANIFEST_DIGEST_NAME, MANIFEST_NAME, Manifest
 
@@ -55,17 +59,38 @@ def _safe_member(root: Path, file_id: str) -> Path | None:
 
 
 def is_package(path: Path) -> bool:
-    """True for a folder or zip that holds a dvdexit manifest at its root."""
+    """True for a folder, zip or ISO image that holds a dvdexit manifest at its root."""
     if path.is_dir():
         return (path / MANIFEST_NAME).is_file()
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             return MANIFEST_NAME in zf.namelist()
+    if path.is_file() and archive_kind(path) == "iso":
+        return _iso_has_manifest(path)
     return False
 
 
+def _iso_has_manifest(path: Path) -> bool:
+    iso = PyCdlib()
+    try:
+        iso.open(str(path))
+    except (PyCdlibException, OSError, ValueError):
+        return False
+    try:
+        for kind in ("rr_path", "joliet_path"):
+            try:
+                iso.get_record(**{kind: "/" + MANIFEST_NAME})
+                return True
+            except (PyCdlibException, ValueError):
+                continue
+        return False
+    finally:
+        with contextlib.suppress(PyCdlibException):
+            iso.close()
+
+
 def verify_package(path: Path) -> PackageCheck:
-    """Verify the package at ``path`` (a folder, or a .zip file)."""
+    """Verify the package at ``path`` (a folder, a .zip file, or an ISO 9660 image)."""
     if path.is_file() and zipfile.is_zipfile(path):
         with tempfile.TemporaryDirectory(prefix="dvdexit-pkg-") as tmp:
             root = Path(tmp)
@@ -79,6 +104,13 @@ def verify_package(path: Path) -> PackageCheck:
                 zf.extractall(root)
             check = _verify_tree(root)
             check.path = path
+            return check
+    if path.is_file() and archive_kind(path) == "iso":
+        with tempfile.TemporaryDirectory(prefix="dvdexit-pkg-") as tmp:
+            refused = unpack(path, "iso", Path(tmp))
+            check = _verify_tree(Path(tmp))
+            check.path = path
+            check.problems.extend(("tampered", str(p.path), p.reason) for p in refused)
             return check
     return _verify_tree(path)
 

@@ -49,6 +49,9 @@ def transport_for(
     note: str | None = None,
     reason: str | None = None,
     allow_lossy_transcode: bool = False,
+    recipient: str | None = None,
+    as_zip: bool = False,
+    as_iso: bool = False,
 ) -> Transport:
     """Build the transport that reaches ``peer``; ConfigError when a secret is missing."""
     if isinstance(peer, DimsePeer):
@@ -74,5 +77,7 @@ def transport_for(
             verify=verify,
         )
     if isinstance(peer, FolderPeer):
-        return FolderTransport(peer, note=note, reason=reason)
+        return FolderTransport(
+            peer, note=note, reason=reason, recipient=recipient, as_zip=as_zip, as_iso=as_iso
+        )
     raise TypeError(f"no transport for peer kind {type(peer).__name__}")

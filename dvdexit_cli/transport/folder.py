@@ -34,7 +34,9 @@ class FolderTransport:
         organisation: str | None = None,
         note: str | None = None,
         reason: str | None = None,
+        recipient: str | None = None,
         as_zip: bool = False,
+        as_iso: bool = False,
     ) -> None:
         self.peer = peer
         self._manifest_fields = {
@@ -42,8 +44,10 @@ class FolderTransport:
             "organisation": organisation,
             "note": note,
             "reason": reason,
+            "recipient": recipient,
         }
         self._as_zip = as_zip
+        self._as_iso = as_iso
         self._packaged: set[str] = set()
         self.package_path: Path | None = None
 
@@ -60,13 +64,15 @@ class FolderTransport:
             )
         now = datetime.now(UTC)
         name = f"DVDEXIT-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3).upper()}"
-        target = folder / (name + (".zip" if self._as_zip else ""))
+        target = folder / (name + (".zip" if self._as_zip else ".iso" if self._as_iso else ""))
         manifest = Manifest(
             created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             **self._manifest_fields,  # type: ignore[arg-type]
         )
         try:
-            written = write_package(instances, target, manifest=manifest, as_zip=self._as_zip)
+            written = write_package(
+                instances, target, manifest=manifest, as_zip=self._as_zip, as_iso=self._as_iso
+            )
         except PackageWriteError as exc:
             raise PeerUnreachableError(
                 f"cannot write a package into {folder}: {exc}",

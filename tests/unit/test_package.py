@@ -14,9 +14,14 @@ from pydicom.fileset import FileSet
 
 from dvdexit_cli.dicom.digest import dataset_digest
 from dvdexit_cli.dicom.scan import scan
+from dvdexit_cli.engine import SendSettings, send
+from dvdexit_cli.errors import NoDicomFoundError
+from dvdexit_cli.exitcodes import ExitCode
+from dvdexit_cli.journal import Journal
 from dvdexit_cli.package import MANIFEST_NAME, Manifest, verify_package, write_package
 from dvdexit_cli.package.writer import PackageWriteError
-from dvdexit_cli.samples import make_sample_dvd
+from dvdexit_cli.samples import make_sample_dvd, write_study
+from dvdexit_cli.transport.memory import MemoryPeer, MemoryTransport
 
 
 def _manifest() -> Manifest:
@@ -150,3 +155,82 @@ def test_kill_9_while_writing_leaves_no_package_at_the_target_name(tmp_path: Pat
         proc.kill()
         proc.wait()
     assert not target.exists()
+
+
+# -- sending a package onward: the manifest vouches for each instance first ------------
+
+
+def _send_onward(tmp_path: Path, package: Path) -> tuple[object, MemoryPeer]:
+    peer = MemoryPeer()
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        result = send(
+            SendSettings(inputs=(package,), peer_name="memory", peer_address="", retries=0),
+            journal=journal,
+            transport=MemoryTransport(peer),
+        )
+    return result, peer
+
+
+def test_an_intact_package_is_sent_onward_whole(tmp_path: Path, package: Path) -> None:
+    result, peer = _send_onward(tmp_path, package)
+
+    assert result.exit_code == ExitCode.OK  # type: ignore[attr-defined]
+    manifest = Manifest.from_bytes((package / MANIFEST_NAME).read_bytes())
+    assert set(peer.stored) == {e.sop_instance_uid for e in manifest.entries}
+
+
+def test_an_edited_manifest_vouches_for_nothing_and_nothing_is_sent(
+    tmp_path: Path, package: Path
+) -> None:
+    data = (package / MANIFEST_NAME).read_bytes()
+    (package / MANIFEST_NAME).write_bytes(data.replace(b"second opinion", b"third opinion"))
+
+    with pytest.raises(NoDicomFoundError):
+        _send_onward(tmp_path, package)
+
+
+def test_a_file_added_to_a_package_or_missing_from_it_is_refused_the_rest_sent(
+    tmp_path: Path, package: Path
+) -> None:
+    manifest = Manifest.from_bytes((package / MANIFEST_NAME).read_bytes())
+    gone, copied = manifest.entries[0], manifest.entries[1]
+    (package / gone.file_id).unlink()
+    extra = write_study(package / "EXTRA", n_instances=1, seed="smuggled")[0]
+
+    result, peer = _send_onward(tmp_path, package)
+
+    assert result.exit_code == ExitCode.PARTIAL_FAILURE  # type: ignore[attr-defined]
+    reasons = {f.sop_instance_uid: f.reason for f in result.failures}  # type: ignore[attr-defined]
+    smuggled = str(pydicom.dcmread(extra, stop_before_pixels=True).SOPInstanceUID)
+    # The scan already leaves out a file the medium's DICOMDIR does not name.
+    skipped = {Path(s.path).name: s.reason for s in result.skipped_files}  # type: ignore[attr-defined]
+    assert "not named by the medium's DICOMDIR" in skipped[extra.name]
+    assert "missing" in reasons[gone.sop_instance_uid]
+    assert len(reasons) == 1  # reported once, though both DICOMDIR and manifest name it
+    assert copied.sop_instance_uid in peer.stored
+    assert smuggled not in peer.stored
+    assert len(peer.stored) == len(manifest.entries) - 1
+
+
+def test_a_dvd_image_package_verifies_and_names_a_tampered_instance(
+    tmp_path: Path, package: Path
+) -> None:
+    from dvdexit_cli.package.verify import is_package
+    from dvdexit_cli.package.writer import _write_iso
+
+    found = scan([package])
+    image = write_package(
+        found.instances, tmp_path / "disc.iso", manifest=_manifest(), as_iso=True
+    ).path
+    manifest = Manifest.from_bytes((package / MANIFEST_NAME).read_bytes())
+    victim = package / manifest.entries[0].file_id
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    _write_iso(package, tmp_path / "tampered.iso")
+
+    assert is_package(image) and not is_package(victim)
+    assert verify_package(image).verdict == "intact"
+    check = verify_package(tmp_path / "tampered.iso")
+    assert check.verdict == "tampered"
+    assert [(k, f) for k, f, _ in check.problems] == [("tampered", manifest.entries[0].file_id)]

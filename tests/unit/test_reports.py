@@ -77,3 +77,52 @@ def test_text_report_is_a_valid_basic_text_sr(tmp_path: Path, reference: pydicom
 def test_empty_text_report_is_refused(reference: pydicom.Dataset) -> None:
     with pytest.raises(ValueError, match="empty"):
         basic_text_sr(["  ", ""], reference=reference)
+
+
+def test_non_ascii_report_text_is_declared_utf8_and_kept(
+    tmp_path: Path, reference: pydicom.Dataset
+) -> None:
+    ds = basic_text_sr(
+        ["Geen afwijkingen; controle over één jaar — Ĳsselmeer."], reference=reference
+    )
+    ds.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+
+    back = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert back.SpecificCharacterSet == "ISO_IR 192"
+    assert back.ContentSequence[0].TextValue.endswith("Ĳsselmeer.")
+    assert back.PatientName == reference.PatientName
+    assert dciodvfy_problems(tmp_path / "sr.dcm") == []
+
+
+def test_sr_to_pdf_renders_the_report_text_into_a_valid_encapsulated_pdf(
+    tmp_path: Path, reference: pydicom.Dataset
+) -> None:
+    from dvdexit_cli.dicom.attach import Attachments
+    from dvdexit_cli.dicom.scan import scan
+
+    sr = basic_text_sr(["No acute findings.", "Follow-up in six months."], reference=reference)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    sr.save_as(inputs / "sr.dcm", enforce_file_format=True)
+
+    (written,) = Attachments.under(tmp_path / "out", sr_to_pdf=True)(scan([inputs]).instances)
+
+    pdf = pydicom.dcmread(written)
+    document = pdf.EncapsulatedDocument[: pdf.EncapsulatedDocumentLength]
+    assert pdf.SOPClassUID == ENCAPSULATED_PDF
+    assert pdf.StudyInstanceUID == reference.StudyInstanceUID
+    assert pdf.SourceInstanceSequence[0].ReferencedSOPInstanceUID == sr.SOPInstanceUID
+    assert document.startswith(b"%PDF-")
+    assert b"No acute findings." in document and b"Follow-up in six months." in document
+    assert dciodvfy_problems(written) == []
+
+
+def test_sr_to_pdf_with_no_sr_among_the_inputs_adds_nothing(tmp_path: Path) -> None:
+    from dvdexit_cli.dicom.attach import Attachments
+    from dvdexit_cli.dicom.scan import scan
+
+    write_study(tmp_path / "ct", n_instances=1, seed="no-sr")
+    attachments = Attachments.under(tmp_path / "out", sr_to_pdf=True)
+
+    assert attachments(scan([tmp_path / "ct"]).instances) == []
+    assert not (tmp_path / "out").exists()
