@@ -287,6 +287,12 @@ def send(
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
         observer(TransferFinished(transfer_id, "interrupted"))
         raise
+    except Exception as exc:
+        # A bug, not a peer's answer: the transfer must not read "running" forever, and
+        # its unsent items stay pending for --retry-failed.
+        journal.finish_transfer(transfer_id, outcome="failed", error=_cut_short(exc))
+        observer(TransferFinished(transfer_id, "failed"))
+        raise
     finally:
         transport.close()
     result = _result_from_journal(
@@ -652,9 +658,9 @@ def _send_all(
                     return exc.message, exc.hint
                 retry.extend(pending[position:])
                 break
-            except BaseException:
+            except BaseException as exc:
                 journal.record_outcome(
-                    item_id, state="pending", status=None, reason="interrupted while sending"
+                    item_id, state="pending", status=None, reason=_cut_short(exc)
                 )
                 raise
             _record(journal, item_id, inst, outcome, attempt, observer)
@@ -730,10 +736,10 @@ def _send_batches(
                     return exc.message, exc.hint
                 retry.extend(rest)
                 break
-            except BaseException:
+            except BaseException as exc:
                 for item_id, _ in claimed:
                     journal.record_outcome(
-                        item_id, state="pending", status=None, reason="interrupted while sending"
+                        item_id, state="pending", status=None, reason=_cut_short(exc)
                     )
                 raise
             if result.retry_after is not None:
@@ -781,6 +787,15 @@ def _record(
             reason=outcome.reason,
             attempt=attempt,
         )
+    )
+
+
+def _cut_short(exc: BaseException) -> str:
+    """Why an item was left unanswered when sending stopped by an exception."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted while sending"
+    return (
+        f"internal error while sending ({type(exc).__name__}); whether the peer kept it is unknown"
     )
 
 

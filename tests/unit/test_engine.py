@@ -237,3 +237,29 @@ def test_verify_names_an_instance_the_journal_recorded_but_the_folder_lost(
     assert list(result.study_status().values()) == ["incomplete"]
     assert result.exit_code == ExitCode.VERIFY_FAILED
     assert result.to_json()["missing"] == 1
+
+
+class _BrokenOnSecond(_InterruptedOnThird):
+    """A transport with a bug: its second store raises an unexpected exception."""
+
+    def store(self, instance: Instance) -> StoreOutcome:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("bug in a transport")
+        return self.inner.store(instance)
+
+
+def test_a_bug_in_a_transport_ends_the_transfer_failed_and_keeps_the_rest_pending(
+    tmp_path: Path, journal: Journal
+) -> None:
+    write_study(tmp_path / "in", n_instances=4, seed="bug")
+
+    with pytest.raises(RuntimeError):
+        send(settings(tmp_path / "in"), journal=journal, transport=_BrokenOnSecond())
+
+    (summary,) = journal.transfers()
+    assert summary.outcome == "failed"
+    assert summary.error is not None and "RuntimeError" in summary.error
+    assert summary.counts == {"sent": 1, "pending": 3}
+    reasons = {i.reason for i in journal.items(summary.id) if i.state == "pending"}
+    assert any(r and "internal error while sending" in r for r in reasons)
