@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,44 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydicom.uid import generate_uid
+from _common import free_port, stop, wait_for, write_large
 
-from dvdexit_cli.samples import make_small_instances, sample_uid, synthetic_instance
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_large(folder: Path, n: int) -> None:
-    folder.mkdir(parents=True)
-    study, series = sample_uid("bench", "study"), sample_uid("bench", "series")
-    for i in range(1, n + 1):
-        ds = synthetic_instance(
-            study_uid=study,
-            series_uid=series,
-            sop_uid=generate_uid(entropy_srcs=["bench", str(i)]),
-            rows=512,
-            cols=512,
-            instance_number=i,
-        )
-        ds.save_as(folder / f"CT{i:05d}.dcm", enforce_file_format=True)
-
-
-def wait_for(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"receiver on {port} exited ({proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"receiver on {port} did not start") from None
-            time.sleep(0.1)
+from dvdexit_cli.samples import make_small_instances
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -72,15 +35,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def count_instances(folder: Path) -> int:

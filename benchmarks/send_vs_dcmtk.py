@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,30 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydicom.uid import generate_uid
+from _common import free_port, stop, wait_for, write_large
 
-from dvdexit_cli.samples import make_small_instances, sample_uid, synthetic_instance
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_large(folder: Path, n: int) -> None:
-    folder.mkdir(parents=True)
-    study, series = sample_uid("bench", "study"), sample_uid("bench", "series")
-    for i in range(1, n + 1):
-        ds = synthetic_instance(
-            study_uid=study,
-            series_uid=series,
-            sop_uid=generate_uid(entropy_srcs=["bench", str(i)]),
-            rows=512,
-            cols=512,
-            instance_number=i,
-        )
-        ds.save_as(folder / f"CT{i:05d}.dcm", enforce_file_format=True)
+from dvdexit_cli.samples import make_small_instances
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
@@ -110,15 +87,7 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("storescp did not start") from None
-                    time.sleep(0.1)
+            wait_for(port, scp)
             home = root / "home"
             env = {**os.environ, "DVDEXIT_HOME": str(home)}
             dvdexit = [sys.executable, "-m", "dvdexit_cli"]
@@ -181,12 +150,7 @@ def main() -> int:
                         f"{median / base:>7.2f}   {runs}"
                     )
         finally:
-            scp.send_signal(signal.SIGTERM)
-            try:
-                scp.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                scp.kill()
-                scp.wait()
+            stop(scp)
     return 0
 
 
