@@ -44,6 +44,7 @@ from dvdexit_cli.receive.commitment import (
 from dvdexit_cli.receive.completeness import CompletenessTracker
 from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
+from dvdexit_cli.receive.notes import record_note_from_instance
 from dvdexit_cli.receive.reconcile import PatientMapping
 from dvdexit_cli.receive.store import (
     DEFAULT_LAYOUT,
@@ -423,6 +424,13 @@ class StorageServer:
                 status, reason = STATUS_SUCCESS, None
         self._journal.record_received(**record, outcome=outcome, status=status, reason=reason)
         if outcome in ("stored", "duplicate") and record["study_uid"]:
+            record_note_from_instance(
+                self._journal,
+                study_uid=record["study_uid"],
+                sop_class_uid=sop_class,
+                path=Path(record["path"]),
+                sender_ae=calling_ae,
+            )
             self._journal.note_study_activity(
                 study_uid=record["study_uid"],
                 calling_ae=calling_ae,
