@@ -36,12 +36,14 @@ from typing import Any
 
 from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer, Paths
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.journal.store import ReceivedStudy
 
 __all__ = [
     "AUDIT_FILE_NAME",
     "OUTCOMES",
     "AuditTrail",
     "Participant",
+    "ReceiveAuditor",
     "TransferAuditor",
     "audit_path",
     "destination_for_peer",
@@ -314,6 +316,50 @@ class TransferAuditor:
             )
 
 
+class ReceiveAuditor:
+    """Writes the audit record of a received study when it completes."""
+
+    def __init__(self, trail: AuditTrail, *, local_ae: str, kind: str = "receive") -> None:
+        self.trail = trail
+        self.kind = kind
+        self.destination = Participant(
+            "destination", ae_title=local_ae, address=socket.gethostname()
+        )
+
+    def study(self, journal: Journal, study: ReceivedStudy) -> None:
+        """One record for ``study`` (counts over everything received for it so far)."""
+        counts, classes = received_counts(journal.received_rows(study.study_uid))
+        note = journal.study_note(study.study_uid) or {}
+        sender_ae = study.calling_ae
+        if self.kind == "import" and note.get("sender_ae"):
+            sender_ae = str(note["sender_ae"])
+        source = Participant(
+            "source",
+            name=Path(study.peer_address).name if self.kind == "import" else None,
+            ae_title=sender_ae,
+            address=study.peer_address,
+            requestor=True,
+        )
+        bad = counts["conflict"] + counts["refused"]
+        good = counts["stored"] + counts["duplicate"]
+        self.trail.record(
+            kind=self.kind,
+            # PS3.15 A.5.3.7: C when the receiver did not hold the instances, R when it did.
+            action="C" if counts["stored"] else "R",
+            outcome=0 if not bad else 4 if good else 8,
+            study_uid=study.study_uid,
+            source=source,
+            destination=self.destination,
+            instances=sum(classes.values()),
+            sop_classes=classes,
+            counts=counts,
+            note=note.get("note"),
+            reason=note.get("reason"),
+            recipient=note.get("recipient"),
+            detail=f"complete by {study.completed_by}" if study.completed_by else None,
+        )
+
+
 def read_audit(path: Path, *, since: datetime | None = None) -> Iterator[dict[str, Any]]:
     """The records of ``path`` (oldest first), those at or after ``since``; bad lines skipped."""
     try:
@@ -339,7 +385,7 @@ def read_audit(path: Path, *, since: datetime | None = None) -> Iterator[dict[st
             yield record
 
 
-def received_counts(rows: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], Counter[str]]:
+def received_counts(rows: Iterable[Any]) -> tuple[dict[str, int], Counter[str]]:
     """Counts by outcome and by SOP class from ``received`` rows of one study."""
     counts = {k: 0 for k in ("stored", "duplicate", "conflict", "refused")}
     classes: Counter[str] = Counter()

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dvdexit_cli.audit import audit_path
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.pull import pull_from
@@ -337,6 +338,7 @@ def receive_command(
         forward_to=peer,
         reconcile=mapping,
         staging=home.data_dir / "forward-staging",
+        audit_file=audit_path(home),
     )
     stop = threading.Event()
 

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from dvdexit_cli.audit import ReceiveAuditor
 from dvdexit_cli.events import Observer, StudyCompleted, ignore
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.receive.forward import Forwarder
@@ -35,7 +36,9 @@ class CompletenessTracker:
         hooks: HookRunner | None = None,
         forwarder: Forwarder | None = None,
         observer: Observer = ignore,
+        audit: ReceiveAuditor | None = None,
     ) -> None:
+        self._audit = audit
         self._forwarder = forwarder
         self._journal = journal
         self._idle = idle_timeout
@@ -63,6 +66,8 @@ class CompletenessTracker:
             self._observer(
                 StudyCompleted(study_uid=uid, instances=study.instances, completed_by=completed_by)
             )
+            if self._audit is not None:
+                self._audit.study(self._journal, study)
             if self._hooks is not None:
                 self._hooks.submit(study)
             if self._forwarder is not None:

@@ -7,9 +7,9 @@ DVDEXIT_COMPLETED_BY (``commitment``, ``idle`` or ``package``), and, when the se
 gave them (a transfer-note SR in the study, or a package manifest), DVDEXIT_NOTE,
 DVDEXIT_REASON and DVDEXIT_RECIPIENT: untrusted text from the sending site, cleaned of
 control characters and cut at 1,024 characters (quote them; never evaluate them). Its
-standard output and error go to the receiver's standard error. A run is journaled as ``running`` before it starts, so a
-run cut off by a crash is found again (``dvdexit receive --rerun-hooks``); a failing
-hook never touches the stored instances.
+standard output and error go to the receiver's standard error. A run is journaled as
+``running`` before it starts, so a run cut off by a crash is found again (``dvdexit
+receive --rerun-hooks``); a failing hook never touches the stored instances.
 """
 
 from __future__ import annotations

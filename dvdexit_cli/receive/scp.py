@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
+from dvdexit_cli.audit import AuditTrail, ReceiveAuditor
 from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
@@ -102,6 +103,8 @@ class ReceiveSettings:
     reconcile: PatientMapping | None = None
     #: Where reconciled copies wait to be forwarded (outside the store).
     staging: Path | None = None
+    #: The audit trail (audit.jsonl); None writes no audit records.
+    audit_file: Path | None = None
 
 
 def sweep_store(store: Path) -> int:
@@ -171,6 +174,14 @@ class StorageServer:
             hooks=self._hooks,
             forwarder=self._forwarder,
             observer=observer,
+            audit=(
+                ReceiveAuditor(
+                    AuditTrail(settings.audit_file, process="dvdexit receive"),
+                    local_ae=settings.ae_title,
+                )
+                if settings.audit_file is not None
+                else None
+            ),
         )
         self.swept = 0
         self._previous_tempdir: str | None = None
