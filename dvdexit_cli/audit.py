@@ -47,6 +47,7 @@ __all__ = [
     "TransferAuditor",
     "audit_path",
     "destination_for_peer",
+    "forward_auditor",
     "read_audit",
     "source_for_send",
     "study_record",
@@ -314,6 +315,20 @@ class TransferAuditor:
                 recipient=self.recipient,
                 detail=error or (reasons[0] if reasons else None),
             )
+
+
+def forward_auditor(
+    audit_file: Path | None, peer: AnyPeer | None, local_ae: str
+) -> TransferAuditor | None:
+    """The auditor of a receiver's forwards to ``peer`` (None without an audit file)."""
+    if audit_file is None or peer is None:
+        return None
+    return TransferAuditor(
+        AuditTrail(audit_file, process="dvdexit receive (forward)"),
+        source_for=lambda _name: source_for_send(peer, local_ae),
+        destination_for=lambda _name: destination_for_peer(peer),
+        kind="forward",
+    )
 
 
 class ReceiveAuditor:

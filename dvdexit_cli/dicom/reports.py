@@ -24,6 +24,7 @@ __all__ = [
     "SR_CLASSES",
     "TransferNote",
     "basic_text_sr",
+    "clean_note_text",
     "encapsulated_pdf",
     "encapsulated_pdf_bytes",
     "read_transfer_note",
@@ -271,7 +272,7 @@ class TransferNote:
     recipient: str | None
 
 
-def _clean(text: str | None) -> str | None:
+def clean_note_text(text: str | None) -> str | None:
     """Untrusted text made safe to show and to put in an environment variable."""
     if text is None:
         return None
@@ -320,7 +321,7 @@ def read_transfer_note(ds: Dataset) -> TransferNote | None:
             del comments[index]
             break
     return TransferNote(
-        note=_clean("\n".join(comments)) if comments else None,
-        reason=_clean("\n".join(reasons)) if reasons else None,
-        recipient=_clean(recipient),
+        note=clean_note_text("\n".join(comments)) if comments else None,
+        reason=clean_note_text("\n".join(reasons)) if reasons else None,
+        recipient=clean_note_text(recipient),
     )

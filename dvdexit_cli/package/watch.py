@@ -1,13 +1,17 @@
 """Pick up transfer packages from a drop folder: verify, import into the receive store, file.
 
-Library only for now (the ``dvdexit receive --watch DIR`` option is not wired into the
-CLI yet). Each package that appears in the drop folder (a folder, .zip or .iso; hidden
-names such as a writer's ``.NAME.partial-XXXX`` are left alone) is verified first. An
-intact package has every instance stored in the receive store (durably, with the
-store's duplicate and conflict rules) and recorded in the journal as received, then is
-moved to ``done/``. A package that is not intact, or whose import failed, is moved to
-``rejected/`` with ``NAME.reason.txt`` beside it saying why; nothing of a package that is
-not intact is stored.
+Used by ``dvdexit receive --watch DIR``. Each package that appears in the drop folder (a
+folder, .zip or .iso holding a MANIFEST.JSON; hidden names such as a writer's
+``.NAME.partial-XXXX`` are left alone) is taken only once it is complete: a zip or ISO
+must be readable as one (a half-copied zip has no central directory yet), and nothing in
+it may have changed for ``settle`` seconds (a package copied by ``cp -r`` or rsync gets
+its manifest before its last file). It is verified first. An intact package has every
+instance stored in the receive store (durably, with the store's duplicate and conflict
+rules) and recorded in the journal as received, its studies completed (``completed_by``
+``package``: hook, forward and audit as for a received study) with the manifest's note,
+then is moved to ``done/``. A package that is not intact, or whose import failed, is
+moved to ``rejected/`` with ``NAME.reason.txt`` beside it saying why; nothing of a
+package that is not intact is stored.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dvdexit_cli.dicom.reports import clean_note_text
 from dvdexit_cli.dicom.scan import scan
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.package.manifest import Manifest
 from dvdexit_cli.package.verify import is_package, verify_package
+from dvdexit_cli.receive.completeness import CompletenessTracker
 from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
 
 __all__ = ["DropResult", "process_drop_folder"]
@@ -41,6 +49,36 @@ class DropResult:
     stored: int = 0
     duplicates: int = 0
     conflicts: int = 0
+    waiting: list[str] = field(default_factory=list)
+    """Packages still changing (younger than ``settle``): left for the next pass."""
+    not_intact: int = 0
+    """Rejected because verification failed (incomplete or tampered)."""
+    studies: list[str] = field(default_factory=list)
+    """Studies imported (and completed) in this pass."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "done": self.done,
+            "rejected": [{"package": name, "reason": why} for name, why in self.rejected],
+            "waiting": self.waiting,
+            "studies": self.studies,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+        }
+
+
+def newest_change(path: Path) -> float:
+    """The latest modification time of ``path`` and, for a folder, of anything inside it."""
+    newest = path.stat().st_mtime
+    if path.is_dir():
+        for folder, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                try:
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+                except FileNotFoundError:  # removed meanwhile: still changing
+                    return time.time()
+    return newest
 
 
 def _move(path: Path, folder: Path) -> Path:
@@ -53,9 +91,17 @@ def _move(path: Path, folder: Path) -> Path:
 
 
 def _import(
-    package: Path, store: InstanceStore, journal: Journal, result: DropResult, unpack: Path
+    package: Path,
+    store: InstanceStore,
+    journal: Journal,
+    result: DropResult,
+    unpack: Path,
+    studies: dict[str, str],
 ) -> str | None:
-    """Store every instance of an intact package; return why it failed, or None."""
+    """Store every instance of an intact package; return why it failed, or None.
+
+    ``studies`` gets each stored study's UID -> its folder in the store.
+    """
     found = scan([package], unpack_dir=unpack)
     failed = [r for r in found.rejected if r.disposition == "failed"]
     if failed:
@@ -86,6 +132,8 @@ def _import(
             status=0,
             reason=None,
         )
+        if put.outcome in ("stored", "duplicate"):
+            studies.setdefault(put.study_uid, str(store.study_folder(put.path, put.study_uid)))
         result.stored += put.outcome == "stored"
         result.duplicates += put.outcome == "duplicate"
         result.conflicts += put.outcome == "conflict"
@@ -98,18 +146,32 @@ def process_drop_folder(
     store: InstanceStore,
     journal: Journal,
     on_package: Callable[[str, str, str | None], None] | None = None,
+    settle: float = 0.0,
+    tracker: CompletenessTracker | None = None,
 ) -> DropResult:
     """One pass over ``drop``: import intact packages, file each under done/ or rejected/.
 
     ``on_package(name, "done" | "rejected", reason)`` is called for each package filed.
+    A package changed less than ``settle`` seconds ago is left for a later pass. With a
+    ``tracker``, the studies of an imported package are completed (hook, forward, audit).
     """
     result = DropResult()
     for path in sorted(drop.iterdir()):
-        if path.name.startswith(".") or path.name in (DONE, REJECTED) or not is_package(path):
+        if path.name.startswith(".") or path.name in (DONE, REJECTED):
+            continue
+        try:
+            if settle > 0 and time.time() - newest_change(path) < settle:
+                result.waiting.append(path.name)
+                continue
+        except FileNotFoundError:
+            continue  # moved away meanwhile
+        if not is_package(path):
             continue
         check = verify_package(path)
         reason: str | None
+        studies: dict[str, str] = {}
         if check.verdict != "intact":
+            result.not_intact += 1
             _kind, name, why = check.problems[0]
             reason = f"{check.verdict}: {name}: {why}" + (
                 f" (and {len(check.problems) - 1} more problem(s))"
@@ -118,10 +180,12 @@ def process_drop_folder(
             )
         else:
             with tempfile.TemporaryDirectory(prefix="dvdexit-drop-") as tmp:
-                reason = _import(path, store, journal, result, Path(tmp))
+                reason = _import(path, store, journal, result, Path(tmp), studies)
         if reason is None:
             _move(path, drop / DONE)
             result.done.append(path.name)
+            _complete(journal, tracker, path, studies, check.manifest)
+            result.studies.extend(sorted(studies))
         else:
             filed = _move(path, drop / REJECTED)
             (drop / REJECTED / f"{filed.name}.reason.txt").write_text(reason + "\n")
@@ -129,3 +193,36 @@ def process_drop_folder(
         if on_package is not None:
             on_package(path.name, REJECTED if reason else DONE, reason)
     return result
+
+
+def _complete(
+    journal: Journal,
+    tracker: CompletenessTracker | None,
+    package: Path,
+    studies: dict[str, str],
+    manifest: Manifest | None,
+) -> None:
+    """Record the imported studies (with the manifest's note) and complete them."""
+    for study_uid, folder in sorted(studies.items()):
+        journal.note_study_activity(
+            study_uid=study_uid,
+            calling_ae=CALLING_AE,
+            peer_address=str(package),
+            folder=folder,
+            new=True,
+        )
+        if manifest is not None and (manifest.note or manifest.reason or manifest.recipient):
+            journal.set_study_note(
+                study_uid,
+                note=_clean(manifest.note),
+                reason=_clean(manifest.reason),
+                recipient=_clean(manifest.recipient),
+                source="manifest",
+                sender_ae=manifest.sender_ae or None,
+            )
+    if tracker is not None:
+        tracker.complete(sorted(studies), completed_by="package")
+
+
+def _clean(text: object) -> str | None:
+    return clean_note_text(text if isinstance(text, str) else None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pydicom
 
+from dvdexit_cli.audit import TransferAuditor
 from dvdexit_cli.config import AnyPeer
 from dvdexit_cli.engine import SendSettings, send
 from dvdexit_cli.errors import DvdexitError
@@ -47,8 +48,10 @@ class Forwarder:
         staging: Path,
         mapping: PatientMapping | None = None,
         observer: Observer = ignore,
+        audit: TransferAuditor | None = None,
     ) -> None:
         self.peer = peer
+        self._audit = audit
         self._journal = journal
         self._staging = staging
         self._mapping = mapping
@@ -100,6 +103,7 @@ class Forwarder:
                 journal=self._journal,
                 # The peer as configured: TLS files, DICOMweb auth or a drop folder.
                 transport=transport_for(self.peer),
+                audit=self._audit,
             )
             transfer_id = result.transfer_id
             outcome = (

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
-from dvdexit_cli.audit import AuditTrail, ReceiveAuditor
+from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, forward_auditor
 from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
@@ -164,6 +164,7 @@ class StorageServer:
                 staging=settings.staging or settings.store.parent / "forward-staging",
                 mapping=settings.reconcile,
                 observer=observer,
+                audit=forward_auditor(settings.audit_file, settings.forward_to, settings.ae_title),
             )
             if settings.forward_to is not None
             else None

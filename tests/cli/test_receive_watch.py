@@ -1,0 +1,193 @@
+"""``dvdexit receive --watch DIR``: packages dropped by ``dvdexit send`` to a folder peer.
+
+Packages are written by the real command (``send --to FOLDER-PEER``, with and without
+``--zip``); the watcher runs as its own process, once (``--once``, as cron would) or until
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from peers import dvdexit_env, run_dvdexit, stop_process
+
+from dvdexit_cli.dicom.digest import dataset_digest
+from dvdexit_cli.samples import DEFAULT_PATIENT_ID, make_sample_dvd
+
+HOOK = """\
+#!/bin/sh
+printf '%s|%s|%s|%s|%s\\n' "$DVDEXIT_STUDY_UID" "$DVDEXIT_COMPLETED_BY" "$DVDEXIT_NOTE" \
+"$DVDEXIT_REASON" "$DVDEXIT_RECIPIENT" >> "$1"
+"""
+
+
+def _package(tmp_path: Path, home: Path, outbox: Path, seed: str, *extra: str) -> Path:
+    """Send a small sample study to the folder peer ``out``; return the package written."""
+    media = make_sample_dvd(tmp_path / f"dvd-{seed}", seed=seed, ct_slices=2, sc_images=1)
+    before = set(outbox.iterdir())
+    sent = run_dvdexit("send", media.root, "--to", "out", *extra, home=home)
+    assert sent.returncode == 0, sent.stderr
+    (package,) = set(outbox.iterdir()) - before
+    return package
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, dvdexit_home: Path) -> Path:
+    folder = tmp_path / "outbox"
+    folder.mkdir()
+    added = run_dvdexit("peers", "add", "out", "--folder", folder, home=dvdexit_home)
+    assert added.returncode == 0, added.stderr
+    return folder
+
+
+def test_watch_once_imports_intact_packages_and_rejects_a_tampered_one_naming_the_instance(
+    tmp_path: Path, dvdexit_home: Path, outbox: Path
+) -> None:
+    note = ("--note", "see the prior CT", "--reason", "second opinion", "--recipient", "Dr. B")
+    good = _package(tmp_path, dvdexit_home, outbox, "watch-good", *note)
+    zipped = _package(tmp_path, dvdexit_home, outbox, "watch-zip", "--zip")
+    bad = _package(tmp_path, dvdexit_home, outbox, "watch-bad")
+    victim = sorted(p for p in bad.rglob("*") if p.is_file() and p.parent != bad)[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    bad_files = sorted(p.relative_to(bad) for p in bad.rglob("*"))
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for package in (good, zipped, bad):
+        shutil.move(package, drop / package.name)
+    good_digests = {dataset_digest(p)[1] for p in (drop / good.name).rglob("IM*")}
+    receiver_home = tmp_path / "receiver-home"
+    receiver_home.mkdir()
+    script = tmp_path / "hook.sh"
+    script.write_text(HOOK)
+    marker = tmp_path / "hook-runs.txt"
+    store = tmp_path / "store"
+
+    watched = run_dvdexit(
+        "receive", "--watch", drop, "--once", "--settle", "0", "--store", store,
+        "--on-complete", f"sh {script} {marker}", "--json", home=receiver_home,
+    )  # fmt: skip
+
+    assert watched.returncode == 7, watched.stderr  # a package was not intact
+    result = json.loads(watched.stdout)
+    assert sorted(result["done"]) == sorted([good.name, zipped.name])
+    ((rejected,),) = [[r for r in result["rejected"]]]
+    assert rejected["package"] == bad.name
+    assert victim.relative_to(bad).as_posix() in rejected["reason"]
+    assert result["stored"] == 6 and result["conflicts"] == 0
+    assert sorted(p.name for p in (drop / "done").iterdir()) == sorted([good.name, zipped.name])
+    reason_file = drop / "rejected" / f"{bad.name}.reason.txt"
+    assert victim.relative_to(bad).as_posix() in reason_file.read_text()
+    # Nothing of the rejected package is lost, and nothing of it was stored.
+    kept = drop / "rejected" / bad.name
+    assert sorted(p.relative_to(kept) for p in kept.rglob("*")) == bad_files
+    stored = {dataset_digest(p)[1] for p in store.rglob("*.dcm")}
+    assert good_digests <= stored and len(stored) == 6
+    bad_digests = {dataset_digest(p)[1] for p in kept.rglob("IM*")}
+    assert not bad_digests & stored
+
+    # Every imported study completed once, its hook ran with the manifest's note.
+    runs = [line.split("|") for line in marker.read_text().splitlines()]
+    assert sorted(r[0] for r in runs) == sorted(result["studies"]) and len(runs) == 4
+    assert all(r[1] == "package" for r in runs)
+    with_note = [r for r in runs if r[2]]
+    assert len(with_note) == 2
+    assert all(r[2:] == ["see the prior CT", "second opinion", "Dr. B"] for r in with_note)
+
+    status = run_dvdexit("status", "--json", home=receiver_home)
+    received = {r["study_uid"]: r for r in json.loads(status.stdout)["received"]}
+    assert set(received) == set(result["studies"])
+    assert all(
+        r["state"] == "complete" and r["completed_by"] == "package" for r in received.values()
+    )
+    notes = [r["sender_note"] for r in received.values() if r["sender_note"]]
+    assert len(notes) == 2 and all(n["source"] == "manifest" for n in notes)
+    assert notes[0]["reason"] == "second opinion"
+
+    audit = [json.loads(x) for x in (receiver_home / "audit.jsonl").read_text().splitlines()]
+    assert sorted(r["study"]["uid"] for r in audit) == sorted(result["studies"])
+    assert all(r["type"] == "import" and r["outcome"] == 0 for r in audit)
+    assert DEFAULT_PATIENT_ID not in (receiver_home / "audit.jsonl").read_text()
+
+    again = run_dvdexit("receive", "--watch", drop, "--once", "--json", home=receiver_home)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["done"] == []
+
+
+def test_watch_once_leaves_half_written_packages_alone(
+    tmp_path: Path, dvdexit_home: Path, outbox: Path
+) -> None:
+    zipped = _package(tmp_path, dvdexit_home, outbox, "half-zip", "--zip")
+    folder = _package(tmp_path, dvdexit_home, outbox, "half-dir")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    # A zip still being copied: its first half, no central directory yet.
+    data = zipped.read_bytes()
+    (drop / zipped.name).write_bytes(data[: len(data) // 2])
+    # A folder copied by cp -r: manifest there, the rest arriving (changed just now).
+    copying = drop / folder.name
+    shutil.copytree(folder, copying)
+    missing = sorted(p for p in copying.rglob("IM*"))[-1]
+    missing.unlink()
+
+    watched = run_dvdexit(
+        "receive", "--watch", drop, "--once", "--settle", "60", "--store", tmp_path / "store",
+        "--json", home=tmp_path / "receiver-home",
+    )  # fmt: skip
+
+    assert watched.returncode == 0, watched.stderr
+    result = json.loads(watched.stdout)
+    assert result["done"] == [] and result["rejected"] == []
+    assert sorted(result["waiting"]) == sorted([zipped.name, folder.name])
+    assert sorted(p.name for p in drop.iterdir()) == sorted([zipped.name, folder.name])
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("*.dcm"))
+
+    # Old enough but the zip still truncated: not a package yet, still left alone.
+    past = time.time() - 3600
+    os.utime(drop / zipped.name, (past, past))
+    later = run_dvdexit(
+        "receive", "--watch", drop, "--once", "--settle", "60", "--store", tmp_path / "store",
+        "--json", home=tmp_path / "receiver-home",
+    )  # fmt: skip
+    assert later.returncode == 0, later.stderr
+    assert (drop / zipped.name).exists()
+
+
+def test_watch_runs_until_sigterm_and_imports_a_package_dropped_meanwhile(
+    tmp_path: Path, dvdexit_home: Path, outbox: Path
+) -> None:
+    package = _package(tmp_path, dvdexit_home, outbox, "watch-live")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    receiver_home = tmp_path / "receiver-home"
+    receiver_home.mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "dvdexit_cli", "receive", "--watch", str(drop),
+            "--interval", "0.2", "--settle", "0.5", "--store", str(tmp_path / "store"),
+        ],
+        env=dvdexit_env(receiver_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        shutil.move(package, drop / package.name)  # same filesystem: appears whole
+        deadline = time.monotonic() + 60
+        while not (drop / "done" / package.name).exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the package was not imported"
+            time.sleep(0.1)
+    finally:
+        code, killed = stop_process(proc, sig=signal.SIGTERM, timeout=20)
+    assert not killed and code == 0
+    assert len(list((tmp_path / "store").rglob("*.dcm"))) == 3
