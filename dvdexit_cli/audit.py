@@ -46,6 +46,7 @@ __all__ = [
     "ReceiveAuditor",
     "TransferAuditor",
     "audit_path",
+    "audit_pull",
     "destination_for_peer",
     "forward_auditor",
     "read_audit",
@@ -372,6 +373,55 @@ class ReceiveAuditor:
             reason=note.get("reason"),
             recipient=note.get("recipient"),
             detail=f"complete by {study.completed_by}" if study.completed_by else None,
+        )
+
+
+def audit_pull(
+    trail: AuditTrail,
+    journal: Journal,
+    result: Any,
+    *,
+    peer: AnyPeer,
+    local_ae: str,
+) -> None:
+    """One record per study of a pull (``receive --from``): the peer is the source.
+
+    ``result`` is a pull.PullResult. Outcome 0 when every listed instance is here, 4 when
+    some are missing or failed but some arrived, 8 when none did.
+    """
+    remote = destination_for_peer(peer)
+    source = Participant(
+        "source", name=remote.name, ae_title=remote.ae_title, address=remote.address
+    )
+    destination = Participant(
+        "destination", ae_title=local_ae, address=socket.gethostname(), requestor=True
+    )
+    for study_uid in result.studies:
+        counts = {k: int(v) for k, v in result.counts(study_uid).items()}
+        counts["listed"] = int(result.listed.get(study_uid, 0))
+        here = counts.get("stored", 0) + counts.get("duplicate", 0)
+        complete = bool(counts["listed"]) and here == sum(
+            v for k, v in counts.items() if k != "listed"
+        )
+        pulled = {i.sop_instance_uid for i in result.instances if i.study_uid == study_uid}
+        classes: Counter[str] = Counter()
+        seen: set[str] = set()
+        for row in journal.received_rows(study_uid):
+            uid = row["sop_instance_uid"]
+            if uid in pulled and uid not in seen and row["outcome"] in ("stored", "duplicate"):
+                seen.add(uid)
+                classes[str(row["sop_class_uid"])] += 1
+        trail.record(
+            kind="pull",
+            action="C" if counts.get("stored", 0) else "R",
+            outcome=0 if complete else 4 if here else 8,
+            study_uid=study_uid,
+            source=source,
+            destination=destination,
+            instances=here,
+            sop_classes=classes,
+            counts=counts,
+            detail=f"by {result.method}",
         )
 
 
