@@ -241,6 +241,14 @@ def receive_command(
             "known to the peer) instead of C-GET.",
         ),
     ] = None,
+    sr_to_pdf: Annotated[
+        bool | None,
+        typer.Option(
+            "--sr-to-pdf",
+            help="Also store each received structured report (Basic Text, Enhanced, "
+            "Comprehensive SR) rendered as an Encapsulated PDF in its study.",
+        ),
+    ] = None,
     watch: Annotated[
         Path | None,
         typer.Option(
@@ -345,6 +353,7 @@ def receive_command(
             settle=settle,
             once=once,
             json_output=json_output,
+            sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
         )
         return
     if once:
@@ -391,6 +400,7 @@ def receive_command(
         reconcile=mapping,
         staging=home.data_dir / "forward-staging",
         audit_file=audit_path(home),
+        sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
     )
     stop = threading.Event()
 
@@ -448,6 +458,7 @@ def _watch_drop_folder(
     settle: float,
     once: bool,
     json_output: bool,
+    sr_to_pdf: bool,
 ) -> None:
     """``receive --watch DIR``: import packages from a drop folder, once or until stopped."""
     if not drop.is_dir():
@@ -512,6 +523,7 @@ def _watch_drop_folder(
                     on_package=filed,
                     settle=settle,
                     tracker=tracker,
+                    sr_to_pdf=sr_to_pdf,
                 )
                 _merge(total, result)
                 if once or stop.wait(interval):

@@ -30,6 +30,7 @@ from dvdexit_cli.journal import Journal
 from dvdexit_cli.package.manifest import Manifest
 from dvdexit_cli.package.verify import is_package, verify_package
 from dvdexit_cli.receive.completeness import CompletenessTracker
+from dvdexit_cli.receive.render import render_sr_beside
 from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
 
 __all__ = ["DropResult", "process_drop_folder"]
@@ -97,6 +98,7 @@ def _import(
     result: DropResult,
     unpack: Path,
     studies: dict[str, str],
+    sr_to_pdf: bool = False,
 ) -> str | None:
     """Store every instance of an intact package; return why it failed, or None.
 
@@ -132,6 +134,15 @@ def _import(
             status=0,
             reason=None,
         )
+        if put.outcome == "stored" and sr_to_pdf:
+            render_sr_beside(
+                store,
+                journal,
+                sr_path=put.path,
+                sop_class_uid=inst.sop_class_uid,
+                calling_ae=CALLING_AE,
+                spool=unpack,
+            )
         if put.outcome in ("stored", "duplicate"):
             studies.setdefault(put.study_uid, str(store.study_folder(put.path, put.study_uid)))
         result.stored += put.outcome == "stored"
@@ -148,12 +159,14 @@ def process_drop_folder(
     on_package: Callable[[str, str, str | None], None] | None = None,
     settle: float = 0.0,
     tracker: CompletenessTracker | None = None,
+    sr_to_pdf: bool = False,
 ) -> DropResult:
     """One pass over ``drop``: import intact packages, file each under done/ or rejected/.
 
     ``on_package(name, "done" | "rejected", reason)`` is called for each package filed.
     A package changed less than ``settle`` seconds ago is left for a later pass. With a
     ``tracker``, the studies of an imported package are completed (hook, forward, audit).
+    With ``sr_to_pdf``, each new SR is also stored rendered as an Encapsulated PDF.
     """
     result = DropResult()
     for path in sorted(drop.iterdir()):
@@ -180,7 +193,7 @@ def process_drop_folder(
             )
         else:
             with tempfile.TemporaryDirectory(prefix="dvdexit-drop-") as tmp:
-                reason = _import(path, store, journal, result, Path(tmp), studies)
+                reason = _import(path, store, journal, result, Path(tmp), studies, sr_to_pdf)
         if reason is None:
             _move(path, drop / DONE)
             result.done.append(path.name)

@@ -47,6 +47,7 @@ from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
 from dvdexit_cli.receive.notes import record_note_from_instance
 from dvdexit_cli.receive.reconcile import PatientMapping
+from dvdexit_cli.receive.render import render_sr_beside
 from dvdexit_cli.receive.store import (
     DEFAULT_LAYOUT,
     InstanceStore,
@@ -105,6 +106,8 @@ class ReceiveSettings:
     staging: Path | None = None
     #: The audit trail (audit.jsonl); None writes no audit records.
     audit_file: Path | None = None
+    #: Store a received SR also rendered as an Encapsulated PDF (receive/render.py).
+    sr_to_pdf: bool = False
 
 
 def sweep_store(store: Path) -> int:
@@ -443,6 +446,15 @@ class StorageServer:
                 path=Path(record["path"]),
                 sender_ae=calling_ae,
             )
+            if outcome == "stored" and self.settings.sr_to_pdf:
+                render_sr_beside(
+                    self._store,
+                    self._journal,
+                    sr_path=Path(record["path"]),
+                    sop_class_uid=sop_class,
+                    calling_ae=calling_ae,
+                    spool=self.settings.store / SPOOL_DIR,
+                )
             self._journal.note_study_activity(
                 study_uid=record["study_uid"],
                 calling_ae=calling_ae,

@@ -16,10 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from peers import dvdexit_env, run_dvdexit, stop_process
 
 from dvdexit_cli.dicom.digest import dataset_digest
+from dvdexit_cli.dicom.reports import BASIC_TEXT_SR, ENCAPSULATED_PDF
 from dvdexit_cli.samples import DEFAULT_PATIENT_ID, make_sample_dvd
 
 HOOK = """\
@@ -191,3 +193,26 @@ def test_watch_runs_until_sigterm_and_imports_a_package_dropped_meanwhile(
         code, killed = stop_process(proc, sig=signal.SIGTERM, timeout=20)
     assert not killed and code == 0
     assert len(list((tmp_path / "store").rglob("*.dcm"))) == 3
+
+
+def test_watch_with_sr_to_pdf_stores_each_new_sr_of_a_package_also_as_a_pdf(
+    tmp_path: Path, dvdexit_home: Path, outbox: Path
+) -> None:
+    package = _package(
+        tmp_path, dvdexit_home, outbox, "watch-sr", "--note", "compare", "--note-as-sr"
+    )
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    shutil.move(package, drop / package.name)
+    store = tmp_path / "store"
+
+    watched = run_dvdexit(
+        "receive", "--watch", drop, "--once", "--settle", "0", "--sr-to-pdf", "--store", store,
+        "--json", home=tmp_path / "receiver-home",
+    )  # fmt: skip
+
+    assert watched.returncode == 0, watched.stderr
+    classes = sorted(str(pydicom.dcmread(p).SOPClassUID) for p in store.rglob("*.dcm"))
+    assert classes.count(BASIC_TEXT_SR) == 2  # a transfer note per study
+    assert classes.count(ENCAPSULATED_PDF) == 2
+    assert len(classes) == 3 + 4  # the images, the notes, their PDFs
