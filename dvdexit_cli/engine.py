@@ -323,8 +323,13 @@ def _audit(
     error: str | None,
 ) -> None:
     """One audit record per study of the finished transfer (see audit.py)."""
-    if audit is not None:
+    if audit is None:
+        return
+    try:
         audit.transfer(journal, transfer_id, outcome=outcome, error=error)
+    except Exception:  # the audit must never change what the send reports (or hide a ^C)
+        audit.trail.failures += 1
+        log.exception("audit records of transfer %d could not be written", transfer_id)
 
 
 TransportFactory = Callable[[Observer], Transport]

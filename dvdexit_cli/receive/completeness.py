@@ -67,7 +67,11 @@ class CompletenessTracker:
                 StudyCompleted(study_uid=uid, instances=study.instances, completed_by=completed_by)
             )
             if self._audit is not None:
-                self._audit.study(self._journal, study)
+                try:
+                    self._audit.study(self._journal, study)
+                except Exception:  # the hook and forward must run whatever the audit does
+                    self._audit.trail.failures += 1
+                    log.exception("audit record of study %s could not be written", uid)
             if self._hooks is not None:
                 self._hooks.submit(study)
             if self._forwarder is not None:
