@@ -339,6 +339,8 @@ def receive_command(
     mapping = load_mapping(Path(str(mapping_file))) if mapping_file else None
     store_dir = _pick(store, table, "store", None)
     if watch is not None:
+        if port is not None:
+            raise UsageError("--watch imports packages instead of listening: drop --port")
         _watch_drop_folder(
             home,
             watch,

@@ -120,6 +120,13 @@ def test_watch_once_imports_intact_packages_and_rejects_a_tampered_one_naming_th
     assert all(r["type"] == "import" and r["outcome"] == 0 for r in audit)
     assert DEFAULT_PATIENT_ID not in (receiver_home / "audit.jsonl").read_text()
 
+    shown = run_dvdexit("status", "--audit", home=receiver_home)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("import (C)") == 4 and "0 success" in shown.stdout
+
+    mixed = run_dvdexit("receive", "--watch", drop, "--port", "11112", home=receiver_home)
+    assert mixed.returncode == 2 and "drop --port" in mixed.stderr
+
     again = run_dvdexit("receive", "--watch", drop, "--once", "--json", home=receiver_home)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["done"] == []
