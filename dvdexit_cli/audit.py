@@ -342,8 +342,37 @@ class ReceiveAuditor:
             "destination", ae_title=local_ae, address=socket.gethostname()
         )
 
-    def study(self, journal: Journal, study: ReceivedStudy) -> None:
-        """One record for ``study`` (counts over everything received for it so far)."""
+    def commitment_failed(
+        self, journal: Journal, study_uid: str, *, failed: int, transaction_uid: str
+    ) -> None:
+        """A record for a study whose Storage Commitment we answered with failures.
+
+        The sender named instances we do not hold: the transfer did not fully arrive,
+        and the study does not complete (no hook) until they do.
+        """
+        study = journal.study(study_uid)
+        if study is None:
+            return
+        self.study(
+            journal,
+            study,
+            failed=failed,
+            detail=f"storage commitment {transaction_uid}: {failed} instance(s) of the "
+            "request not held",
+        )
+
+    def study(
+        self,
+        journal: Journal,
+        study: ReceivedStudy,
+        *,
+        failed: int = 0,
+        detail: str | None = None,
+    ) -> None:
+        """One record for ``study`` (counts over everything received for it so far).
+
+        ``failed``: instances the sender's commitment named that we do not hold.
+        """
         counts, classes = received_counts(journal.received_rows(study.study_uid))
         note = journal.study_note(study.study_uid) or {}
         sender_ae = study.calling_ae
@@ -356,7 +385,9 @@ class ReceiveAuditor:
             address=study.peer_address,
             requestor=True,
         )
-        bad = counts["conflict"] + counts["refused"]
+        if failed:
+            counts["not_held"] = failed
+        bad = counts["conflict"] + counts["refused"] + failed
         good = counts["stored"] + counts["duplicate"]
         self.trail.record(
             kind=self.kind,
@@ -372,7 +403,7 @@ class ReceiveAuditor:
             note=note.get("note"),
             reason=note.get("reason"),
             recipient=note.get("recipient"),
-            detail=f"complete by {study.completed_by}" if study.completed_by else None,
+            detail=detail or (f"complete by {study.completed_by}" if study.completed_by else None),
         )
 
 

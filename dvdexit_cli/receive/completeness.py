@@ -77,6 +77,21 @@ class CompletenessTracker:
             if self._forwarder is not None:
                 self._forwarder.submit(study)
 
+    def commitment_failed(
+        self, result_studies: Iterable[str], failed: int, transaction: str
+    ) -> None:
+        """Audit studies whose commitment we answered with failures (they stay receiving)."""
+        if self._audit is None:
+            return
+        for uid in sorted(result_studies):
+            try:
+                self._audit.commitment_failed(
+                    self._journal, uid, failed=failed, transaction_uid=transaction
+                )
+            except Exception:
+                self._audit.trail.failures += 1
+                log.exception("audit record of study %s could not be written", uid)
+
     def check_idle(self, now: datetime | None = None) -> None:
         """Complete every receiving study idle for longer than the timeout."""
         now = now or datetime.now(UTC)

@@ -347,6 +347,10 @@ class StorageServer:
         )
         if not result.failed:
             self.tracker.complete(sorted(result.studies), completed_by="commitment")
+        else:
+            self.tracker.commitment_failed(
+                result.studies, len(result.failed), result.transaction_uid
+            )
         send_event_report(
             result,
             assoc=event.assoc,
