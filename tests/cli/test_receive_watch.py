@@ -202,12 +202,13 @@ def test_watch_runs_until_sigterm_and_imports_a_package_dropped_meanwhile(
     assert len(list((tmp_path / "store").rglob("*.dcm"))) == 3
 
 
-def test_watch_with_sr_to_pdf_stores_each_new_sr_of_a_package_also_as_a_pdf(
+def test_watch_imports_a_dvd_image_and_with_sr_to_pdf_stores_each_new_sr_also_as_a_pdf(
     tmp_path: Path, dvdexit_home: Path, outbox: Path
 ) -> None:
     package = _package(
-        tmp_path, dvdexit_home, outbox, "watch-sr", "--note", "compare", "--note-as-sr"
+        tmp_path, dvdexit_home, outbox, "watch-sr", "--note", "compare", "--note-as-sr", "--iso"
     )
+    assert package.suffix == ".iso"  # a DVD image is a package too
     drop = tmp_path / "drop"
     drop.mkdir()
     shutil.move(package, drop / package.name)
