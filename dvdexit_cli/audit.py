@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer, Paths
 from dvdexit_cli.journal import Journal
@@ -105,8 +106,22 @@ class Participant:
 def destination_for_peer(peer: AnyPeer) -> Participant:
     """The receiving participant of a send to ``peer``."""
     ae = peer.called_ae if isinstance(peer, DimsePeer) else None
-    address = peer.url if isinstance(peer, DicomWebPeer) else peer.address
+    address = _url_without_secrets(peer.url) if isinstance(peer, DicomWebPeer) else peer.address
     return Participant("destination", name=peer.name, ae_title=ae, address=address)
+
+
+def _url_without_secrets(url: str) -> str:
+    """``url`` without user:password@ and without query or fragment (tokens live there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def source_for_send(peer: AnyPeer | None, local_ae: str) -> Participant:
@@ -313,7 +328,8 @@ class TransferAuditor:
                 transfer_id=transfer_id,
                 note=transfer["note"] if transfer is not None else None,
                 reason=transfer["reason"] if transfer is not None else None,
-                recipient=self.recipient,
+                recipient=(transfer["recipient"] if transfer is not None else None)
+                or self.recipient,
                 detail=error or (reasons[0] if reasons else None),
             )
 

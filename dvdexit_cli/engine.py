@@ -84,6 +84,8 @@ class SendSettings:
     retry_delay: float = 2.0
     note: str | None = None
     reason: str | None = None
+    recipient: str | None = None
+    """Who the transfer is for: journaled with it, named in its (and its replays') audit."""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     workers: int = 1
     """Parallel associations (worker processes), each taking whole studies."""
@@ -258,6 +260,7 @@ def send(
         rejected=found.rejected,
         note=settings.note,
         reason=settings.reason,
+        recipient=settings.recipient,
         claim=claim,
         lease_seconds=settings.lease_seconds,
     )

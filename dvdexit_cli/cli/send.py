@@ -352,6 +352,7 @@ def send_command(
         retries=retries,
         note=note,
         reason=reason,
+        recipient=recipient,
         # A drop folder gets one package per send, written by one writer.
         workers=1 if isinstance(peer, FolderPeer) else selected.workers,
     )

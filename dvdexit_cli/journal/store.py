@@ -165,6 +165,11 @@ _MIGRATIONS: tuple[str, ...] = (
         recorded_at TEXT NOT NULL
     );
     """,
+    # 6: the recipient of a send, kept with its note and reason so that a replay
+    # (send --retry-failed) can name it in its audit records
+    """
+    ALTER TABLE transfers ADD COLUMN recipient TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -387,6 +392,7 @@ class Journal:
         rejected: Iterable[Rejected],
         note: str | None = None,
         reason: str | None = None,
+        recipient: str | None = None,
         claim: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> tuple[int, list[int]]:
@@ -399,9 +405,17 @@ class Journal:
         now = utc_now()
         with self._write() as db:
             cur = db.execute(
-                "INSERT INTO transfers (peer, peer_address, created_at, note, reason, inputs)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (peer, peer_address, now, note, reason, json.dumps([str(p) for p in inputs])),
+                "INSERT INTO transfers (peer, peer_address, created_at, note, reason, recipient,"
+                " inputs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    peer,
+                    peer_address,
+                    now,
+                    note,
+                    reason,
+                    recipient,
+                    json.dumps([str(p) for p in inputs]),
+                ),
             )
             transfer_id = int(cur.lastrowid or 0)
             ids: list[int] = []
@@ -690,7 +704,7 @@ class Journal:
         return summaries
 
     def transfer_row(self, transfer_id: int) -> sqlite3.Row | None:
-        """The ``transfers`` row of one transfer (peer, note, reason, outcome ...)."""
+        """The ``transfers`` row of one transfer (peer, note, reason, recipient, outcome ...)."""
         rows = self._read("SELECT * FROM transfers WHERE id = ?", (transfer_id,))
         return rows[0] if rows else None
 

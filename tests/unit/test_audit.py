@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -118,3 +119,75 @@ def test_a_transfer_note_is_read_back_from_its_sr_and_other_srs_are_not_notes(
     assert read_transfer_note(forged) is None
     long = read_transfer_note(transfer_note_sr(reference=reference, note="y" * 5000))
     assert long is not None and long.note == "y" * 1024
+
+
+def test_a_replay_names_the_recipient_the_journal_kept_even_from_an_older_journal(
+    tmp_path: Path,
+) -> None:
+    """A journal at schema 5 (no recipient column) is migrated; its transfers keep working."""
+    from dvdexit_cli.audit import TransferAuditor
+    from dvdexit_cli.dicom.scan import scan
+    from dvdexit_cli.journal import Journal
+    from dvdexit_cli.journal.store import _MIGRATIONS
+
+    path = tmp_path / "j.sqlite"
+    with sqlite3.connect(path) as db:  # as dvdexit of migration 5 left it
+        for migration in _MIGRATIONS[:5]:
+            db.executescript(migration)
+        db.execute(
+            "INSERT INTO transfers (peer, peer_address, created_at, note, reason, inputs)"
+            " VALUES ('old', 'h:104', '2026-11-01T00:00:00.000Z', 'n', 'r', '[]')"
+        )
+        db.execute("PRAGMA user_version = 5")
+    db.close()
+    found = scan(write_study(tmp_path / "in", n_instances=2, seed="audit-recipient"))
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+    auditor = TransferAuditor(
+        trail, source_for=lambda _n: SOURCE, destination_for=lambda _n: DESTINATION, kind="retry"
+    )
+    with Journal(path) as journal:
+        old = journal.transfer_row(1)
+        assert old is not None and old["recipient"] is None  # migrated, nothing invented
+        transfer_id, ids = journal.create_transfer(
+            peer="them",
+            peer_address="h:104",
+            inputs=[tmp_path / "in"],
+            instances=found.instances,
+            rejected=[],
+            note="the note",
+            reason="the reason",
+            recipient="Dr. Demo",
+        )
+        for item_id in ids:
+            journal.mark_sending(item_id)
+            journal.record_outcome(item_id, state="sent", status=0, reason=None)
+        auditor.transfer(journal, transfer_id, outcome="complete", error=None)
+
+    (record,) = read_audit(trail.path)
+    assert record["type"] == "retry" and record["outcome"] == 0
+    assert (record["note"], record["reason"], record["recipient"]) == (
+        "the note",
+        "the reason",
+        "Dr. Demo",
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://pacs.example.org/dicom-web", "https://pacs.example.org/dicom-web"),
+        ("http://127.0.0.1:8042/dicom-web", "http://127.0.0.1:8042/dicom-web"),
+        (
+            "https://user:s3cret@pacs.example.org:8443/dw?token=abc#x",
+            "https://pacs.example.org:8443/dw",
+        ),
+        ("https://[::1]:8443/dw", "https://[::1]:8443/dw"),
+    ],
+)
+def test_a_dicomweb_destination_is_its_url_without_credentials(url: str, expected: str) -> None:
+    from dvdexit_cli.audit import destination_for_peer
+    from dvdexit_cli.config import DicomWebPeer
+
+    participant = destination_for_peer(DicomWebPeer(name="web", url=url))
+    assert (participant.name, participant.ae_title, participant.address) == ("web", None, expected)
+    assert "s3cret" not in json.dumps(participant.to_json())
