@@ -498,11 +498,23 @@ def read_audit(path: Path, *, since: datetime | None = None) -> Iterator[dict[st
 
 
 def received_counts(rows: Iterable[Any]) -> tuple[dict[str, int], Counter[str]]:
-    """Counts by outcome and by SOP class from ``received`` rows of one study."""
+    """Counts by outcome and by SOP class from ``received`` rows of one study.
+
+    A refusal (out of resources, a store that could not write) of an instance held now
+    is not counted: the sender's retry delivered it, and the study did arrive whole.
+    """
+    rows = list(rows)
+    held = {
+        r["sop_instance_uid"]
+        for r in rows
+        if r["outcome"] in ("stored", "duplicate") and r["sop_instance_uid"]
+    }
     counts = {k: 0 for k in ("stored", "duplicate", "conflict", "refused")}
     classes: Counter[str] = Counter()
     seen: set[str] = set()
     for row in rows:
+        if row["outcome"] == "refused" and row["sop_instance_uid"] in held:
+            continue
         counts[str(row["outcome"])] = counts.get(str(row["outcome"]), 0) + 1
         uid = row["sop_instance_uid"]
         if row["outcome"] in ("stored", "duplicate") and uid and uid not in seen:

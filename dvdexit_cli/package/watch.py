@@ -11,7 +11,12 @@ rules) and recorded in the journal as received, its studies completed (``complet
 ``package``: hook, forward and audit as for a received study) with the manifest's note,
 then is moved to ``done/``. A package that is not intact, or whose import failed, is
 moved to ``rejected/`` with ``NAME.reason.txt`` beside it saying why; nothing of a
-package that is not intact is stored.
+package that is not intact is stored. A package with an instance in conflict (its UID
+stored with other content) or refused by the store goes to ``rejected/`` too, though its
+other instances are stored: ``done/`` holds only packages that arrived whole. Studies
+stored in part by a failed import are audited (not completed). A package is filed only
+after its import and completion: after a crash it is still in the drop folder, and the
+next pass imports it again (its stored instances as duplicates).
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ __all__ = ["DropResult", "process_drop_folder"]
 DONE = "done"
 REJECTED = "rejected"
 CALLING_AE = "PACKAGE"  # what the journal shows as the sender of an imported package
+# The statuses a listening receiver answers in these cases (receive/scp.py), journaled alike.
+_OUT_OF_RESOURCES = 0xA700
+_CANNOT_UNDERSTAND = 0xC000
+_CONFLICT = 0xC001
 
 
 @dataclass
@@ -82,13 +91,29 @@ def newest_change(path: Path) -> float:
     return newest
 
 
-def _move(path: Path, folder: Path) -> Path:
+def _move(path: Path, folder: Path, *, reason: str | None = None) -> Path:
+    """File ``path`` in ``folder``; with ``reason``, its ``NAME.reason.txt`` is written first.
+
+    Reason first: a crash between the two leaves the package in the drop folder (taken
+    again at the next pass), never filed under rejected/ without saying why.
+    """
     folder.mkdir(exist_ok=True)
     target = folder / path.name
     if target.exists():  # a package of the same name was filed before: keep both
         target = folder / f"{path.name}.{secrets.token_hex(3)}"
+    if reason is not None:
+        (folder / f"{target.name}.reason.txt").write_text(reason + "\n")
     os.rename(path, target)
     return target
+
+
+def _audit_unfinished(
+    tracker: CompletenessTracker | None, package: Path, study_uids: list[str], *, detail: str
+) -> None:
+    if tracker is not None:
+        tracker.audit_unfinished(
+            study_uids, calling_ae=CALLING_AE, peer_address=str(package), detail=detail
+        )
 
 
 def _import(
@@ -98,17 +123,19 @@ def _import(
     result: DropResult,
     unpack: Path,
     studies: dict[str, str],
+    touched: set[str],
     sr_to_pdf: bool = False,
 ) -> str | None:
     """Store every instance of an intact package; return why it failed, or None.
 
-    ``studies`` gets each stored study's UID -> its folder in the store.
+    ``studies`` gets each stored study's UID -> its folder in the store; ``touched`` every
+    study with an instance journaled (stored, duplicate, conflict or refused).
     """
     found = scan([package], unpack_dir=unpack)
     failed = [r for r in found.rejected if r.disposition == "failed"]
     if failed:
         return f"{failed[0].path}: {failed[0].reason}"
-    for inst in found.instances:
+    for number, inst in enumerate(found.instances, start=1):
         try:
             put = store.put(
                 inst.path,
@@ -118,7 +145,31 @@ def _import(
                 calling_ae=CALLING_AE,
             )
         except (RefusedInstance, StoreWriteError) as exc:
-            return f"{inst.path.name}: {exc}"
+            # Journaled as a refusal, so that the audit record of the study counts it.
+            journal.record_received(
+                calling_ae=CALLING_AE,
+                peer_address=str(package),
+                sop_class_uid=inst.sop_class_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                study_uid=inst.study_uid,
+                series_uid=inst.series_uid,
+                transfer_syntax=inst.transfer_syntax,
+                size=None,
+                digest=None,
+                path=None,
+                outcome="refused",
+                status=_CANNOT_UNDERSTAND
+                if isinstance(exc, RefusedInstance)
+                else _OUT_OF_RESOURCES,
+                reason=str(exc),
+            )
+            if inst.study_uid:
+                touched.add(inst.study_uid)
+            left = len(found.instances) - number
+            return f"{inst.path.name}: {exc}" + (
+                f" ({left} later instance(s) of the package not imported)" if left else ""
+            )
+        conflict = put.outcome == "conflict"
         journal.record_received(
             calling_ae=CALLING_AE,
             peer_address=str(package),
@@ -131,9 +182,12 @@ def _import(
             digest=put.digest,
             path=str(put.path),
             outcome=put.outcome,
-            status=0,
-            reason=None,
+            status=_CONFLICT if conflict else 0,
+            reason="conflict: this SOP Instance UID is stored with other content"
+            if conflict
+            else None,
         )
+        touched.add(put.study_uid)
         if put.outcome == "stored" and sr_to_pdf:
             render_sr_beside(
                 store,
@@ -183,6 +237,8 @@ def process_drop_folder(
         check = verify_package(path)
         reason: str | None
         studies: dict[str, str] = {}
+        touched: set[str] = set()
+        conflicts_before = result.conflicts
         if check.verdict != "intact":
             result.not_intact += 1
             _kind, name, why = check.problems[0]
@@ -193,15 +249,35 @@ def process_drop_folder(
             )
         else:
             with tempfile.TemporaryDirectory(prefix="dvdexit-drop-") as tmp:
-                reason = _import(path, store, journal, result, Path(tmp), studies, sr_to_pdf)
+                reason = _import(
+                    path, store, journal, result, Path(tmp), studies, touched, sr_to_pdf
+                )
+            conflicts = result.conflicts - conflicts_before
+            if reason is None:
+                # Completed (journaled, audited, hook and forward queued) before the package
+                # is filed: a crash in between leaves it in the drop folder, imported again
+                # (as duplicates) at the next pass, never in done/ without its completion.
+                _complete(journal, tracker, path, studies, check.manifest)
+                result.studies.extend(sorted(studies))
+                if conflicts:
+                    # The other instances are stored, but the package did not fully arrive.
+                    reason = (
+                        f"conflict: {conflicts} instance(s) differ from the copy already "
+                        "stored under the same SOP Instance UID and were not stored (the "
+                        "package's other instances are)"
+                    )
+                    # A study of which nothing was stored is not completed, but audited.
+                    _audit_unfinished(tracker, path, sorted(touched - set(studies)), detail=reason)
+            elif touched:
+                # Stored in part: the store and the audit say so; the studies stay open.
+                _audit_unfinished(
+                    tracker, path, sorted(touched), detail=f"package {path.name} rejected: {reason}"
+                )
         if reason is None:
             _move(path, drop / DONE)
             result.done.append(path.name)
-            _complete(journal, tracker, path, studies, check.manifest)
-            result.studies.extend(sorted(studies))
         else:
-            filed = _move(path, drop / REJECTED)
-            (drop / REJECTED / f"{filed.name}.reason.txt").write_text(reason + "\n")
+            _move(path, drop / REJECTED, reason=reason)
             result.rejected.append((path.name, reason))
         if on_package is not None:
             on_package(path.name, REJECTED if reason else DONE, reason)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from dvdexit_cli.audit import ReceiveAuditor
 from dvdexit_cli.events import Observer, StudyCompleted, ignore
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.journal.store import ReceivedStudy
 from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
 
@@ -76,6 +77,35 @@ class CompletenessTracker:
                 self._hooks.submit(study)
             if self._forwarder is not None:
                 self._forwarder.submit(study)
+
+    def audit_unfinished(
+        self, study_uids: Iterable[str], *, calling_ae: str, peer_address: str, detail: str
+    ) -> None:
+        """Audit studies whose import failed part way (they are not completed).
+
+        ``calling_ae`` and ``peer_address`` name where the instances came from (the
+        package), whatever sent earlier instances of the study.
+        """
+        if self._audit is None:
+            return
+        for uid in study_uids:
+            known = self._journal.study(uid)
+            study = ReceivedStudy(
+                study_uid=uid,
+                calling_ae=calling_ae,
+                peer_address=peer_address,
+                folder=known.folder if known else "",
+                last_at=known.last_at if known else "",
+                state=known.state if known else "receiving",
+                commit_requested=known.commit_requested if known else False,
+                completed_by=None,
+                instances=known.instances if known else 0,
+            )
+            try:
+                self._audit.study(self._journal, study, detail=detail)
+            except Exception:
+                self._audit.trail.failures += 1
+                log.exception("audit record of study %s could not be written", uid)
 
     def commitment_failed(
         self, result_studies: Iterable[str], failed: int, transaction: str

@@ -191,3 +191,25 @@ def test_a_dicomweb_destination_is_its_url_without_credentials(url: str, expecte
     participant = destination_for_peer(DicomWebPeer(name="web", url=url))
     assert (participant.name, participant.ae_title, participant.address) == ("web", None, expected)
     assert "s3cret" not in json.dumps(participant.to_json())
+
+
+def test_a_refusal_later_delivered_is_not_counted_but_a_conflict_and_an_open_refusal_are() -> None:
+    from dvdexit_cli.audit import received_counts
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+
+    def row(uid: str | None, outcome: str) -> dict[str, object]:
+        return {"sop_instance_uid": uid, "sop_class_uid": ct, "outcome": outcome}
+
+    rows = [
+        row("1.1", "refused"),  # out of resources, then the sender's retry stored it
+        row("1.1", "stored"),
+        row("1.2", "stored"),
+        row("1.2", "conflict"),  # other content offered under a held UID: not stored
+        row("1.3", "refused"),  # never delivered
+        row(None, "refused"),  # a hostile UID, not kept: counted
+        row("1.2", "duplicate"),
+    ]
+    counts, classes = received_counts(rows)
+    assert counts == {"stored": 2, "duplicate": 1, "conflict": 1, "refused": 2}
+    assert classes == {ct: 2}
