@@ -383,11 +383,14 @@ class ReceiveAuditor:
         study: ReceivedStudy,
         *,
         failed: int = 0,
+        failed_as: str = "not_held",
         detail: str | None = None,
     ) -> None:
         """One record for ``study`` (counts over everything received for it so far).
 
-        ``failed``: instances the sender's commitment named that we do not hold.
+        ``failed``: instances that did not arrive, counted under ``failed_as``
+        (``not_held``: the sender's commitment named them; ``not_imported``: a package's
+        import stopped before them).
         """
         counts, classes = received_counts(journal.received_rows(study.study_uid))
         note = journal.study_note(study.study_uid) or {}
@@ -402,7 +405,7 @@ class ReceiveAuditor:
             requestor=True,
         )
         if failed:
-            counts["not_held"] = failed
+            counts[failed_as] = failed
         bad = counts["conflict"] + counts["refused"] + failed
         good = counts["stored"] + counts["duplicate"]
         self.trail.record(

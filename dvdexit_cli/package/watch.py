@@ -25,6 +25,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,11 +109,20 @@ def _move(path: Path, folder: Path, *, reason: str | None = None) -> Path:
 
 
 def _audit_unfinished(
-    tracker: CompletenessTracker | None, package: Path, study_uids: list[str], *, detail: str
+    tracker: CompletenessTracker | None,
+    package: Path,
+    study_uids: list[str],
+    *,
+    detail: str,
+    missing: Counter[str] | None = None,
 ) -> None:
     if tracker is not None:
         tracker.audit_unfinished(
-            study_uids, calling_ae=CALLING_AE, peer_address=str(package), detail=detail
+            study_uids,
+            calling_ae=CALLING_AE,
+            peer_address=str(package),
+            detail=detail,
+            not_imported=missing or Counter(),
         )
 
 
@@ -124,12 +134,14 @@ def _import(
     unpack: Path,
     studies: dict[str, str],
     touched: set[str],
+    missing: Counter[str],
     sr_to_pdf: bool = False,
 ) -> str | None:
     """Store every instance of an intact package; return why it failed, or None.
 
     ``studies`` gets each stored study's UID -> its folder in the store; ``touched`` every
-    study with an instance journaled (stored, duplicate, conflict or refused).
+    study with an instance journaled (stored, duplicate, conflict or refused) or left
+    unimported by a failure, ``missing`` the number of those left per study.
     """
     found = scan([package], unpack_dir=unpack)
     failed = [r for r in found.rejected if r.disposition == "failed"]
@@ -165,6 +177,10 @@ def _import(
             )
             if inst.study_uid:
                 touched.add(inst.study_uid)
+            for later in found.instances[number:]:
+                if later.study_uid:
+                    touched.add(later.study_uid)
+                    missing[later.study_uid] += 1
             left = len(found.instances) - number
             return f"{inst.path.name}: {exc}" + (
                 f" ({left} later instance(s) of the package not imported)" if left else ""
@@ -238,6 +254,7 @@ def process_drop_folder(
         reason: str | None
         studies: dict[str, str] = {}
         touched: set[str] = set()
+        missing: Counter[str] = Counter()
         conflicts_before = result.conflicts
         if check.verdict != "intact":
             result.not_intact += 1
@@ -250,7 +267,7 @@ def process_drop_folder(
         else:
             with tempfile.TemporaryDirectory(prefix="dvdexit-drop-") as tmp:
                 reason = _import(
-                    path, store, journal, result, Path(tmp), studies, touched, sr_to_pdf
+                    path, store, journal, result, Path(tmp), studies, touched, missing, sr_to_pdf
                 )
             conflicts = result.conflicts - conflicts_before
             if reason is None:
@@ -271,7 +288,11 @@ def process_drop_folder(
             elif touched:
                 # Stored in part: the store and the audit say so; the studies stay open.
                 _audit_unfinished(
-                    tracker, path, sorted(touched), detail=f"package {path.name} rejected: {reason}"
+                    tracker,
+                    path,
+                    sorted(touched),
+                    detail=f"package {path.name} rejected: {reason}",
+                    missing=missing,
                 )
         if reason is None:
             _move(path, drop / DONE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from dvdexit_cli.audit import ReceiveAuditor
@@ -79,12 +79,19 @@ class CompletenessTracker:
                 self._forwarder.submit(study)
 
     def audit_unfinished(
-        self, study_uids: Iterable[str], *, calling_ae: str, peer_address: str, detail: str
+        self,
+        study_uids: Iterable[str],
+        *,
+        calling_ae: str,
+        peer_address: str,
+        detail: str,
+        not_imported: Mapping[str, int] | None = None,
     ) -> None:
         """Audit studies whose import failed part way (they are not completed).
 
         ``calling_ae`` and ``peer_address`` name where the instances came from (the
-        package), whatever sent earlier instances of the study.
+        package), whatever sent earlier instances of the study; ``not_imported`` the
+        instances per study the failure left unimported (counted as failures).
         """
         if self._audit is None:
             return
@@ -102,7 +109,13 @@ class CompletenessTracker:
                 instances=known.instances if known else 0,
             )
             try:
-                self._audit.study(self._journal, study, detail=detail)
+                self._audit.study(
+                    self._journal,
+                    study,
+                    failed=(not_imported or {}).get(uid, 0),
+                    failed_as="not_imported",
+                    detail=detail,
+                )
             except Exception:
                 self._audit.trail.failures += 1
                 log.exception("audit record of study %s could not be written", uid)

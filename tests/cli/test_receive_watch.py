@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -224,3 +225,119 @@ def test_watch_imports_a_dvd_image_and_with_sr_to_pdf_stores_each_new_sr_also_as
     assert classes.count(BASIC_TEXT_SR) == 2  # a transfer note per study
     assert classes.count(ENCAPSULATED_PDF) == 2
     assert len(classes) == 3 + 4  # the images, the notes, their PDFs
+
+
+def _watch_once(drop: Path, store: Path, home: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    watched = run_dvdexit(
+        "receive", "--watch", drop, "--once", "--settle", "0", "--store", store, *extra,
+        "--json", home=home,
+    )  # fmt: skip
+    return watched.returncode, json.loads(watched.stdout)
+
+
+def _audit(home: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (home / "audit.jsonl").read_text().splitlines()]
+
+
+def test_a_package_with_a_conflicting_instance_goes_to_rejected_not_done_and_is_audited(
+    tmp_path: Path, dvdexit_home: Path, outbox: Path
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", seed="watch-conflict", ct_slices=3, sc_images=1)
+    sent = run_dvdexit("send", media.root, "--to", "out", home=dvdexit_home)
+    assert sent.returncode == 0, sent.stderr
+    (first,) = outbox.iterdir()
+    # The same study again, one CT slice changed under its UID (a correction, say).
+    victim = next(p for p in media.instances if pydicom.dcmread(p).Modality == "CT")
+    ds = pydicom.dcmread(victim)
+    ds.SeriesDescription = "changed after the first package"
+    ds.save_as(victim)
+    ct_study = str(ds.StudyInstanceUID)
+    sent = run_dvdexit("send", media.root, "--to", "out", home=dvdexit_home)
+    assert sent.returncode == 0, sent.stderr
+    (second,) = set(outbox.iterdir()) - {first}
+    drop, store, home = tmp_path / "drop", tmp_path / "store", tmp_path / "receiver-home"
+    drop.mkdir()
+    home.mkdir()
+    shutil.move(first, drop / first.name)
+    code, result = _watch_once(drop, store, home)
+    assert code == 0 and result["done"] == [first.name]
+    shutil.move(second, drop / second.name)
+
+    code, result = _watch_once(drop, store, home)
+
+    assert code == 6, result  # partial: one instance was not stored
+    assert result["done"] == [] and result["conflicts"] == 1
+    ((rejected,),) = [result["rejected"]]
+    assert rejected["package"] == second.name and "conflict: 1 instance(s)" in rejected["reason"]
+    assert (drop / "rejected" / second.name).is_dir()
+    assert "conflict" in (drop / "rejected" / f"{second.name}.reason.txt").read_text()
+    assert not (drop / "done" / second.name).exists()
+    # The store kept the first content; the audit of this import says minor failure.
+    stored = next(
+        p for p in store.rglob("*.dcm") if pydicom.dcmread(p).SOPInstanceUID == ds.SOPInstanceUID
+    )
+    assert "changed" not in str(pydicom.dcmread(stored).get("SeriesDescription", ""))
+    second_import = [r for r in _audit(home)[2:] if r["study"]["uid"] == ct_study]
+    assert [(r["type"], r["outcome"]) for r in second_import] == [("import", 4)]
+    assert second_import[0]["counts"]["conflict"] == 1
+
+
+def test_a_store_failure_mid_import_rejects_the_package_audits_it_and_a_redrop_completes_it(
+    tmp_path: Path, dvdexit_home: Path, outbox: Path
+) -> None:
+    from dvdexit_cli.receive.store import InstanceStore
+
+    package = _package(tmp_path, dvdexit_home, outbox, "watch-disk")
+    sc = next(
+        pydicom.dcmread(p, stop_before_pixels=True)
+        for p in package.rglob("IM*")
+        if pydicom.dcmread(p, stop_before_pixels=True).Modality != "CT"
+    )
+    store = tmp_path / "store"
+    # The store cannot create the SC series folder: a file is in its way (as a full or
+    # broken disk would fail the write).
+    blocker = (
+        InstanceStore(store)
+        .path_for(str(sc.StudyInstanceUID), str(sc.SeriesInstanceUID), str(sc.SOPInstanceUID))
+        .parent
+    )
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")
+    drop, home = tmp_path / "drop", tmp_path / "receiver-home"
+    drop.mkdir()
+    home.mkdir()
+    shutil.move(package, drop / package.name)
+    marker = tmp_path / "hook-runs.txt"
+    script = tmp_path / "hook.sh"
+    script.write_text(HOOK)
+    hook = ("--on-complete", f"sh {script} {marker}")
+
+    code, result = _watch_once(drop, store, home, *hook)
+
+    assert code == 6, result
+    assert result["done"] == [] and [r["package"] for r in result["rejected"]] == [package.name]
+    assert "could not store" in (drop / "rejected" / f"{package.name}.reason.txt").read_text()
+    records = {r["study"]["uid"]: r for r in _audit(home)}
+    sc_record = records[str(sc.StudyInstanceUID)]
+    assert sc_record["type"] == "import" and sc_record["outcome"] == 8
+    assert sc_record["counts"]["refused"] == 1
+    assert sc_record["detail"].startswith(f"package {package.name} rejected")
+    for record in records.values():  # never a success for a study the failure cut short
+        assert record["outcome"] == 0 or record["counts"]["refused"] + record["counts"].get(
+            "not_imported", 0
+        )
+    status = json.loads(run_dvdexit("status", "--json", home=home).stdout)
+    assert all(r["state"] != "complete" for r in status["received"])  # nothing completed
+    assert not marker.exists()  # and no hook ran
+
+    # The operator clears the disk and drops the package again: it arrives whole.
+    blocker.unlink()
+    shutil.move(drop / "rejected" / package.name, drop / package.name)
+    code, result = _watch_once(drop, store, home, *hook)
+
+    assert code == 0, result
+    assert result["done"] == [package.name]
+    latest = {r["study"]["uid"]: r for r in _audit(home)[len(records) :]}
+    assert set(latest) == set(records) | {str(sc.StudyInstanceUID)}
+    assert all(r["outcome"] == 0 and r["counts"]["refused"] == 0 for r in latest.values())
+    assert len(marker.read_text().splitlines()) == 2
