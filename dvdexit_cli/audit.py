@@ -333,6 +333,39 @@ class TransferAuditor:
                 detail=error or (reasons[0] if reasons else None),
             )
 
+    def not_sent(
+        self,
+        journal: Journal,
+        study_uid: str,
+        *,
+        peer: str,
+        detail: str,
+    ) -> None:
+        """One record (serious failure) for a study whose transfer never started.
+
+        A forward held (no reconciliation mapping) or refused before anything was sent
+        has no transfer in the journal, but the study did not reach the peer.
+        """
+        _counts, classes = received_counts(journal.received_rows(study_uid))
+        held = sum(classes.values())
+        try:
+            source, destination = self.source_for(peer), self.destination_for(peer)
+        except Exception:
+            source = source_for_send(None, "")
+            destination = Participant("destination", name=peer)
+        self.trail.record(
+            kind=self.kind,
+            action="R",
+            outcome=8,
+            study_uid=study_uid,
+            source=source,
+            destination=destination,
+            instances=held,
+            sop_classes=classes,
+            counts={"sent": 0, "failed": 0, "pending": held, "skipped": 0},
+            detail=detail,
+        )
+
 
 def forward_auditor(
     audit_file: Path | None, peer: AnyPeer | None, local_ae: str

@@ -122,6 +122,19 @@ class Forwarder:
             outcome, reason = "failed", str(exc)
         if outcome == "sent" and staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
+        if transfer_id is None and self._audit is not None:
+            # Nothing was sent, so send() wrote no record: the audit must still say the
+            # study did not reach the peer.
+            try:
+                self._audit.not_sent(
+                    self._journal,
+                    study.study_uid,
+                    peer=self.peer.name,
+                    detail=f"{outcome}: {reason}",
+                )
+            except Exception:
+                self._audit.trail.failures += 1
+                log.exception("audit record of study %s could not be written", study.study_uid)
         self._journal.finish_forward(
             forward_id, outcome=outcome, transfer_id=transfer_id, reason=reason
         )

@@ -209,3 +209,34 @@ def test_a_send_to_a_dicomweb_peer_names_the_peer_and_its_url_not_an_ae(
     assert record["destination"]["address"] == archive.dicomweb_url
     assert f"{LOOPBACK}:{archive.http_port}" in record["destination"]["address"]
     assert record["recipient"] == RECIPIENT
+
+
+def test_a_forward_held_for_want_of_a_mapping_is_audited_as_not_sent(
+    storescp: Any, dvdexit_receiver: Any, dvdexit_home: Path, tmp_path: Path
+) -> None:
+    files = write_study(tmp_path / "study", n_instances=2, seed="audit-held")
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    pacs = storescp(tmp_path / "pacs", ae="LOCALPACS")
+    _add_dimse(dvdexit_home, "pacs", pacs.port, "LOCALPACS")
+    mapping = tmp_path / "mapping.csv"  # maps another patient only
+    mapping.write_text("sender_id,sender_issuer,local_id,local_issuer\nOTHER-1,,LOCAL-1,\n")
+    receiver = dvdexit_receiver(
+        tmp_path / "store",
+        extra=["--idle-timeout", "1", "--forward-to", "pacs", "--reconcile", str(mapping)],
+    )
+
+    assert run_dcmsend(files, receiver.port, called_ae="DVDEXIT").returncode == 0
+
+    (forward,) = _wait(
+        lambda: [r for r in _audit(dvdexit_home) if r["type"] == "forward"], "the forward record"
+    )
+    assert pacs.stored_files() == []
+    assert (forward["outcome"], forward["outcome_text"]) == (8, "serious failure")
+    assert forward["study"]["uid"] == study_uid and forward["study"]["instances"] == 2
+    assert forward["counts"] == {"sent": 0, "failed": 0, "pending": 2, "skipped": 0}
+    assert forward["transfer_id"] is None
+    assert forward["detail"].startswith("held: no reconciliation mapping")
+    assert forward["destination"]["name"] == "pacs"
+    raw = (dvdexit_home / "audit.jsonl").read_bytes()
+    assert DEFAULT_PATIENT_ID.encode() not in raw
+    receiver.stop()
