@@ -341,3 +341,53 @@ def test_a_store_failure_mid_import_rejects_the_package_audits_it_and_a_redrop_c
     assert set(latest) == set(records) | {str(sc.StudyInstanceUID)}
     assert all(r["outcome"] == 0 and r["counts"]["refused"] == 0 for r in latest.values())
     assert len(marker.read_text().splitlines()) == 2
+
+
+def test_a_crash_before_the_package_is_filed_leaves_it_for_the_next_pass(
+    tmp_path: Path, dvdexit_home: Path, outbox: Path
+) -> None:
+    """The process dies after storing a package's instances, before completing its studies.
+
+    The package must stay in the drop folder (not in done/ without its studies completed,
+    hook and audit never run) and the next pass must import and complete it.
+    """
+    from dvdexit_cli.audit import AuditTrail, ReceiveAuditor
+    from dvdexit_cli.journal import Journal
+    from dvdexit_cli.package.watch import process_drop_folder
+    from dvdexit_cli.receive.completeness import CompletenessTracker
+    from dvdexit_cli.receive.store import InstanceStore
+
+    class Crash(BaseException):
+        """Stands for the process being killed: nothing after it runs."""
+
+    class CrashingTracker(CompletenessTracker):
+        def complete(self, study_uids: Any, *, completed_by: str) -> None:
+            raise Crash
+
+    package = _package(tmp_path, dvdexit_home, outbox, "watch-crash")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    shutil.move(package, drop / package.name)
+    store = InstanceStore(tmp_path / "store")
+    audit_file = tmp_path / "audit.jsonl"
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        crashing = CrashingTracker(journal=journal, idle_timeout=3600.0)
+        with pytest.raises(Crash):
+            process_drop_folder(drop, store=store, journal=journal, tracker=crashing)
+        assert (drop / package.name).is_dir()
+        assert not (drop / "done").exists() and not (drop / "rejected").exists()
+
+        tracker = CompletenessTracker(
+            journal=journal,
+            idle_timeout=3600.0,
+            audit=ReceiveAuditor(AuditTrail(audit_file), local_ae="DVDEXIT", kind="import"),
+        )
+        result = process_drop_folder(drop, store=store, journal=journal, tracker=tracker)
+
+        assert result.done == [package.name] and (drop / "done" / package.name).is_dir()
+        assert result.stored == 0 and result.duplicates == 3  # stored by the crashed pass
+        studies = journal.studies()
+        assert len(studies) == 2 and all(s.state == "complete" for s in studies)
+    records = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    assert sorted(r["study"]["uid"] for r in records) == sorted(s.study_uid for s in studies)
+    assert all(r["outcome"] == 0 and r["action"] == "C" for r in records)
