@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -283,9 +283,18 @@ class TransferAuditor:
         self.recipient = recipient
 
     def transfer(
-        self, journal: Journal, transfer_id: int, *, outcome: str, error: str | None
+        self,
+        journal: Journal,
+        transfer_id: int,
+        *,
+        outcome: str,
+        error: str | None,
+        studies: Collection[str] | None = None,
     ) -> None:
-        """One record per study of ``transfer_id`` as the journal has it now."""
+        """One record per study of ``transfer_id`` as the journal has it now.
+
+        With ``studies``, only for those (a replay audits the studies it resent).
+        """
         transfer = journal.transfer_row(transfer_id)
         peer = str(transfer["peer"]) if transfer is not None else ""
         try:
@@ -293,12 +302,14 @@ class TransferAuditor:
         except Exception:  # the peer was removed from peers.toml since: name it only
             source = source_for_send(None, "")
             destination = Participant("destination", name=peer)
-        studies: dict[str, list[Any]] = {}
+        by_study: dict[str, list[Any]] = {}
         for row in journal.audit_items(transfer_id):
-            studies.setdefault(row["study_uid"] or "", []).append(row)
-        for study_uid, rows in sorted(studies.items()):
+            by_study.setdefault(row["study_uid"] or "", []).append(row)
+        for study_uid, rows in sorted(by_study.items()):
             if not study_uid:
                 continue  # files that were not DICOM: no study to audit
+            if studies is not None and study_uid not in studies:
+                continue
             states = Counter(
                 "sent"
                 if r["state"] == "committed"

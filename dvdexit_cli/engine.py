@@ -324,12 +324,13 @@ def _audit(
     transfer_id: int,
     outcome: str,
     error: str | None,
+    studies: set[str] | None = None,
 ) -> None:
-    """One audit record per study of the finished transfer (see audit.py)."""
+    """One audit record per study of the finished transfer (only ``studies``, if given)."""
     if audit is None:
         return
     try:
-        audit.transfer(journal, transfer_id, outcome=outcome, error=error)
+        audit.transfer(journal, transfer_id, outcome=outcome, error=error, studies=studies)
     except Exception:  # the audit must never change what the send reports (or hide a ^C)
         audit.trail.failures += 1
         log.exception("audit records of transfer %d could not be written", transfer_id)
@@ -1042,7 +1043,9 @@ def retry_failed(
     transfers = sorted({item.transfer_id for _, item in claimed})
     for transfer_id in transfers:
         refreshed = journal.refresh_outcome(transfer_id)
-        _audit(audit, journal, transfer_id, refreshed, None)
+        # Only the studies this replay worked on: the others were not transferred again.
+        replayed = {i.study_uid for _, i in claimed if i.transfer_id == transfer_id and i.study_uid}
+        _audit(audit, journal, transfer_id, refreshed, None, replayed)
         if refreshed == "complete" and settings.unpack_dir:
             _remove_unpacked(journal, journal.items(transfer_id), settings.unpack_dir)
     final = journal.items_by_id(item.id for _, item in claimed)

@@ -95,6 +95,9 @@ def test_a_replay_after_out_of_resources_is_audited_minor_then_success_with_the_
     busy_pacs: Any, storescp: Any, dvdexit_home: Path, tmp_path: Path
 ) -> None:
     files = make_small_instances(tmp_path / "study", 8, seed="audit-replay")
+    # A second study in the same transfer, delivered whole the first time.
+    other = write_study(tmp_path / "study" / "other", n_instances=2, seed="audit-replay-2")
+    other_uid = str(dcmread(other[0], stop_before_pixels=True).StudyInstanceUID)
     uids = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     busy = {uids[1], uids[6]}
@@ -107,7 +110,8 @@ def test_a_replay_after_out_of_resources_is_audited_minor_then_success_with_the_
     )  # fmt: skip
     assert first.returncode == 6, first.stderr
     transfer_id = json.loads(first.stdout)["transfer_id"]
-    (send,) = _audit(dvdexit_home)
+    send, whole = sorted(_audit(dvdexit_home), key=lambda r: r["study"]["uid"] != study_uid)
+    assert (whole["study"]["uid"], whole["outcome"], whole["counts"]["sent"]) == (other_uid, 0, 2)
     assert (send["type"], send["outcome"], send["outcome_text"]) == ("send", 4, "minor failure")
     assert send["counts"] == {"sent": 6, "failed": 2, "pending": 0, "skipped": 0}
     assert send["study"]["uid"] == study_uid and send["transfer_id"] == transfer_id
@@ -123,8 +127,11 @@ def test_a_replay_after_out_of_resources_is_audited_minor_then_success_with_the_
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout)["sent"] == 2
     assert len(healthy.stored_files()) == 2
-    send_again, retry = _audit(dvdexit_home)
-    assert send_again == send  # the first record is never rewritten
+    # One retry record, for the study the replay resent: the other was not sent again.
+    records = _audit(dvdexit_home)
+    assert len(records) == 3, records
+    first_records, retry = records[:2], records[2]
+    assert send in first_records and whole in first_records  # never rewritten
     assert (retry["type"], retry["outcome"], retry["outcome_text"]) == ("retry", 0, "success")
     assert retry["transfer_id"] == transfer_id and retry["study"]["uid"] == study_uid
     # Counts as the transfer stands now: the 6 of the first send and the 2 replayed.
