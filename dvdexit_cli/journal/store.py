@@ -195,6 +195,7 @@ class TransferSummary:
     reason: str | None
     counts: dict[str, int]
     bytes_sent: int
+    recipient: str | None = None
 
     @property
     def total(self) -> int:
@@ -697,6 +698,7 @@ class Journal:
                     error=row["error"],
                     note=row["note"],
                     reason=row["reason"],
+                    recipient=row["recipient"],
                     counts=counts,
                     bytes_sent=int(sent_bytes),
                 )
