@@ -6,6 +6,7 @@ events (``dvdexit_cli.events``) and raises the exceptions of ``dvdexit_cli.error
 
 import logging
 
+from dvdexit_cli.audit import AuditTrail, TransferAuditor, read_audit
 from dvdexit_cli.config import (
     AnyPeer,
     DicomWebPeer,
@@ -51,6 +52,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "AnyPeer",
     "AssociationRejectedError",
+    "AuditTrail",
     "ConfigError",
     "DicomWebPeer",
     "DicomwebTransport",
@@ -80,6 +82,7 @@ __all__ = [
     "SendSettings",
     "StorageServer",
     "StoreOutcome",
+    "TransferAuditor",
     "Transport",
     "UnknownPeerError",
     "UsageError",
@@ -87,6 +90,7 @@ __all__ = [
     "VerifyResult",
     "__version__",
     "dataset_digest",
+    "read_audit",
     "resolve_paths",
     "scan",
     "send",

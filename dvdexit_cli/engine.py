@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from dvdexit_cli.audit import TransferAuditor
 from dvdexit_cli.dicom.contexts import plan_contexts
 from dvdexit_cli.dicom.scan import Instance, ScanResult, UnsendableFile, read_instance, scan
 from dvdexit_cli.errors import ConfigError, JournalError, NoDicomFoundError, PeerError
@@ -83,6 +84,8 @@ class SendSettings:
     retry_delay: float = 2.0
     note: str | None = None
     reason: str | None = None
+    recipient: str | None = None
+    """Who the transfer is for: journaled with it, named in its (and its replays') audit."""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     workers: int = 1
     """Parallel associations (worker processes), each taking whole studies."""
@@ -235,6 +238,7 @@ def send(
     observer: Observer = ignore,
     sleep: Callable[[float], None] = time.sleep,
     transport_factory: TransportFactory | None = None,
+    audit: TransferAuditor | None = None,
 ) -> SendResult:
     """Send what ``settings.inputs`` hold through ``transport``, journaling every item.
 
@@ -256,6 +260,7 @@ def send(
         rejected=found.rejected,
         note=settings.note,
         reason=settings.reason,
+        recipient=settings.recipient,
         claim=claim,
         lease_seconds=settings.lease_seconds,
     )
@@ -285,12 +290,14 @@ def send(
                 )
     except KeyboardInterrupt:
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
+        _audit(audit, journal, transfer_id, "interrupted", "interrupted")
         observer(TransferFinished(transfer_id, "interrupted"))
         raise
     except Exception as exc:
         # A bug, not a peer's answer: the transfer must not read "running" forever, and
         # its unsent items stay pending for --retry-failed.
         journal.finish_transfer(transfer_id, outcome="failed", error=_cut_short(exc))
+        _audit(audit, journal, transfer_id, "failed", _cut_short(exc))
         observer(TransferFinished(transfer_id, "failed"))
         raise
     finally:
@@ -303,11 +310,30 @@ def send(
     elif result.failed or result.pending:
         outcome = "partial"
     journal.finish_transfer(transfer_id, outcome=outcome, error=error)
+    _audit(audit, journal, transfer_id, outcome, error)
     if outcome == "complete":
         # Unpacked archives are kept only while --retry-failed may need their files.
         _remove_folders(journal, found.unpacked)
     observer(TransferFinished(transfer_id, outcome))
     return replace(result, outcome=outcome, excluded=excluded)
+
+
+def _audit(
+    audit: TransferAuditor | None,
+    journal: Journal,
+    transfer_id: int,
+    outcome: str,
+    error: str | None,
+    studies: set[str] | None = None,
+) -> None:
+    """One audit record per study of the finished transfer (only ``studies``, if given)."""
+    if audit is None:
+        return
+    try:
+        audit.transfer(journal, transfer_id, outcome=outcome, error=error, studies=studies)
+    except Exception:  # the audit must never change what the send reports (or hide a ^C)
+        audit.trail.failures += 1
+        log.exception("audit records of transfer %d could not be written", transfer_id)
 
 
 TransportFactory = Callable[[Observer], Transport]
@@ -925,6 +951,7 @@ def retry_failed(
     transport_for: Callable[[str], Transport],
     observer: Observer = ignore,
     sleep: Callable[[float], None] = time.sleep,
+    audit: TransferAuditor | None = None,
 ) -> RetryResult:
     """Resend what earlier sends left failed (retryably), pending or unanswered.
 
@@ -1015,7 +1042,11 @@ def retry_failed(
                 unreachable += 1
     transfers = sorted({item.transfer_id for _, item in claimed})
     for transfer_id in transfers:
-        if journal.refresh_outcome(transfer_id) == "complete" and settings.unpack_dir:
+        refreshed = journal.refresh_outcome(transfer_id)
+        # Only the studies this replay worked on: the others were not transferred again.
+        replayed = {i.study_uid for _, i in claimed if i.transfer_id == transfer_id and i.study_uid}
+        _audit(audit, journal, transfer_id, refreshed, None, replayed)
+        if refreshed == "complete" and settings.unpack_dir:
             _remove_unpacked(journal, journal.items(transfer_id), settings.unpack_dir)
     final = journal.items_by_id(item.id for _, item in claimed)
     by_state: dict[str, list[ItemRecord]] = {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from dvdexit_cli.audit import AuditTrail, audit_path, audit_pull
 from dvdexit_cli.cli.render import err, out, print_json
 from dvdexit_cli.config import Paths, PeerBook, validate_ae_title
 from dvdexit_cli.errors import UsageError
@@ -30,7 +31,8 @@ def pull_from(
     json_output: bool,
 ) -> None:
     """Run ``receive --from``: list (``--list``) or pull (``--study``); exits with its code."""
-    peer = PeerBook(home.peers_file).get_any(peer_name)
+    book = PeerBook(home.peers_file)
+    peer = book.get_any(peer_name)
     if list_only:
         if studies or move_dest:
             raise UsageError("--list retrieves nothing: drop --study and --move-dest")
@@ -61,6 +63,8 @@ def pull_from(
     )
     with Journal(home.journal_file) as journal:
         result = pull(peer, settings, journal=journal, transport_for=transport_for)
+        trail = AuditTrail(audit_path(home), process="dvdexit receive --from")
+        audit_pull(trail, journal, result, peer=peer, local_ae=book.local.ae_title)
     if json_output:
         print_json(result.to_json())
     else:

@@ -11,11 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
+from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, audit_path, forward_auditor
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.pull import pull_from
-from dvdexit_cli.cli.render import err
-from dvdexit_cli.config import DimsePeer, PeerBook, resolve_paths, validate_ae_title
+from dvdexit_cli.cli.render import err, print_json
+from dvdexit_cli.config import DimsePeer, Paths, PeerBook, resolve_paths, validate_ae_title
 from dvdexit_cli.errors import UsageError
 from dvdexit_cli.events import (
     AssociationRefused,
@@ -27,16 +28,19 @@ from dvdexit_cli.events import (
 )
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.package.watch import DropResult, process_drop_folder
 from dvdexit_cli.receive import ReceiveSettings, StorageServer
+from dvdexit_cli.receive.completeness import CompletenessTracker
+from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
-from dvdexit_cli.receive.reconcile import load_mapping
+from dvdexit_cli.receive.reconcile import PatientMapping, load_mapping
 from dvdexit_cli.receive.settings import (
     load_receive_table,
     parse_commit_reply,
     parse_networks,
     parse_size,
 )
-from dvdexit_cli.receive.store import DEFAULT_LAYOUT, validate_layout
+from dvdexit_cli.receive.store import DEFAULT_LAYOUT, InstanceStore, validate_layout
 from dvdexit_cli.tls import client_context, server_context
 
 __all__ = ["receive_command"]
@@ -237,9 +241,47 @@ def receive_command(
             "known to the peer) instead of C-GET.",
         ),
     ] = None,
+    sr_to_pdf: Annotated[
+        bool | None,
+        typer.Option(
+            "--sr-to-pdf",
+            help="Also store each received structured report (Basic Text, Enhanced, "
+            "Comprehensive SR) rendered as an Encapsulated PDF in its study.",
+        ),
+    ] = None,
+    watch: Annotated[
+        Path | None,
+        typer.Option(
+            "--watch",
+            help="Import transfer packages that appear in this drop folder instead of "
+            "listening; each goes to DIR/done/ or DIR/rejected/ (with a reason file).",
+        ),
+    ] = None,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.1, help="With --watch: seconds between passes [5]."),
+    ] = 5.0,
+    settle: Annotated[
+        float,
+        typer.Option(
+            "--settle",
+            min=0.0,
+            help="With --watch: take a package only when nothing in it changed for this many "
+            "seconds [10].",
+        ),
+    ] = 10.0,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="With --watch: one pass over the drop folder, then exit (for cron). Exit 7 "
+            "when a package was rejected as not intact, 6 when an import failed.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Receive studies over DICOM (C-STORE) until stopped, or pull them from a peer (--from)."""
+    """Receive studies over DICOM (C-STORE) until stopped, pull them from a peer (--from),
+    or import packages from a drop folder (--watch)."""
     home = resolve_paths()
     table = load_receive_table(home.peers_file)
     if from_peer is not None:
@@ -263,9 +305,6 @@ def receive_command(
     if rerun_hooks:
         _rerun_hooks(home.journal_file, hook)
         return
-    chosen_port = _pick(port, table, "port", None)
-    if not isinstance(chosen_port, int) or not 0 < chosen_port < 65536:
-        raise UsageError("--port is required (or 'port' in the [receive] table)")
     mode = _pick(durability, table, "durability", "full")
     if mode not in ("full", "os"):
         raise UsageError(f"--durability: {mode!r} is not 'full' or 'os'")
@@ -299,6 +338,31 @@ def receive_command(
         raise UsageError("--reconcile applies to forwarding: give --forward-to as well")
     mapping = load_mapping(Path(str(mapping_file))) if mapping_file else None
     store_dir = _pick(store, table, "store", None)
+    if watch is not None:
+        if port is not None:
+            raise UsageError("--watch imports packages instead of listening: drop --port")
+        _watch_drop_folder(
+            home,
+            watch,
+            store=(Path(str(store_dir)) if store_dir else home.default_store).resolve(),
+            layout=chosen_layout,
+            fsync=mode == "full",
+            hook=str(hook) if hook else None,
+            forward_to=peer,
+            mapping=mapping,
+            ae_title=validate_ae_title(str(_pick(ae, table, "ae", "DVDEXIT"))),
+            interval=interval,
+            settle=settle,
+            once=once,
+            json_output=json_output,
+            sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
+        )
+        return
+    if once:
+        raise UsageError("--once applies only with --watch DIR")
+    chosen_port = _pick(port, table, "port", None)
+    if not isinstance(chosen_port, int) or not 0 < chosen_port < 65536:
+        raise UsageError("--port is required (or 'port' in the [receive] table)")
     settings = ReceiveSettings(
         host=chosen_host,
         port=chosen_port,
@@ -337,6 +401,8 @@ def receive_command(
         forward_to=peer,
         reconcile=mapping,
         staging=home.data_dir / "forward-staging",
+        audit_file=audit_path(home),
+        sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
     )
     stop = threading.Event()
 
@@ -377,6 +443,128 @@ def receive_command(
         + (f"; {aborted} association(s) aborted at shutdown" if aborted else ""),
         markup=False,
     )
+
+
+def _watch_drop_folder(
+    home: Paths,
+    drop: Path,
+    *,
+    store: Path,
+    layout: str,
+    fsync: bool,
+    hook: str | None,
+    forward_to: DimsePeer | None,
+    mapping: PatientMapping | None,
+    ae_title: str,
+    interval: float,
+    settle: float,
+    once: bool,
+    json_output: bool,
+    sr_to_pdf: bool,
+) -> None:
+    """``receive --watch DIR``: import packages from a drop folder, once or until stopped."""
+    if not drop.is_dir():
+        raise UsageError(f"--watch {drop}: not a folder", hint="create the drop folder first")
+    log = _ReceiveLog()
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def filed(name: str, where: str, reason: str | None) -> None:
+        err.print(
+            f"package {name}: {where}" + (f": {reason}" if reason else ""),
+            markup=False,
+        )
+
+    total = DropResult()
+    with Journal(home.journal_file) as journal:
+        hooks = HookRunner(hook, journal=journal, observer=log) if hook else None
+        forwarder = (
+            Forwarder(
+                forward_to,
+                journal=journal,
+                staging=home.data_dir / "forward-staging",
+                mapping=mapping,
+                observer=log,
+                audit=forward_auditor(audit_path(home), forward_to, ae_title),
+            )
+            if forward_to is not None
+            else None
+        )
+        tracker = CompletenessTracker(
+            journal=journal,
+            idle_timeout=3600.0,  # never used: packages complete when imported
+            hooks=hooks,
+            forwarder=forwarder,
+            observer=log,
+            audit=ReceiveAuditor(
+                AuditTrail(audit_path(home), process="dvdexit receive --watch"),
+                local_ae=ae_title,
+                kind="import",
+            ),
+        )
+        instance_store = InstanceStore(store, fsync=fsync, layout=layout)
+        if hooks is not None:
+            hooks.start()
+        if forwarder is not None:
+            forwarder.start()
+        previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if not once:
+                err.print(
+                    f"dvdexit receive: watching {drop} every {interval:g} s, storing in "
+                    f"{store} (stop with Ctrl-C or SIGTERM)",
+                    markup=False,
+                )
+            while True:
+                result = process_drop_folder(
+                    drop,
+                    store=instance_store,
+                    journal=journal,
+                    on_package=filed,
+                    settle=settle,
+                    tracker=tracker,
+                    sr_to_pdf=sr_to_pdf,
+                )
+                _merge(total, result)
+                if once or stop.wait(interval):
+                    break
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            # Hooks and forwards of the packages imported are let finish (or stay journaled).
+            if hooks is not None:
+                hooks.stop(60.0)
+            if forwarder is not None:
+                forwarder.stop(60.0)
+    code = ExitCode.OK
+    if total.not_intact:
+        code = ExitCode.VERIFY_FAILED
+    elif total.rejected or total.conflicts:
+        code = ExitCode.PARTIAL_FAILURE
+    if json_output:
+        print_json(total.to_json() | {"exit_code": int(code)})
+    err.print(
+        f"dvdexit receive: {len(total.done)} package(s) imported ({total.stored} instance(s) "
+        f"stored, {total.duplicates} duplicate, {total.conflicts} conflict), "
+        f"{len(total.rejected)} rejected"
+        + (f", {len(total.waiting)} still being written" if total.waiting else ""),
+        markup=False,
+    )
+    if code != ExitCode.OK:
+        raise typer.Exit(int(code))
+
+
+def _merge(total: DropResult, result: DropResult) -> None:
+    total.done += result.done
+    total.rejected += result.rejected
+    total.studies += result.studies
+    total.stored += result.stored
+    total.duplicates += result.duplicates
+    total.conflicts += result.conflicts
+    total.not_intact += result.not_intact
+    total.waiting = result.waiting  # what the last pass left
 
 
 def _rerun_hooks(journal_file: Path, hook: object) -> None:

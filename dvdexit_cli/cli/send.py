@@ -13,6 +13,13 @@ from typing import Annotated, Any
 
 import typer
 
+from dvdexit_cli.audit import (
+    AuditTrail,
+    TransferAuditor,
+    audit_path,
+    destination_for_peer,
+    source_for_send,
+)
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_json
@@ -345,6 +352,7 @@ def send_command(
         retries=retries,
         note=note,
         reason=reason,
+        recipient=recipient,
         # A drop folder gets one package per send, written by one writer.
         workers=1 if isinstance(peer, FolderPeer) else selected.workers,
     )
@@ -367,13 +375,22 @@ def send_command(
             )
 
         transport = make(progress)
+        trail = AuditTrail(audit_path(home), process="dvdexit send")
+        book = PeerBook(home.peers_file)
         result = send(
             settings,
             journal=journal,
             transport=transport,
             observer=progress,
             transport_factory=make,
+            audit=TransferAuditor(
+                trail,
+                source_for=lambda _name: source_for_send(peer, book.local.ae_title),
+                destination_for=lambda _name: destination_for_peer(peer),
+                recipient=recipient,
+            ),
         )
+        _warn_audit(trail)
         checked = (
             _verify_after_send(peer, transport, result, journal, home, quiet=json_output)
             if verify and result.sent
@@ -420,6 +437,15 @@ def _verify_after_send(
     if not quiet:
         render_remote(remote)
     return remote.to_json()
+
+
+def _warn_audit(trail: AuditTrail) -> None:
+    if trail.failures:
+        err.print(
+            f"dvdexit: warning: {trail.failures} audit record(s) could not be written to "
+            f"{trail.path}; check the disk and its permissions",
+            markup=False,
+        )
 
 
 def _list(title: str, problems: tuple[FileProblem, ...], style: str) -> None:
@@ -473,9 +499,20 @@ def _replay(home: Paths, settings: RetrySettings, *, quiet: bool, json_output: b
         def transport_named(name: str) -> Transport:
             return transport_for(book.get_any(name), observer=progress)
 
+        trail = AuditTrail(audit_path(home), process="dvdexit send --retry-failed")
         result = retry_failed(
-            settings, journal=journal, transport_for=transport_named, observer=progress
+            settings,
+            journal=journal,
+            transport_for=transport_named,
+            observer=progress,
+            audit=TransferAuditor(
+                trail,
+                source_for=lambda name: source_for_send(book.get_any(name), book.local.ae_title),
+                destination_for=lambda name: destination_for_peer(book.get_any(name)),
+                kind="retry",
+            ),
         )
+        _warn_audit(trail)
     if json_output:
         print_json(result.to_json())
     else:

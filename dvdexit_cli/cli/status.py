@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from dvdexit_cli.audit import audit_path, read_audit
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, human_bytes, out, print_json
@@ -89,6 +91,7 @@ def _transfer_json(t: TransferSummary, failures: list[ItemRecord]) -> dict[str, 
         "error": t.error,
         "note": t.note,
         "reason": t.reason,
+        "recipient": t.recipient,
         "counts": {s: t.counts.get(s, 0) for s in _STATES},
         "bytes_sent": t.bytes_sent,
         "seconds": round(seconds, 3) if seconds is not None else None,
@@ -144,10 +147,21 @@ def status_command(
         ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many transfers.")] = 20,
+    audit: Annotated[
+        bool,
+        typer.Option(
+            "--audit", help="Show the audit trail (latest --limit records; --since filters)."
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Show the latest transfers and received studies, or diagnose a peer (--peer)."""
     home = resolve_paths()
+    if audit:
+        if peer is not None or failed or contexts:
+            raise UsageError("--audit goes with --since, --limit and --json only")
+        _show_audit(audit_path(home), since=since, limit=limit, json_output=json_output)
+        return
     if peer is not None and not failed and since is None:
         diagnosis = diagnose(
             PeerBook(home.peers_file).get_any(peer), timeout=timeout, contexts=contexts
@@ -264,6 +278,16 @@ def status_command(
                 str(r["forward"] or ""),
             )
         out.print(table)
+        for r in received:
+            note = r.get("sender_note")
+            if isinstance(note, dict):
+                said = "; ".join(
+                    f"{key} {note[key]!r}" for key in ("reason", "recipient", "note") if note[key]
+                )
+                out.print(
+                    f"study {r['study_uid']}: sender's {said} (untrusted text from the sender)",
+                    markup=False,
+                )
 
 
 def _completeness(journal: Journal, study_uid: str) -> dict[str, object]:
@@ -276,4 +300,32 @@ def _completeness(journal: Journal, study_uid: str) -> dict[str, object]:
         "completed_by": study.completed_by if study else None,
         "hook": hooks[-1]["outcome"] if hooks else None,
         "forward": forwards[-1]["outcome"] if forwards else None,
+        "sender_note": journal.study_note(study_uid),
     }
+
+
+def _show_audit(path: Path, *, since: str | None, limit: int, json_output: bool) -> None:
+    cutoff = datetime.now(UTC) - parse_duration(since) if since is not None else None
+    records = list(read_audit(path, since=cutoff))[-limit:]
+    if json_output:
+        print_json({"audit_file": str(path), "records": records})
+        return
+    if not records:
+        err.print(f"no audit records match ({path})")
+        return
+    table = Table(title=f"audit trail ({path})", title_justify="left")
+    for column in ("time", "type", "outcome", "study", "from", "to", "instances", "transfer"):
+        table.add_column(column)
+    for r in records:
+        src, dst = r.get("source") or {}, r.get("destination") or {}
+        table.add_row(
+            str(r.get("time", "")),
+            f"{r.get('type', '')} ({r.get('action', '')})",
+            f"{r.get('outcome', '')} {r.get('outcome_text', '')}",
+            str((r.get("study") or {}).get("uid", "")),
+            str(src.get("name") or src.get("ae_title") or ""),
+            str(dst.get("name") or dst.get("ae_title") or ""),
+            str((r.get("study") or {}).get("instances", "")),
+            str(r.get("transfer_id") or ""),
+        )
+    out.print(table)

@@ -28,7 +28,7 @@ from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.dicom.uids import is_valid_uid
 from dvdexit_cli.errors import InputError, UsageError
 
-__all__ = ["Attachments", "ReportFile", "parse_report_option"]
+__all__ = ["Attachments", "ReportFile", "parse_report_option", "sr_as_encapsulated_pdf"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def parse_report_option(value: str, *, option: str) -> ReportFile:
     return ReportFile(path, study)
 
 
-def _rendered(sr: Dataset, series_number: int) -> Dataset:
+def sr_as_encapsulated_pdf(sr: Dataset, series_number: int = 9004) -> Dataset:
     """An Encapsulated PDF of ``sr``, in its study, that names the SR as its source."""
     # Imported here: fpdf2 (and Pillow under it) load only when a PDF is rendered.
     from dvdexit_cli.dicom.sr_pdf import render_sr_pdf
@@ -197,7 +197,8 @@ class Attachments:
             sources: list[Dataset] = [pydicom.dcmread(i.path) for i in srs]
             sources += [ds for kind, ds in made if kind in ("text", "note")]
             for sr in sources:
-                made.append(("srpdf", _rendered(sr, next_series(str(sr.StudyInstanceUID)))))
+                in_series = next_series(str(sr.StudyInstanceUID))
+                made.append(("srpdf", sr_as_encapsulated_pdf(sr, in_series)))
         written: list[Path] = []
         try:
             for number, (kind, ds) in enumerate(made, 1):

@@ -7,7 +7,9 @@ series and SOP Instance UID. Nothing else of the reference is copied.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -20,9 +22,12 @@ __all__ = [
     "BASIC_TEXT_SR",
     "ENCAPSULATED_PDF",
     "SR_CLASSES",
+    "TransferNote",
     "basic_text_sr",
+    "clean_note_text",
     "encapsulated_pdf",
     "encapsulated_pdf_bytes",
+    "read_transfer_note",
     "transfer_note_sr",
 ]
 
@@ -250,3 +255,73 @@ def _unicode_if_needed(ds: Dataset, texts: Sequence[str]) -> None:
         return
     if ds.get("SpecificCharacterSet") not in ("ISO_IR 192",):
         ds.SpecificCharacterSet = "ISO_IR 192"
+
+
+TRANSFER_NOTE_TITLE = "Transfer note"
+_RECIPIENT_PREFIX = "Recipient: "
+_NOTE_LIMIT = 1024
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class TransferNote:
+    """A sender's note, reason and recipient, as read from a transfer-note SR."""
+
+    note: str | None
+    reason: str | None
+    recipient: str | None
+
+
+def clean_note_text(text: str | None) -> str | None:
+    """Untrusted text made safe to show and to put in an environment variable."""
+    if text is None:
+        return None
+    text = _CONTROL.sub(" ", text).strip()[:_NOTE_LIMIT]
+    return text or None
+
+
+def read_transfer_note(ds: Dataset) -> TransferNote | None:
+    """The note of a transfer-note SR as ``transfer_note_sr`` writes it; None for any other.
+
+    It is one only when all of these hold: Basic Text SR, Manufacturer ``dvdexit``, Series
+    Description ``Transfer note``, document title (LN) Diagnostic Imaging Report, and a
+    content tree of TEXT items that are each a "Reason for Study" or a "Comment" (DCM).
+    The first Comment starting with ``Recipient: `` is the recipient; the other Comments,
+    joined, the note. Text is cleaned of control characters and cut at 1,024 characters.
+    """
+    if str(ds.get("SOPClassUID", "")) != BASIC_TEXT_SR:
+        return None
+    if str(ds.get("Manufacturer", "")) != _MANUFACTURER:
+        return None
+    if str(ds.get("SeriesDescription", "")) != TRANSFER_NOTE_TITLE:
+        return None
+    title = ds.get("ConceptNameCodeSequence")
+    wanted = codes.LN.DiagnosticImagingReport
+    if not title or str(title[0].get("CodeValue", "")) != wanted.value:
+        return None
+    reason_code = codes.DCM.ReasonForStudy.value
+    comment_code = codes.DCM.Comment.value
+    reasons: list[str] = []
+    comments: list[str] = []
+    for item in ds.get("ContentSequence") or ():
+        concept = item.get("ConceptNameCodeSequence")
+        if str(item.get("ValueType", "")) != "TEXT" or not concept:
+            return None
+        code = str(concept[0].get("CodeValue", ""))
+        scheme = str(concept[0].get("CodingSchemeDesignator", ""))
+        if scheme != "DCM" or code not in (reason_code, comment_code):
+            return None
+        (reasons if code == reason_code else comments).append(str(item.get("TextValue", "")))
+    if not reasons and not comments:
+        return None
+    recipient = None
+    for index, text in enumerate(comments):
+        if text.startswith(_RECIPIENT_PREFIX):
+            recipient = text[len(_RECIPIENT_PREFIX) :]
+            del comments[index]
+            break
+    return TransferNote(
+        note=clean_note_text("\n".join(comments)) if comments else None,
+        reason=clean_note_text("\n".join(reasons)) if reasons else None,
+        recipient=clean_note_text(recipient),
+    )

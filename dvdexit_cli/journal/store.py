@@ -152,6 +152,24 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE forwards_new RENAME TO forwards;
     CREATE INDEX forwards_by_study ON forwards(study_uid, id);
     """,
+    # 5: the sender's note, reason and recipient for a received study (from a transfer-note
+    # SR in the study or a package manifest): untrusted text, shown and passed to the hook
+    """
+    CREATE TABLE study_notes (
+        study_uid TEXT PRIMARY KEY,
+        note TEXT,
+        reason TEXT,
+        recipient TEXT,
+        source TEXT NOT NULL CHECK (source IN ('sr', 'manifest')),
+        sender_ae TEXT,
+        recorded_at TEXT NOT NULL
+    );
+    """,
+    # 6: the recipient of a send, kept with its note and reason so that a replay
+    # (send --retry-failed) can name it in its audit records
+    """
+    ALTER TABLE transfers ADD COLUMN recipient TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -177,6 +195,7 @@ class TransferSummary:
     reason: str | None
     counts: dict[str, int]
     bytes_sent: int
+    recipient: str | None = None
 
     @property
     def total(self) -> int:
@@ -374,6 +393,7 @@ class Journal:
         rejected: Iterable[Rejected],
         note: str | None = None,
         reason: str | None = None,
+        recipient: str | None = None,
         claim: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> tuple[int, list[int]]:
@@ -386,9 +406,17 @@ class Journal:
         now = utc_now()
         with self._write() as db:
             cur = db.execute(
-                "INSERT INTO transfers (peer, peer_address, created_at, note, reason, inputs)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (peer, peer_address, now, note, reason, json.dumps([str(p) for p in inputs])),
+                "INSERT INTO transfers (peer, peer_address, created_at, note, reason, recipient,"
+                " inputs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    peer,
+                    peer_address,
+                    now,
+                    note,
+                    reason,
+                    recipient,
+                    json.dumps([str(p) for p in inputs]),
+                ),
             )
             transfer_id = int(cur.lastrowid or 0)
             ids: list[int] = []
@@ -670,11 +698,33 @@ class Journal:
                     error=row["error"],
                     note=row["note"],
                     reason=row["reason"],
+                    recipient=row["recipient"],
                     counts=counts,
                     bytes_sent=int(sent_bytes),
                 )
             )
         return summaries
+
+    def transfer_row(self, transfer_id: int) -> sqlite3.Row | None:
+        """The ``transfers`` row of one transfer (peer, note, reason, recipient, outcome ...)."""
+        rows = self._read("SELECT * FROM transfers WHERE id = ?", (transfer_id,))
+        return rows[0] if rows else None
+
+    def audit_items(self, transfer_id: int) -> list[sqlite3.Row]:
+        """What the audit trail needs of a transfer's items (study, class, state, reason)."""
+        return self._read(
+            "SELECT study_uid, sop_instance_uid, sop_class_uid, state, retryable, reason"
+            " FROM items WHERE transfer_id = ? ORDER BY id",
+            (transfer_id,),
+        )
+
+    def received_rows(self, study_uid: str) -> list[sqlite3.Row]:
+        """Every ``received`` record of one study (outcome, SOP class, instance UID)."""
+        return self._read(
+            "SELECT sop_instance_uid, sop_class_uid, outcome, peer_address FROM received"
+            " WHERE study_uid = ? ORDER BY id",
+            (study_uid,),
+        )
 
     def items(self, transfer_id: int, *, states: Sequence[str] = ()) -> list[ItemRecord]:
         sql = "SELECT * FROM items WHERE transfer_id = ?"
@@ -958,6 +1008,36 @@ class Journal:
             (study_uid,),
         )
         return [str(r["path"]) for r in rows]
+
+    def set_study_note(
+        self,
+        study_uid: str,
+        *,
+        note: str | None,
+        reason: str | None,
+        recipient: str | None,
+        source: str,
+        sender_ae: str | None = None,
+    ) -> None:
+        """Record the sender's note for a received study (the latest one wins)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO study_notes (study_uid, note, reason, recipient, source, sender_ae,"
+                " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
+                " note = excluded.note, reason = excluded.reason, recipient = excluded.recipient,"
+                " source = excluded.source, sender_ae = excluded.sender_ae,"
+                " recorded_at = excluded.recorded_at",
+                (study_uid, note, reason, recipient, source, sender_ae, utc_now()),
+            )
+
+    def study_note(self, study_uid: str) -> dict[str, str | None] | None:
+        """The sender's note for a received study: note, reason, recipient, source, sender_ae."""
+        rows = self._read(
+            "SELECT note, reason, recipient, source, sender_ae FROM study_notes"
+            " WHERE study_uid = ?",
+            (study_uid,),
+        )
+        return dict(rows[0]) if rows else None
 
     def start_hook_run(self, study_uid: str, command: str) -> int:
         with self._write() as db:

@@ -1,13 +1,22 @@
 """Pick up transfer packages from a drop folder: verify, import into the receive store, file.
 
-Library only for now (the ``dvdexit receive --watch DIR`` option is not wired into the
-CLI yet). Each package that appears in the drop folder (a folder, .zip or .iso; hidden
-names such as a writer's ``.NAME.partial-XXXX`` are left alone) is verified first. An
-intact package has every instance stored in the receive store (durably, with the
-store's duplicate and conflict rules) and recorded in the journal as received, then is
-moved to ``done/``. A package that is not intact, or whose import failed, is moved to
-``rejected/`` with ``NAME.reason.txt`` beside it saying why; nothing of a package that is
-not intact is stored.
+Used by ``dvdexit receive --watch DIR``. Each package that appears in the drop folder (a
+folder, .zip or .iso holding a MANIFEST.JSON; hidden names such as a writer's
+``.NAME.partial-XXXX`` are left alone) is taken only once it is complete: a zip or ISO
+must be readable as one (a half-copied zip has no central directory yet), and nothing in
+it may have changed for ``settle`` seconds (a package copied by ``cp -r`` or rsync gets
+its manifest before its last file). It is verified first. An intact package has every
+instance stored in the receive store (durably, with the store's duplicate and conflict
+rules) and recorded in the journal as received, its studies completed (``completed_by``
+``package``: hook, forward and audit as for a received study) with the manifest's note,
+then is moved to ``done/``. A package that is not intact, or whose import failed, is
+moved to ``rejected/`` with ``NAME.reason.txt`` beside it saying why; nothing of a
+package that is not intact is stored. A package with an instance in conflict (its UID
+stored with other content) or refused by the store goes to ``rejected/`` too, though its
+other instances are stored: ``done/`` holds only packages that arrived whole. Studies
+stored in part by a failed import are audited (not completed). A package is filed only
+after its import and completion: after a crash it is still in the drop folder, and the
+next pass imports it again (its stored instances as duplicates).
 """
 
 from __future__ import annotations
@@ -15,13 +24,19 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dvdexit_cli.dicom.reports import clean_note_text
 from dvdexit_cli.dicom.scan import scan
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.package.manifest import Manifest
 from dvdexit_cli.package.verify import is_package, verify_package
+from dvdexit_cli.receive.completeness import CompletenessTracker
+from dvdexit_cli.receive.render import render_sr_beside
 from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
 
 __all__ = ["DropResult", "process_drop_folder"]
@@ -29,6 +44,10 @@ __all__ = ["DropResult", "process_drop_folder"]
 DONE = "done"
 REJECTED = "rejected"
 CALLING_AE = "PACKAGE"  # what the journal shows as the sender of an imported package
+# The statuses a listening receiver answers in these cases (receive/scp.py), journaled alike.
+_OUT_OF_RESOURCES = 0xA700
+_CANNOT_UNDERSTAND = 0xC000
+_CONFLICT = 0xC001
 
 
 @dataclass
@@ -41,26 +60,94 @@ class DropResult:
     stored: int = 0
     duplicates: int = 0
     conflicts: int = 0
+    waiting: list[str] = field(default_factory=list)
+    """Packages still changing (younger than ``settle``): left for the next pass."""
+    not_intact: int = 0
+    """Rejected because verification failed (incomplete or tampered)."""
+    studies: list[str] = field(default_factory=list)
+    """Studies imported (and completed) in this pass."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "done": self.done,
+            "rejected": [{"package": name, "reason": why} for name, why in self.rejected],
+            "waiting": self.waiting,
+            "studies": self.studies,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+        }
 
 
-def _move(path: Path, folder: Path) -> Path:
+def newest_change(path: Path) -> float:
+    """The latest modification time of ``path`` and, for a folder, of anything inside it."""
+    newest = path.stat().st_mtime
+    if path.is_dir():
+        for folder, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                try:
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+                except FileNotFoundError:  # removed meanwhile: still changing
+                    return time.time()
+    return newest
+
+
+def _move(path: Path, folder: Path, *, reason: str | None = None) -> Path:
+    """File ``path`` in ``folder``; with ``reason``, its ``NAME.reason.txt`` is written first.
+
+    Reason first: a crash between the two leaves the package in the drop folder (taken
+    again at the next pass), never filed under rejected/ without saying why.
+    """
     folder.mkdir(exist_ok=True)
     target = folder / path.name
     if target.exists():  # a package of the same name was filed before: keep both
         target = folder / f"{path.name}.{secrets.token_hex(3)}"
+    if reason is not None:
+        (folder / f"{target.name}.reason.txt").write_text(reason + "\n")
     os.rename(path, target)
     return target
 
 
+def _audit_unfinished(
+    tracker: CompletenessTracker | None,
+    package: Path,
+    study_uids: list[str],
+    *,
+    detail: str,
+    missing: Counter[str] | None = None,
+) -> None:
+    if tracker is not None:
+        tracker.audit_unfinished(
+            study_uids,
+            calling_ae=CALLING_AE,
+            peer_address=str(package),
+            detail=detail,
+            not_imported=missing or Counter(),
+        )
+
+
 def _import(
-    package: Path, store: InstanceStore, journal: Journal, result: DropResult, unpack: Path
+    package: Path,
+    store: InstanceStore,
+    journal: Journal,
+    result: DropResult,
+    unpack: Path,
+    studies: dict[str, str],
+    touched: set[str],
+    missing: Counter[str],
+    sr_to_pdf: bool = False,
 ) -> str | None:
-    """Store every instance of an intact package; return why it failed, or None."""
+    """Store every instance of an intact package; return why it failed, or None.
+
+    ``studies`` gets each stored study's UID -> its folder in the store; ``touched`` every
+    study with an instance journaled (stored, duplicate, conflict or refused) or left
+    unimported by a failure, ``missing`` the number of those left per study.
+    """
     found = scan([package], unpack_dir=unpack)
     failed = [r for r in found.rejected if r.disposition == "failed"]
     if failed:
         return f"{failed[0].path}: {failed[0].reason}"
-    for inst in found.instances:
+    for number, inst in enumerate(found.instances, start=1):
         try:
             put = store.put(
                 inst.path,
@@ -70,7 +157,35 @@ def _import(
                 calling_ae=CALLING_AE,
             )
         except (RefusedInstance, StoreWriteError) as exc:
-            return f"{inst.path.name}: {exc}"
+            # Journaled as a refusal, so that the audit record of the study counts it.
+            journal.record_received(
+                calling_ae=CALLING_AE,
+                peer_address=str(package),
+                sop_class_uid=inst.sop_class_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                study_uid=inst.study_uid,
+                series_uid=inst.series_uid,
+                transfer_syntax=inst.transfer_syntax,
+                size=None,
+                digest=None,
+                path=None,
+                outcome="refused",
+                status=_CANNOT_UNDERSTAND
+                if isinstance(exc, RefusedInstance)
+                else _OUT_OF_RESOURCES,
+                reason=str(exc),
+            )
+            if inst.study_uid:
+                touched.add(inst.study_uid)
+            for later in found.instances[number:]:
+                if later.study_uid:
+                    touched.add(later.study_uid)
+                    missing[later.study_uid] += 1
+            left = len(found.instances) - number
+            return f"{inst.path.name}: {exc}" + (
+                f" ({left} later instance(s) of the package not imported)" if left else ""
+            )
+        conflict = put.outcome == "conflict"
         journal.record_received(
             calling_ae=CALLING_AE,
             peer_address=str(package),
@@ -83,9 +198,23 @@ def _import(
             digest=put.digest,
             path=str(put.path),
             outcome=put.outcome,
-            status=0,
-            reason=None,
+            status=_CONFLICT if conflict else 0,
+            reason="conflict: this SOP Instance UID is stored with other content"
+            if conflict
+            else None,
         )
+        touched.add(put.study_uid)
+        if put.outcome == "stored" and sr_to_pdf:
+            render_sr_beside(
+                store,
+                journal,
+                sr_path=put.path,
+                sop_class_uid=inst.sop_class_uid,
+                calling_ae=CALLING_AE,
+                spool=unpack,
+            )
+        if put.outcome in ("stored", "duplicate"):
+            studies.setdefault(put.study_uid, str(store.study_folder(put.path, put.study_uid)))
         result.stored += put.outcome == "stored"
         result.duplicates += put.outcome == "duplicate"
         result.conflicts += put.outcome == "conflict"
@@ -98,18 +227,37 @@ def process_drop_folder(
     store: InstanceStore,
     journal: Journal,
     on_package: Callable[[str, str, str | None], None] | None = None,
+    settle: float = 0.0,
+    tracker: CompletenessTracker | None = None,
+    sr_to_pdf: bool = False,
 ) -> DropResult:
     """One pass over ``drop``: import intact packages, file each under done/ or rejected/.
 
     ``on_package(name, "done" | "rejected", reason)`` is called for each package filed.
+    A package changed less than ``settle`` seconds ago is left for a later pass. With a
+    ``tracker``, the studies of an imported package are completed (hook, forward, audit).
+    With ``sr_to_pdf``, each new SR is also stored rendered as an Encapsulated PDF.
     """
     result = DropResult()
     for path in sorted(drop.iterdir()):
-        if path.name.startswith(".") or path.name in (DONE, REJECTED) or not is_package(path):
+        if path.name.startswith(".") or path.name in (DONE, REJECTED):
+            continue
+        try:
+            if settle > 0 and time.time() - newest_change(path) < settle:
+                result.waiting.append(path.name)
+                continue
+        except FileNotFoundError:
+            continue  # moved away meanwhile
+        if not is_package(path):
             continue
         check = verify_package(path)
         reason: str | None
+        studies: dict[str, str] = {}
+        touched: set[str] = set()
+        missing: Counter[str] = Counter()
+        conflicts_before = result.conflicts
         if check.verdict != "intact":
+            result.not_intact += 1
             _kind, name, why = check.problems[0]
             reason = f"{check.verdict}: {name}: {why}" + (
                 f" (and {len(check.problems) - 1} more problem(s))"
@@ -118,14 +266,73 @@ def process_drop_folder(
             )
         else:
             with tempfile.TemporaryDirectory(prefix="dvdexit-drop-") as tmp:
-                reason = _import(path, store, journal, result, Path(tmp))
+                reason = _import(
+                    path, store, journal, result, Path(tmp), studies, touched, missing, sr_to_pdf
+                )
+            conflicts = result.conflicts - conflicts_before
+            if reason is None:
+                # Completed (journaled, audited, hook and forward queued) before the package
+                # is filed: a crash in between leaves it in the drop folder, imported again
+                # (as duplicates) at the next pass, never in done/ without its completion.
+                _complete(journal, tracker, path, studies, check.manifest)
+                result.studies.extend(sorted(studies))
+                if conflicts:
+                    # The other instances are stored, but the package did not fully arrive.
+                    reason = (
+                        f"conflict: {conflicts} instance(s) differ from the copy already "
+                        "stored under the same SOP Instance UID and were not stored (the "
+                        "package's other instances are)"
+                    )
+                    # A study of which nothing was stored is not completed, but audited.
+                    _audit_unfinished(tracker, path, sorted(touched - set(studies)), detail=reason)
+            elif touched:
+                # Stored in part: the store and the audit say so; the studies stay open.
+                _audit_unfinished(
+                    tracker,
+                    path,
+                    sorted(touched),
+                    detail=f"package {path.name} rejected: {reason}",
+                    missing=missing,
+                )
         if reason is None:
             _move(path, drop / DONE)
             result.done.append(path.name)
         else:
-            filed = _move(path, drop / REJECTED)
-            (drop / REJECTED / f"{filed.name}.reason.txt").write_text(reason + "\n")
+            _move(path, drop / REJECTED, reason=reason)
             result.rejected.append((path.name, reason))
         if on_package is not None:
             on_package(path.name, REJECTED if reason else DONE, reason)
     return result
+
+
+def _complete(
+    journal: Journal,
+    tracker: CompletenessTracker | None,
+    package: Path,
+    studies: dict[str, str],
+    manifest: Manifest | None,
+) -> None:
+    """Record the imported studies (with the manifest's note) and complete them."""
+    for study_uid, folder in sorted(studies.items()):
+        journal.note_study_activity(
+            study_uid=study_uid,
+            calling_ae=CALLING_AE,
+            peer_address=str(package),
+            folder=folder,
+            new=True,
+        )
+        if manifest is not None and (manifest.note or manifest.reason or manifest.recipient):
+            journal.set_study_note(
+                study_uid,
+                note=_clean(manifest.note),
+                reason=_clean(manifest.reason),
+                recipient=_clean(manifest.recipient),
+                source="manifest",
+                sender_ae=manifest.sender_ae or None,
+            )
+    if tracker is not None:
+        tracker.complete(sorted(studies), completed_by="package")
+
+
+def _clean(text: object) -> str | None:
+    return clean_note_text(text if isinstance(text, str) else None)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+from dvdexit_cli.audit import ReceiveAuditor
 from dvdexit_cli.events import Observer, StudyCompleted, ignore
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.journal.store import ReceivedStudy
 from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
 
@@ -35,7 +37,9 @@ class CompletenessTracker:
         hooks: HookRunner | None = None,
         forwarder: Forwarder | None = None,
         observer: Observer = ignore,
+        audit: ReceiveAuditor | None = None,
     ) -> None:
+        self._audit = audit
         self._forwarder = forwarder
         self._journal = journal
         self._idle = idle_timeout
@@ -63,10 +67,73 @@ class CompletenessTracker:
             self._observer(
                 StudyCompleted(study_uid=uid, instances=study.instances, completed_by=completed_by)
             )
+            if self._audit is not None:
+                try:
+                    self._audit.study(self._journal, study)
+                except Exception:  # the hook and forward must run whatever the audit does
+                    self._audit.trail.failures += 1
+                    log.exception("audit record of study %s could not be written", uid)
             if self._hooks is not None:
                 self._hooks.submit(study)
             if self._forwarder is not None:
                 self._forwarder.submit(study)
+
+    def audit_unfinished(
+        self,
+        study_uids: Iterable[str],
+        *,
+        calling_ae: str,
+        peer_address: str,
+        detail: str,
+        not_imported: Mapping[str, int] | None = None,
+    ) -> None:
+        """Audit studies whose import failed part way (they are not completed).
+
+        ``calling_ae`` and ``peer_address`` name where the instances came from (the
+        package), whatever sent earlier instances of the study; ``not_imported`` the
+        instances per study the failure left unimported (counted as failures).
+        """
+        if self._audit is None:
+            return
+        for uid in study_uids:
+            known = self._journal.study(uid)
+            study = ReceivedStudy(
+                study_uid=uid,
+                calling_ae=calling_ae,
+                peer_address=peer_address,
+                folder=known.folder if known else "",
+                last_at=known.last_at if known else "",
+                state=known.state if known else "receiving",
+                commit_requested=known.commit_requested if known else False,
+                completed_by=None,
+                instances=known.instances if known else 0,
+            )
+            try:
+                self._audit.study(
+                    self._journal,
+                    study,
+                    failed=(not_imported or {}).get(uid, 0),
+                    failed_as="not_imported",
+                    detail=detail,
+                )
+            except Exception:
+                self._audit.trail.failures += 1
+                log.exception("audit record of study %s could not be written", uid)
+
+    def commitment_failed(
+        self, result_studies: Iterable[str], failed: int, transaction: str
+    ) -> None:
+        """Audit studies whose commitment we answered with failures (they stay receiving)."""
+        if self._audit is None:
+            return
+        for uid in sorted(result_studies):
+            try:
+                self._audit.commitment_failed(
+                    self._journal, uid, failed=failed, transaction_uid=transaction
+                )
+            except Exception:
+                self._audit.trail.failures += 1
+                log.exception("audit record of study %s could not be written", uid)
 
     def check_idle(self, now: datetime | None = None) -> None:
         """Complete every receiving study idle for longer than the timeout."""

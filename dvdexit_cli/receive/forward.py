@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pydicom
 
+from dvdexit_cli.audit import TransferAuditor
 from dvdexit_cli.config import AnyPeer
 from dvdexit_cli.engine import SendSettings, send
 from dvdexit_cli.errors import DvdexitError
@@ -47,8 +48,10 @@ class Forwarder:
         staging: Path,
         mapping: PatientMapping | None = None,
         observer: Observer = ignore,
+        audit: TransferAuditor | None = None,
     ) -> None:
         self.peer = peer
+        self._audit = audit
         self._journal = journal
         self._staging = staging
         self._mapping = mapping
@@ -100,6 +103,7 @@ class Forwarder:
                 journal=self._journal,
                 # The peer as configured: TLS files, DICOMweb auth or a drop folder.
                 transport=transport_for(self.peer),
+                audit=self._audit,
             )
             transfer_id = result.transfer_id
             outcome = (
@@ -118,6 +122,19 @@ class Forwarder:
             outcome, reason = "failed", str(exc)
         if outcome == "sent" and staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
+        if transfer_id is None and self._audit is not None:
+            # Nothing was sent, so send() wrote no record: the audit must still say the
+            # study did not reach the peer.
+            try:
+                self._audit.not_sent(
+                    self._journal,
+                    study.study_uid,
+                    peer=self.peer.name,
+                    detail=f"{outcome}: {reason}",
+                )
+            except Exception:
+                self._audit.trail.failures += 1
+                log.exception("audit record of study %s could not be written", study.study_uid)
         self._journal.finish_forward(
             forward_id, outcome=outcome, transfer_id=transfer_id, reason=reason
         )

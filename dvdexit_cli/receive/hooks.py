@@ -3,10 +3,13 @@
 The command is split like a shell would (``shlex``) but run without a shell; wrap it in
 ``sh -c '...'`` for pipes or redirections. It gets the study in its environment:
 DVDEXIT_STUDY_UID, DVDEXIT_STUDY_DIR, DVDEXIT_INSTANCE_COUNT, DVDEXIT_CALLING_AE and
-DVDEXIT_COMPLETED_BY (``commitment`` or ``idle``). Its standard output and error go to
-the receiver's standard error. A run is journaled as ``running`` before it starts, so a
-run cut off by a crash is found again (``dvdexit receive --rerun-hooks``); a failing
-hook never touches the stored instances.
+DVDEXIT_COMPLETED_BY (``commitment``, ``idle`` or ``package``), and, when the sender
+gave them (a transfer-note SR in the study, or a package manifest), DVDEXIT_NOTE,
+DVDEXIT_REASON and DVDEXIT_RECIPIENT: untrusted text from the sending site, cleaned of
+control characters and cut at 1,024 characters (quote them; never evaluate them). Its
+standard output and error go to the receiver's standard error. A run is journaled as
+``running`` before it starts, so a run cut off by a crash is found again (``dvdexit
+receive --rerun-hooks``); a failing hook never touches the stored instances.
 """
 
 from __future__ import annotations
@@ -89,6 +92,12 @@ class HookRunner:
             DVDEXIT_CALLING_AE=study.calling_ae,
             DVDEXIT_COMPLETED_BY=study.completed_by or "",
         )
+        for key in ("DVDEXIT_NOTE", "DVDEXIT_REASON", "DVDEXIT_RECIPIENT"):
+            env.pop(key, None)  # never inherited from the receiver's own environment
+        note = self._journal.study_note(study.study_uid) or {}
+        for key in ("note", "reason", "recipient"):
+            if note.get(key):
+                env[f"DVDEXIT_{key.upper()}"] = str(note[key])
         status: int | None = None
         error: str | None = None
         try:

@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
+from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, forward_auditor
 from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
@@ -44,7 +45,9 @@ from dvdexit_cli.receive.commitment import (
 from dvdexit_cli.receive.completeness import CompletenessTracker
 from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
+from dvdexit_cli.receive.notes import record_note_from_instance
 from dvdexit_cli.receive.reconcile import PatientMapping
+from dvdexit_cli.receive.render import render_sr_beside
 from dvdexit_cli.receive.store import (
     DEFAULT_LAYOUT,
     InstanceStore,
@@ -101,6 +104,10 @@ class ReceiveSettings:
     reconcile: PatientMapping | None = None
     #: Where reconciled copies wait to be forwarded (outside the store).
     staging: Path | None = None
+    #: The audit trail (audit.jsonl); None writes no audit records.
+    audit_file: Path | None = None
+    #: Store a received SR also rendered as an Encapsulated PDF (receive/render.py).
+    sr_to_pdf: bool = False
 
 
 def sweep_store(store: Path) -> int:
@@ -160,6 +167,7 @@ class StorageServer:
                 staging=settings.staging or settings.store.parent / "forward-staging",
                 mapping=settings.reconcile,
                 observer=observer,
+                audit=forward_auditor(settings.audit_file, settings.forward_to, settings.ae_title),
             )
             if settings.forward_to is not None
             else None
@@ -170,6 +178,14 @@ class StorageServer:
             hooks=self._hooks,
             forwarder=self._forwarder,
             observer=observer,
+            audit=(
+                ReceiveAuditor(
+                    AuditTrail(settings.audit_file, process="dvdexit receive"),
+                    local_ae=settings.ae_title,
+                )
+                if settings.audit_file is not None
+                else None
+            ),
         )
         self.swept = 0
         self._previous_tempdir: str | None = None
@@ -331,6 +347,10 @@ class StorageServer:
         )
         if not result.failed:
             self.tracker.complete(sorted(result.studies), completed_by="commitment")
+        else:
+            self.tracker.commitment_failed(
+                result.studies, len(result.failed), result.transaction_uid
+            )
         send_event_report(
             result,
             assoc=event.assoc,
@@ -423,6 +443,22 @@ class StorageServer:
                 status, reason = STATUS_SUCCESS, None
         self._journal.record_received(**record, outcome=outcome, status=status, reason=reason)
         if outcome in ("stored", "duplicate") and record["study_uid"]:
+            record_note_from_instance(
+                self._journal,
+                study_uid=record["study_uid"],
+                sop_class_uid=sop_class,
+                path=Path(record["path"]),
+                sender_ae=calling_ae,
+            )
+            if outcome == "stored" and self.settings.sr_to_pdf:
+                render_sr_beside(
+                    self._store,
+                    self._journal,
+                    sr_path=Path(record["path"]),
+                    sop_class_uid=sop_class,
+                    calling_ae=calling_ae,
+                    spool=self.settings.store / SPOOL_DIR,
+                )
             self._journal.note_study_activity(
                 study_uid=record["study_uid"],
                 calling_ae=calling_ae,

@@ -47,6 +47,7 @@ RECEIVE_KEYS = frozenset(
         "require_tls",
         "forward_to",
         "reconcile",
+        "sr_to_pdf",
     }
 )
 

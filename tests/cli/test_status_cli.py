@@ -24,6 +24,7 @@ def _journal_with_two_transfers(home: Path, tmp_path: Path) -> None:
             instances=found.instances,
             rejected=[],
             note="referral to cardiology",
+            recipient="Dr. Demo",
         )
         for item in ids:
             journal.record_outcome(item, state="sent", status=0, reason=None)
@@ -99,5 +100,6 @@ def test_since_and_peer_filter_and_duration_and_throughput_are_reported(
     assert old["bytes_sent"] > 0
     assert old["bytes_per_second"] == round(old["bytes_sent"] / 4)
     assert old["note"] == "referral to cardiology"
+    assert old["recipient"] == "Dr. Demo"
     assert bad.returncode == 2
     assert "30m, 12h, 7d, 2w" in bad.stderr

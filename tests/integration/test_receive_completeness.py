@@ -219,6 +219,11 @@ def test_commitment_naming_a_missing_instance_fails_it_and_completes_only_when_i
         assert [r["outcome"] for r in journal.hook_runs(uid)] == ["succeeded"]
         study_row = journal.study(uid)
         assert study_row is not None and study_row.completed_by == "commitment"
+    # The audit trail: the failed commitment, then the completion.
+    audit = [json.loads(x) for x in (dvdexit_home / "audit.jsonl").read_text().splitlines()]
+    assert [(r["study"]["uid"], r["outcome"]) for r in audit] == [(uid, 4), (uid, 0)]
+    assert "1 instance(s) of the request not held" in audit[0]["detail"]
+    assert audit[0]["counts"]["not_held"] == 1 and audit[0]["source"]["ae_title"] == "HOSP_A"
 
 
 def test_commitment_for_an_instance_whose_file_changed_reports_a_processing_failure(
