@@ -18,12 +18,15 @@ from dvdexit_cli.cli.status import render_diagnosis
 from dvdexit_cli.config import (
     AUTH_KINDS,
     DEFAULT_CALLING_AE,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
     AnyPeer,
     DicomWebPeer,
     DimsePeer,
     FolderPeer,
     PeerBook,
     parse_host_port,
+    parse_rate,
     resolve_paths,
 )
 from dvdexit_cli.credentials import (
@@ -37,6 +40,7 @@ from dvdexit_cli.credentials import (
 )
 from dvdexit_cli.diagnose import diagnose
 from dvdexit_cli.errors import ConfigError, UsageError
+from dvdexit_cli.transport.factory import check_key_file
 
 __all__ = ["app"]
 
@@ -63,7 +67,8 @@ def _summary(peer: AnyPeer) -> str:
         return f"{peer.called_ae}@{peer.address}{tls} (we call as {peer.calling_ae})"
     if isinstance(peer, DicomWebPeer):
         who = f", user {peer.user}" if peer.user else ""
-        return f"{peer.url} ({peer.auth} auth{who})"
+        cert = ", client certificate" if peer.client_cert else ""
+        return f"{peer.url} ({peer.auth} auth{who}{cert})"
     return f"folder {peer.path}"
 
 
@@ -111,6 +116,41 @@ def add_command(
         Path | None,
         typer.Option("--ca-bundle", metavar="FILE", help="DICOMweb: CA bundle for https."),
     ] = None,
+    client_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-cert", metavar="FILE", help="DICOMweb over https: our certificate (PEM)."
+        ),
+    ] = None,
+    client_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-key",
+            metavar="FILE",
+            help="DICOMweb over https: its private key (PEM; not readable by others).",
+        ),
+    ] = None,
+    connect_timeout: Annotated[
+        float,
+        typer.Option("--connect-timeout", min=0.1, help="DICOMweb: seconds to connect."),
+    ] = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            "--read-timeout",
+            min=0.1,
+            help="DICOMweb: seconds without progress (reading or writing) before giving up.",
+        ),
+    ] = DEFAULT_READ_TIMEOUT,
+    min_rate: Annotated[
+        str,
+        typer.Option(
+            "--min-rate",
+            metavar="BYTES/S",
+            help="DICOMweb: slowest average a STOW-RS request may take (256K, 1M); its "
+            "budget is connect + read timeout + bytes / min-rate.",
+        ),
+    ] = "256K",
     folder: Annotated[
         Path | None, typer.Option("--folder", metavar="PATH", help="A drop folder.")
     ] = None,
@@ -146,13 +186,23 @@ def add_command(
             workers=workers,
         )
     elif dicomweb is not None:
+        if client_key is not None and client_cert is None:
+            raise UsageError("--client-key goes with --client-cert")
         peer = DicomWebPeer(
             name=name,
             url=dicomweb,
             auth=auth,
             user=user,
             ca_bundle=_file(ca_bundle, "--ca-bundle"),
+            client_cert=_file(client_cert, "--client-cert"),
+            client_key=_file(client_key, "--client-key"),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            min_rate=parse_rate(min_rate, what="--min-rate"),
         )
+        key = peer.client_key or peer.client_cert
+        if key:
+            check_key_file(key, what="--client-key" if peer.client_key else "--client-cert")
     else:
         assert folder is not None
         peer = FolderPeer(name=name, path=str(folder.expanduser().resolve()))
