@@ -28,6 +28,7 @@ from dvdexit_cli.config import (
     parse_host_port,
     parse_rate,
     resolve_paths,
+    validate_dicomweb,
 )
 from dvdexit_cli.credentials import (
     Secret,
@@ -200,6 +201,7 @@ def add_command(
             read_timeout=read_timeout,
             min_rate=parse_rate(min_rate, what="--min-rate"),
         )
+        validate_dicomweb(peer)
         key = peer.client_key or peer.client_cert
         if key:
             check_key_file(key, what="--client-key" if peer.client_key else "--client-cert")
