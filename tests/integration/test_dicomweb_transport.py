@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import ssl
 import threading
 import time
@@ -30,6 +31,7 @@ from dvdexit_cli.dicom.scan import scan
 from dvdexit_cli.errors import ConfigError, PeerUnreachableError
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.samples import write_study
+from dvdexit_cli.transport.dicomweb import DicomwebTransport
 from dvdexit_cli.transport.factory import dicomweb_transport
 from dvdexit_cli.transport.multipart import boundary_of, split_parts
 from dvdexit_cli.verify_remote import Expected, verify_remote_dicomweb
@@ -65,7 +67,9 @@ def _uids(body: bytes, content_type: str) -> list[str]:
     ]
 
 
-def _serve(state: Server, context: ssl.SSLContext | None) -> Iterator[Server]:
+def _serve(
+    state: Server, context: ssl.SSLContext | None, *, receive_buffer: int = 0
+) -> Iterator[Server]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -87,9 +91,12 @@ def _serve(state: Server, context: ssl.SSLContext | None) -> Iterator[Server]:
                 return
             if state.mode == "trickle-body":
                 body = b""
-                while len(body) < length and not state.stop.is_set():
-                    body += self.rfile.read(min(4096, length - len(body)))
-                    time.sleep(0.02)
+                while len(body) < length:
+                    piece = self.rfile.read(min(4096, length - len(body)))
+                    if not piece or state.stop.is_set():
+                        return  # the client gave up, as it should
+                    body += piece
+                    time.sleep(0.01)
             else:
                 body = self.rfile.read(length)
             uids = _uids(body, self.headers["Content-Type"])
@@ -121,7 +128,11 @@ def _serve(state: Server, context: ssl.SSLContext | None) -> Iterator[Server]:
         def log_message(self, *args: object) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+    if receive_buffer:  # set before listen(): accepted sockets inherit it
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    server.server_bind()
+    server.server_activate()
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
     scheme = "https" if context is not None else "http"
@@ -235,6 +246,35 @@ def test_a_peer_that_stalls_or_trickles_is_given_up_on_and_nothing_counts_as_sen
         # Bytes keep coming (no read timeout), so only the budget can stop this one.
         reasons = {f["reason"] for f in result["failures"]}
         assert all("time budget" in r for r in reasons), reasons
+
+
+def test_a_slow_reader_meets_the_budget_while_the_body_streams(tmp_path: Path) -> None:
+    write_study(tmp_path / "study", n_instances=2, seed="slow-body", rows=1024, cols=1024)
+    instances = scan([tmp_path / "study"]).instances
+    # Small socket buffers on both sides: the body cannot hide in them, and the slow
+    # reader frees room often, so no single write waits long enough for the read/write
+    # timeout; only the request's total budget can end it.
+    small = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)]
+    for state in _serve(Server(mode="trickle-body"), None, receive_buffer=16384):
+        client = httpx.Client(
+            transport=httpx.HTTPTransport(socket_options=small),
+            timeout=httpx.Timeout(2.0, connect=0.5),
+        )
+        transport = DicomwebTransport(
+            state.url, name="web", client=client, connect_timeout=0.5, read_timeout=2.0,
+            min_rate=1 << 30,
+        )  # fmt: skip
+        try:
+            result = transport.store_batch(instances)
+        finally:
+            transport.close()
+        assert state.stored == []
+
+    assert {uid: (o.state, o.retryable) for uid, o in result.outcomes.items()} == {
+        i.sop_instance_uid: ("failed", True) for i in instances
+    }
+    reasons = {o.reason or "" for o in result.outcomes.values()}
+    assert all("time budget" in r for r in reasons), reasons
 
 
 def test_after_a_stalled_attempt_the_retry_sends_everything(
