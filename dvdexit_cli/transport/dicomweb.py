@@ -197,7 +197,6 @@ class DicomwebTransport:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.min_rate = min_rate
-        self._socket: socket.socket | None = None
         self._client = client or httpx.Client(
             auth=auth,
             verify=verify,
@@ -222,15 +221,6 @@ class DicomwebTransport:
 
     def store(self, instance: Instance) -> StoreOutcome:
         return self.store_batch([instance]).outcomes[instance.sop_instance_uid]
-
-    def _trace(self, event: str, info: dict[str, Any]) -> None:
-        # httpcore's trace extension: remember the socket of the connection in use, for
-        # the watchdog. One transport sends one request at a time, so the latest is it.
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            stream = info.get("return_value")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if isinstance(sock, socket.socket):
-                self._socket = sock
 
     def store_batch(self, instances: Sequence[Instance]) -> StowBatchResult:
         """STOW one batch; PeerUnreachableError only when nothing could be exchanged."""
@@ -259,6 +249,10 @@ class DicomwebTransport:
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Content-Length": str(length),
             "Accept": "application/dicom+json",
+            # A fresh connection per batch: the watchdog learns its socket when it is
+            # opened (a kept-alive one would be out of its reach). One handshake per
+            # batch of up to --batch-bytes is cheap.
+            "Connection": "close",
         }
         uids = [i.sop_instance_uid for i in instances]
 
@@ -272,14 +266,24 @@ class DicomwebTransport:
             f"({length} bytes at min_rate {self.min_rate:.0f} bytes/s, plus the connect and "
             f"read timeouts); whether it was stored is unknown"
         )
-        self._socket = None
-        watchdog = _Watchdog(budget, lambda: self._socket)
+        opened: list[socket.socket] = []
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            # httpcore's trace extension, called in this request's thread: the socket of
+            # this request's connection (after TLS, the wrapped one), for the watchdog.
+            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                stream = info.get("return_value")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if isinstance(sock, socket.socket):
+                    opened.append(sock)
+
+        watchdog = _Watchdog(budget, lambda: opened[-1] if opened else None)
         try:
             response = self._client.post(
                 f"{self.base_url}/studies",
                 content=body(),
                 headers=headers,
-                extensions={"trace": self._trace},
+                extensions={"trace": trace},
             )
         except _OverBudget:
             return unknown(over_budget)
