@@ -41,7 +41,7 @@ from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import ItemRecord, Journal
 from dvdexit_cli.journal.store import DEFAULT_LEASE_SECONDS, new_claim
 from dvdexit_cli.package.onward import screen_packages
-from dvdexit_cli.transport.base import BatchTransport, StoreOutcome, Transport
+from dvdexit_cli.transport.base import BatchResult, BatchTransport, StoreOutcome, Transport
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -264,7 +264,14 @@ def send(
     )
     outcome, error, hint = "complete", None, None
     work = list(zip(item_ids, found.instances, strict=True))
-    shares = _partition(work, settings.workers) if transport_factory is not None else [work]
+    # A batch transport (STOW-RS) runs its workers as concurrent requests in this process:
+    # batches of one study may travel in parallel, unlike DIMSE associations.
+    batched = isinstance(transport, BatchTransport)
+    shares = (
+        _partition(work, settings.workers)
+        if transport_factory is not None and not batched
+        else [work]
+    )
     try:
         with _Lease(journal, claim, settings.lease_seconds):
             if len(shares) > 1 and transport_factory is not None:
@@ -282,6 +289,7 @@ def send(
                     sleep,
                     claim=claim,
                     batching=(settings.batch_size, settings.batch_bytes),
+                    concurrency=settings.workers if batched else 1,
                 )
     except KeyboardInterrupt:
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
@@ -624,6 +632,7 @@ def _send_all(
     *,
     claim: str | None = None,
     batching: tuple[int, int] = (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_BYTES),
+    concurrency: int = 1,
 ) -> tuple[str | None, str | None]:
     """Send, retrying retryable failures; return the peer error that stopped us, if any.
 
@@ -640,7 +649,7 @@ def _send_all(
     if isinstance(transport, BatchTransport):
         return _send_batches(
             retries, retry_delay, journal, transport, pending, observer, sleep,
-            claim=claim, batching=batching,
+            claim=claim, batching=batching, concurrency=concurrency,
         )  # fmt: skip
     while True:
         retry: list[tuple[int, Instance]] = []
@@ -705,12 +714,14 @@ def _send_batches(
     *,
     claim: str | None,
     batching: tuple[int, int],
+    concurrency: int = 1,
 ) -> tuple[str | None, str | None]:
     """The batch path of ``_send_all``: one request per batch, one outcome per instance.
 
     The whole batch is marked ``sending`` before its request, so a kill -9 mid-request
     leaves every instance of it to the replay. The peer's Retry-After (429/503) is a
-    floor for the next round's delay.
+    floor for the next round's delay. With ``concurrency`` > 1 that many requests are in
+    flight at once (see ``_concurrent_round``).
     """
     size, max_bytes = max(1, batching[0]), max(1, batching[1])
     attempt = 1
@@ -718,6 +729,14 @@ def _send_batches(
         retry: list[tuple[int, Instance]] = []
         retry_after: float | None = None
         groups = list(batches(pending, size, max_bytes))
+        if concurrency > 1:
+            retry, retry_after, stopped = _concurrent_round(
+                journal, transport, groups, observer, attempt, claim=claim,
+                concurrency=concurrency,
+            )  # fmt: skip
+            if stopped is not None and attempt > retries:
+                return stopped.message, stopped.hint
+            groups = []  # this round is done
         for position, batch in enumerate(groups):
             claimed: list[tuple[int, Instance]] = []
             for item_id, inst in batch:
@@ -760,6 +779,98 @@ def _send_batches(
         sleep(delay)
         attempt += 1
         pending = retry
+
+
+def _claim_batch(
+    journal: Journal, batch: Sequence[tuple[int, Instance]], claim: str | None
+) -> list[tuple[int, Instance]]:
+    claimed = []
+    for item_id, inst in batch:
+        if journal.mark_sending(item_id, claim=claim):
+            claimed.append((item_id, inst))
+        else:
+            log.warning("item %d was claimed by another run; not sending it", item_id)
+    return claimed
+
+
+def _store_batch_into(
+    transport: BatchTransport, ticket: int, instances: list[Instance], results: Any
+) -> None:
+    """A request thread: the batch's result (or what it raised) goes to ``results``."""
+    try:
+        results.put((ticket, transport.store_batch(instances)))
+    except BaseException as exc:  # handed to the journaling thread, which decides
+        results.put((ticket, exc))
+
+
+def _concurrent_round(
+    journal: Journal,
+    transport: BatchTransport,
+    groups: list[list[tuple[int, Instance]]],
+    observer: Observer,
+    attempt: int,
+    *,
+    claim: str | None,
+    concurrency: int,
+) -> tuple[list[tuple[int, Instance]], float | None, PeerError | None]:
+    """One round of batches with up to ``concurrency`` requests in flight.
+
+    Only this thread touches the journal (one SQLite connection); request threads only
+    talk to the peer. Once the peer is unreachable no new batch starts, the ones in flight
+    are still recorded, and the rest stay failed and retryable. Request threads are
+    daemons: an interrupted send does not wait for them (their batches are left pending).
+    Returns the items to retry, the largest Retry-After and the first PeerError.
+    """
+    results: queue.Queue[tuple[int, BatchResult | BaseException]] = queue.Queue()
+    waiting = list(reversed(groups))
+    in_flight: dict[int, list[tuple[int, Instance]]] = {}
+    retry: list[tuple[int, Instance]] = []
+    retry_after: float | None = None
+    stopped: PeerError | None = None
+    tickets = 0
+    try:
+        while waiting or in_flight:
+            while waiting and stopped is None and len(in_flight) < concurrency:
+                claimed = _claim_batch(journal, waiting.pop(), claim)
+                if claimed:
+                    tickets += 1
+                    in_flight[tickets] = claimed
+                    threading.Thread(
+                        target=_store_batch_into,
+                        args=(transport, tickets, [inst for _, inst in claimed], results),
+                        name=f"dvdexit-request-{tickets}",
+                        daemon=True,
+                    ).start()
+            if not in_flight:
+                break
+            ticket, answer = results.get()
+            if isinstance(answer, BaseException) and not isinstance(answer, PeerError):
+                raise answer
+            claimed = in_flight.pop(ticket)
+            if isinstance(answer, PeerError):
+                stopped = stopped or answer
+                rest = claimed + [entry for later in waiting for entry in later]
+                waiting = []
+                _fail_all(journal, rest, answer.message)
+                retry.extend(rest)
+                continue
+            if answer.retry_after is not None:
+                retry_after = max(retry_after or 0.0, answer.retry_after)
+            for item_id, inst in claimed:
+                outcome = answer.outcomes.get(inst.sop_instance_uid) or StoreOutcome(
+                    "failed", None, "the peer gave no answer for this instance", retryable=True
+                )
+                _record(journal, item_id, inst, outcome, attempt, observer)
+                if outcome.state == "failed" and outcome.retryable:
+                    retry.append((item_id, inst))
+    except BaseException as exc:
+        for claimed in in_flight.values():
+            for item_id, _ in claimed:
+                journal.record_outcome(
+                    item_id, state="pending", status=None, reason=_cut_short(exc)
+                )
+        raise
+    return retry, retry_after, stopped
 
 
 def _record(

@@ -47,6 +47,9 @@ class Server:
     KiB at a time) | trickle-answer (reads the body, answers one byte at a time)."""
     ok_first: int = 0
     """Requests answered normally before ``mode`` applies."""
+    gather: int = 0
+    """Hold each request until this many have been in flight together (or 10 s)."""
+    peak: int = 0
     stored: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -73,6 +76,8 @@ def _serve(
     state: Server, context: ssl.SSLContext | None, *, receive_buffer: int = 0
 ) -> Iterator[Server]:
     lock = threading.Lock()
+    gathering = threading.Condition()
+    active = [0]
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -106,6 +111,12 @@ def _serve(
                     time.sleep(0.01)
             else:
                 body = self.rfile.read(length)
+            with gathering:
+                active[0] += 1
+                state.peak = max(state.peak, active[0])
+                gathering.notify_all()
+                gathering.wait_for(lambda: state.peak >= state.gather, timeout=10)
+                active[0] -= 1
             uids = _uids(body, self.headers["Content-Type"])
             items = [{"00081155": {"vr": "UI", "Value": [u]}} for u in uids]
             data = json.dumps({"00081199": {"vr": "SQ", "Value": items}}).encode()
@@ -357,6 +368,25 @@ def test_verify_over_dicomweb_honours_its_timeout(tmp_path: Path, server: Server
     assert outcome, "verify ignored its timeout"
     assert isinstance(outcome[0], PeerUnreachableError)
     assert dicomweb_transport(peer, timeout=3)._client.timeout == httpx.Timeout(3)
+
+
+def test_workers_send_batches_of_one_study_concurrently(
+    tmp_path: Path, dvdexit_home: Path, server: Server
+) -> None:
+    write_study(tmp_path / "study", n_instances=6, seed="workers")
+    instances = scan([tmp_path / "study"]).instances
+    server.gather = 3
+    run_dvdexit("peers", "add", "web", "--dicomweb", server.url, home=dvdexit_home)
+
+    done = run_dvdexit(
+        "send", tmp_path / "study", "--to", "web", "--workers", "3", "--batch-size", "1",
+        "--json", home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert server.peak == 3
+    assert sorted(server.stored) == sorted(i.sop_instance_uid for i in instances)
+    assert set(_journal_states(dvdexit_home, done.stdout).values()) == {("sent", False)}
 
 
 # -- client certificates -----------------------------------------------------------------
