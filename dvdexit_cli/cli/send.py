@@ -141,7 +141,7 @@ def send_command(
             min=1,
             max=16,
             help="Parallel associations, each sending whole studies in order (some PACS "
-            "accept only one: use 1).",
+            "accept only one: use 1); for a DICOMweb peer, STOW-RS requests in flight.",
         ),
     ] = 2,
     batch_size: Annotated[
