@@ -27,6 +27,7 @@ import trustme
 from peers import run_dvdexit
 
 from dvdexit_cli.config import DicomWebPeer, PeerBook, resolve_paths
+from dvdexit_cli.dicom.digest import dataset_digest
 from dvdexit_cli.dicom.scan import scan
 from dvdexit_cli.errors import ConfigError, PeerUnreachableError
 from dvdexit_cli.journal import Journal
@@ -51,10 +52,12 @@ class Server:
     """Hold each request until this many have been in flight together (or 10 s)."""
     peak: int = 0
     stored: list[str] = field(default_factory=list)
+    held: dict[str, bytes] = field(default_factory=dict)
+    """SOP Instance UID -> the bytes stored (served back by QIDO-RS and WADO-RS)."""
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def _uids(body: bytes, content_type: str) -> list[str]:
+def _parts(body: bytes, content_type: str) -> list[bytes]:
     parts: list[io.BytesIO] = []
 
     class _Part(io.BytesIO):
@@ -66,9 +69,13 @@ def _uids(body: bytes, content_type: str) -> list[str]:
         return parts[-1]
 
     split_parts([body], boundary_of(content_type), open_part)
+    return [p.getvalue() for p in parts]
+
+
+def _uids(body: bytes, content_type: str) -> list[str]:
     return [
-        str(pydicom.dcmread(io.BytesIO(p.getvalue()), stop_before_pixels=True).SOPInstanceUID)
-        for p in parts
+        str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+        for data in _parts(body, content_type)
     ]
 
 
@@ -91,7 +98,27 @@ def _serve(
             if state.mode == "stall":
                 state.stop.wait(60)
                 return
-            self._answer(200, b"[]")
+            path = self.path.split("?")[0].split("/")
+            if path[-1] == "instances":  # QIDO-RS: /dicom-web/studies/{uid}/instances
+                listed = [
+                    {
+                        "00080016": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+                        "00080018": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
+                        "0020000E": {"vr": "UI", "Value": [str(ds.SeriesInstanceUID)]},
+                    }
+                    for ds in (
+                        pydicom.dcmread(io.BytesIO(b), stop_before_pixels=True)
+                        for b in state.held.values()
+                    )
+                    if str(ds.StudyInstanceUID) == path[-2]
+                ]
+                self._answer(200, json.dumps(listed).encode())
+            elif "instances" in path and path[-1] in state.held:  # WADO-RS, one instance
+                data = state.held[path[-1]]
+                body = b"--wado\r\nContent-Type: application/dicom\r\n\r\n" + data
+                self._answer(200, body + b"\r\n--wado--\r\n", "multipart/related; boundary=wado")
+            else:
+                self._answer(200, b"[]")
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
@@ -117,7 +144,11 @@ def _serve(
                 gathering.notify_all()
                 gathering.wait_for(lambda: state.peak >= state.gather, timeout=10)
                 active[0] -= 1
-            uids = _uids(body, self.headers["Content-Type"])
+            parts = _parts(body, self.headers["Content-Type"])
+            uids = [
+                str(pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True).SOPInstanceUID)
+                for d in parts
+            ]
             items = [{"00081155": {"vr": "UI", "Value": [u]}} for u in uids]
             data = json.dumps({"00081199": {"vr": "SQ", "Value": items}}).encode()
             if mode == "trickle-answer":
@@ -135,11 +166,14 @@ def _serve(
                 return
             with lock:
                 state.stored.extend(uids)
+                state.held.update(zip(uids, parts, strict=True))
             self._answer(200, data)
 
-        def _answer(self, status: int, data: bytes) -> None:
+        def _answer(
+            self, status: int, data: bytes, content_type: str = "application/dicom+json"
+        ) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -400,7 +434,7 @@ def _add_tls_peer(home: Path, url: str, pki: Pki, *, cert: bool = True) -> None:
     assert added.returncode == 0, added.stderr
 
 
-def test_send_and_status_with_a_client_certificate(
+def test_send_status_verify_and_pull_with_a_client_certificate(
     tmp_path: Path, dvdexit_home: Path, tls_server: Server, pki: Pki
 ) -> None:
     write_study(tmp_path / "study", n_instances=3, seed="mtls")
@@ -410,6 +444,11 @@ def test_send_and_status_with_a_client_certificate(
     status = run_dvdexit("status", "--peer", "web", "--json", home=dvdexit_home)
     done = run_dvdexit("send", tmp_path / "study", "--to", "web", "--json", home=dvdexit_home)
     shown = run_dvdexit("peers", "show", "web", "--json", home=dvdexit_home)
+    verified = run_dvdexit("verify", "--peer", "web", "--transfer", "1", home=dvdexit_home)
+    pulled = run_dvdexit(
+        "receive", "--from", "web", "--study", instances[0].study_uid, "--store",
+        tmp_path / "pulled", "--json", home=dvdexit_home,
+    )  # fmt: skip
 
     assert status.returncode == 0, status.stdout + status.stderr
     stages = {s["stage"]: s["status"] for s in json.loads(status.stdout)["stages"]}
@@ -418,6 +457,13 @@ def test_send_and_status_with_a_client_certificate(
     assert json.loads(done.stdout)["sent"] == len(instances)
     assert sorted(tls_server.stored) == sorted(i.sop_instance_uid for i in instances)
     assert json.loads(shown.stdout)["client_cert"] == str(pki.client_cert.resolve())
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    by_uid = {i.sop_instance_uid: i for i in instances}
+    held = set(by_uid)
+    back = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in (tmp_path / "pulled").rglob("*.dcm")}
+    assert set(back) == set(held)
+    assert all(dataset_digest(back[u])[1] == i.digest for u, i in by_uid.items())
 
 
 def test_without_the_client_certificate_the_send_fails_clearly_and_sends_nothing(
