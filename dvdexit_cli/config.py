@@ -130,8 +130,8 @@ class DimsePeer:
     """The private key of ``tls_cert`` (PEM)."""
     max_pdu: int = 0
     """Largest PDU we accept (0: unlimited)."""
-    workers: int = 1
-    """Parallel associations for a send."""
+    workers: int | None = None
+    """Parallel associations for a send (None: send's default; --workers wins)."""
 
     kind = "dimse"
 
@@ -157,7 +157,7 @@ class DimsePeer:
                 table[key] = value
         if self.max_pdu:
             table["max_pdu"] = self.max_pdu
-        if self.workers != 1:
+        if self.workers is not None:
             table["workers"] = self.workers
         return table
 
@@ -215,6 +215,8 @@ class DicomWebPeer:
     min_rate: int = DEFAULT_MIN_RATE
     """Bytes per second: a STOW-RS request's whole budget is
     connect_timeout + read_timeout + bytes / min_rate."""
+    workers: int | None = None
+    """STOW-RS requests in flight for a send (None: send's default; --workers wins)."""
 
     kind = "dicomweb"
 
@@ -240,6 +242,8 @@ class DicomWebPeer:
             table["read_timeout"] = self.read_timeout
         if self.min_rate != DEFAULT_MIN_RATE:
             table["min_rate"] = self.min_rate
+        if self.workers is not None:
+            table["workers"] = self.workers
         return table
 
     def describe(self) -> dict[str, object]:
@@ -329,6 +333,16 @@ def _seconds_field(table: Mapping[str, object], key: str, default: float, where:
     return float(value)
 
 
+def _workers_field(table: Mapping[str, object], where: str) -> int | None:
+    """A peer's ``workers`` (1-64), or None when peers.toml does not set it."""
+    workers = table.get("workers")
+    if workers is None:
+        return None
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise ConfigError(f"{where}: workers must be a number from 1 to 64")
+    return workers
+
+
 def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> AnyPeer:
     where = f"{source} [peers.{name}]"
     kind = table.get("kind", "dimse")
@@ -353,6 +367,7 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Any
                 min_rate=parse_rate(
                     table.get("min_rate", DEFAULT_MIN_RATE), what=f"{where}: min_rate"
                 ),
+                workers=_workers_field(table, where),
             ),
             where=where,
         )
@@ -381,11 +396,9 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Any
     if tls["tls_key"] and not tls["tls_cert"]:
         raise ConfigError(f"{where}: tls_key is set but tls_cert is not")
     max_pdu = table.get("max_pdu", 0)
-    workers = table.get("workers", 1)
+    workers = _workers_field(table, where)
     if not isinstance(max_pdu, int) or isinstance(max_pdu, bool) or max_pdu < 0:
         raise ConfigError(f"{where}: max_pdu must be a whole number of bytes, 0 for no limit")
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
-        raise ConfigError(f"{where}: workers must be a number from 1 to 64")
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{where}: host must be a non-empty string")
     if not isinstance(port, int) or not 1 <= port <= 65535:

@@ -553,6 +553,12 @@ class SendPlan:
     failed: tuple[FileProblem, ...]
     associations: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
     workers: int
+    peer_kind: str | None = None
+    """``dimse``, ``dicomweb`` or ``folder`` when the plan is for a named peer."""
+    requests: int | None = None
+    """DICOMweb: STOW-RS requests (batches by --batch-size and --batch-bytes)."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
     @property
     def exit_code(self) -> ExitCode:
@@ -565,6 +571,7 @@ class SendPlan:
             "bytes": self.bytes,
             "excluded": self.excluded,
             "workers": self.workers,
+            "peer_kind": self.peer_kind,
             "studies": [
                 {
                     "study_uid": study,
@@ -581,12 +588,27 @@ class SendPlan:
             "failures": [f.to_json() for f in self.failed],
             "skipped_files": [f.to_json() for f in self.skipped],
             "exit_code": int(self.exit_code),
-        }
+        } | self._kind_json()
+
+    def _kind_json(self) -> dict[str, object]:
+        if self.peer_kind == "dicomweb":
+            return {
+                "requests": self.requests,
+                "batch_size": self.batch_size,
+                "batch_bytes": self.batch_bytes,
+            }
+        if self.peer_kind == "folder":
+            return {"packages": 1}
+        return {}
 
 
-def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPlan:
+def plan_send(
+    settings: SendSettings, *, observer: Observer = ignore, peer_kind: str | None = None
+) -> SendPlan:
     """Scan and select as ``send`` would, and say what it would send; send nothing.
 
+    ``peer_kind`` puts the plan in that kind's terms: DIMSE associations (also when
+    None), DICOMweb STOW-RS requests (no presentation contexts), one folder package.
     Journals nothing. Raises NoDicomFoundError when nothing would be sent.
     """
     found, excluded = _scan_selected(settings, observer)
@@ -597,6 +619,22 @@ def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPla
         studies.setdefault(inst.study_uid, {}).setdefault(inst.series_uid, []).append(inst)
     plans = plan_contexts((i.sop_class_uid, i.transfer_syntax) for i in found.instances)
     problems = [FileProblem(str(r.path), r.sop_instance_uid, r.reason) for r in found.rejected]
+    workers = min(settings.workers, len(studies))
+    requests: int | None = None
+    if peer_kind == "dicomweb":
+        # The same batches send would make (one request each), in the same order.
+        requests = sum(
+            1
+            for _ in batches(
+                list(enumerate(found.instances)),
+                max(1, settings.batch_size),
+                max(1, settings.batch_bytes),
+            )
+        )
+        workers = min(settings.workers, requests)
+        plans = []
+    elif peer_kind == "folder":
+        workers, plans = 1, []
     return SendPlan(
         studies={
             study: tuple(
@@ -617,7 +655,11 @@ def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPla
         associations=tuple(
             tuple((c.abstract_syntax, c.transfer_syntaxes) for c in plan.contexts) for plan in plans
         ),
-        workers=min(settings.workers, len(studies)),
+        workers=workers,
+        peer_kind=peer_kind,
+        requests=requests,
+        batch_size=settings.batch_size,
+        batch_bytes=settings.batch_bytes,
     )
 
 
@@ -1036,6 +1078,7 @@ def retry_failed(
     transport_for: Callable[[str], Transport],
     observer: Observer = ignore,
     sleep: Callable[[float], None] = time.sleep,
+    workers_for: Callable[[str], int] | None = None,
 ) -> RetryResult:
     """Resend what earlier sends left failed (retryably), pending or unanswered.
 
@@ -1043,7 +1086,9 @@ def retry_failed(
     running at the same time never send the same item; confirmed items are never
     touched. Each peer is looked up by name through ``transport_for``, so a peer whose
     address was corrected since is reached at its new address. Idempotent: once every
-    item is sent, another replay finds nothing to do.
+    item is sent, another replay finds nothing to do. ``workers_for`` gives a peer's
+    concurrent requests for a batch transport (STOW-RS), as ``send`` uses them; a DIMSE
+    peer's items are resent over one association.
     """
     started = time.monotonic()
     claim = new_claim()
@@ -1117,6 +1162,11 @@ def retry_failed(
                     sleep,
                     claim=claim,
                     batching=(settings.batch_size, settings.batch_bytes),
+                    concurrency=(
+                        max(1, workers_for(peer_name))
+                        if workers_for is not None and isinstance(transport, BatchTransport)
+                        else 1
+                    ),
                 )
             finally:
                 transport.close()

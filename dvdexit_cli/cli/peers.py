@@ -102,8 +102,15 @@ def add_command(
         int, typer.Option("--max-pdu", min=0, help="Largest PDU we accept (0: no limit).")
     ] = 0,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, max=64, help="Parallel associations.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="What 'send' uses without --workers: parallel associations (DIMSE; 1 for a "
+            "PACS that accepts only one) or STOW-RS requests in flight (DICOMweb).",
+        ),
+    ] = None,
     dicomweb: Annotated[
         str | None, typer.Option("--dicomweb", metavar="URL", help="A DICOMweb base URL.")
     ] = None,
@@ -186,6 +193,10 @@ def add_command(
             max_pdu=max_pdu,
             workers=workers,
         )
+        if peer.tls_cert:  # without tls_key, the key is inside tls_cert
+            check_key_file(
+                peer.tls_key or peer.tls_cert, what="--tls-key" if peer.tls_key else "--tls-cert"
+            )
     elif dicomweb is not None:
         if client_key is not None and client_cert is None:
             raise UsageError("--client-key goes with --client-cert")
@@ -200,6 +211,7 @@ def add_command(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             min_rate=parse_rate(min_rate, what="--min-rate"),
+            workers=workers,
         )
         validate_dicomweb(peer)
         key = peer.client_key or peer.client_cert
@@ -207,6 +219,10 @@ def add_command(
             check_key_file(key, what="--client-key" if peer.client_key else "--client-cert")
     else:
         assert folder is not None
+        if workers is not None:
+            raise UsageError(
+                "--workers does not apply to a folder peer: one writer makes its package"
+            )
         peer = FolderPeer(name=name, path=str(folder.expanduser().resolve()))
     _book().add(peer, replace=replace_existing)
     err.print(f"peer {name} added: {_summary(peer)}", markup=False)

@@ -18,7 +18,7 @@ from dvdexit_cli.transport.dicomweb import DicomwebTransport
 from dvdexit_cli.transport.dimse import DimseTransport
 from dvdexit_cli.transport.folder import FolderTransport
 
-__all__ = ["dicomweb_ssl_context", "dicomweb_transport", "transport_for"]
+__all__ = ["check_key_file", "dicomweb_ssl_context", "dicomweb_transport", "transport_for"]
 
 
 class _Bearer(httpx.Auth):
@@ -106,6 +106,13 @@ def transport_for(
     """Build the transport that reaches ``peer``; ConfigError when a secret is missing."""
     if isinstance(peer, DimsePeer):
         context = None
+        if peer.tls_cert:
+            # Without tls_key the key must be inside tls_cert: then that file is secret too.
+            key = peer.tls_key or peer.tls_cert
+            try:
+                check_key_file(key, what="tls_key" if peer.tls_key else "tls_cert")
+            except ConfigError as exc:
+                raise ConfigError(f"peer {peer.name}: {exc.message}", hint=exc.hint) from exc
         if peer.tls_ca or peer.tls_cert:
             context = client_context(
                 ca=_path(peer.tls_ca), cert=_path(peer.tls_cert), key=_path(peer.tls_key)
