@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dvdexit_cli.dicom.scan import Instance
-from dvdexit_cli.engine import SendSettings, send
+from dvdexit_cli.engine import RetrySettings, SendSettings, retry_failed, send
 from dvdexit_cli.errors import PeerUnreachableError
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.samples import write_study
@@ -116,3 +116,34 @@ def test_an_unreachable_peer_stops_new_batches_and_every_item_is_accounted_for(
         assert len(sent) == 1 and peer.calls == 2
         assert all(i.state == "failed" and i.retryable for i in items if i.state != "sent")
         assert int(result.exit_code) == 6  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("workers", [None, 3])
+def test_retry_failed_puts_the_peers_workers_in_flight_and_resends_everything_once(
+    tmp_path: Path, workers: int | None
+) -> None:
+    down = Gathering(1, unreachable_at=1)
+    first, journal = _send(tmp_path, down, workers=1, retries=0)
+    items = journal.items(first.transfer_id)  # type: ignore[attr-defined]
+    assert {(i.state, i.retryable) for i in items} == {("failed", True)}
+    back = Gathering(workers or 1)
+    asked: list[str] = []
+
+    def workers_for(name: str) -> int:
+        asked.append(name)
+        return workers or 1
+
+    result = retry_failed(
+        RetrySettings(peer_name="web", retry_delay=0.0, batch_size=1),
+        journal=journal,
+        transport_for=lambda _name: back,
+        sleep=lambda _s: None,
+        workers_for=workers_for if workers else None,
+    )
+
+    assert back.peak == (workers or 1)
+    assert asked == (["web"] if workers else [])
+    assert (result.sent, result.failed, int(result.exit_code)) == (6, 0, 0)
+    again = journal.items(first.transfer_id)  # type: ignore[attr-defined]
+    assert {i.state for i in again} == {"sent"}
+    assert sorted(back.stored) == sorted(i.sop_instance_uid for i in again)  # each once
