@@ -24,7 +24,7 @@ import httpx
 import pydicom
 import pytest
 import trustme
-from peers import run_dvdexit
+from peers import LOOPBACK, free_port, run_dvdexit
 
 from dvdexit_cli.config import DicomWebPeer, PeerBook, resolve_paths
 from dvdexit_cli.dicom.digest import dataset_digest
@@ -421,6 +421,34 @@ def test_workers_send_batches_of_one_study_concurrently(
     assert server.peak == 3
     assert sorted(server.stored) == sorted(i.sop_instance_uid for i in instances)
     assert set(_journal_states(dvdexit_home, done.stdout).values()) == {("sent", False)}
+
+
+def test_retry_failed_puts_the_peers_workers_in_flight(
+    tmp_path: Path, dvdexit_home: Path, server: Server
+) -> None:
+    write_study(tmp_path / "study", n_instances=6, seed="retry-workers")
+    instances = scan([tmp_path / "study"]).instances
+    # First the peer is down (nothing listens at its address): every item stays retryable.
+    down = f"http://{LOOPBACK}:{free_port()}/dicom-web"
+    run_dvdexit("peers", "add", "web", "--dicomweb", down, "--workers", "3", home=dvdexit_home)
+    failed = run_dvdexit(
+        "send", tmp_path / "study", "--to", "web", "--retries", "0", "--json", home=dvdexit_home
+    )
+    assert failed.returncode == 5, failed.stderr
+    assert set(_journal_states(dvdexit_home, failed.stdout).values()) == {("failed", True)}
+    moved = run_dvdexit(
+        "peers", "add", "web", "--replace", "--dicomweb", server.url, "--workers", "3",
+        home=dvdexit_home,
+    )  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    server.gather = 3
+
+    done = run_dvdexit("send", "--retry-failed", "--batch-size", "1", "--json", home=dvdexit_home)
+
+    assert done.returncode == 0, done.stderr
+    assert server.peak == 3  # no --workers: the peer's 3 requests were in flight at once
+    assert sorted(server.stored) == sorted(i.sop_instance_uid for i in instances)  # each once
+    assert set(_journal_states(dvdexit_home, failed.stdout).values()) == {("sent", False)}
 
 
 # -- client certificates -----------------------------------------------------------------
