@@ -276,7 +276,7 @@ def receive_command(
         raise UsageError("--require-tls needs --tls-cert and --tls-key")
     ca = _pick(tls_ca, table, "tls_ca", None)
     key = _pick(tls_key, table, "tls_key", None)
-    if cert:
+    if cert and Path(str(key or cert)).exists():  # a missing file: server_context says so
         # Our private key (inside the certificate when there is no key file): a copy lets
         # anyone on this machine pose as this receiver.
         check_key_file(str(key or cert), what="--tls-key" if key else "--tls-cert")

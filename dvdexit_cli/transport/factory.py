@@ -106,9 +106,9 @@ def transport_for(
     """Build the transport that reaches ``peer``; ConfigError when a secret is missing."""
     if isinstance(peer, DimsePeer):
         context = None
-        if peer.tls_cert:
+        key = peer.tls_key or peer.tls_cert
+        if key and Path(key).exists():  # a missing file: client_context says so
             # Without tls_key the key must be inside tls_cert: then that file is secret too.
-            key = peer.tls_key or peer.tls_cert
             try:
                 check_key_file(key, what="tls_key" if peer.tls_key else "tls_cert")
             except ConfigError as exc:
