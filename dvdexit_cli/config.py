@@ -23,6 +23,9 @@ from dvdexit_cli.errors import ConfigError, UnknownPeerError
 __all__ = [
     "AUTH_KINDS",
     "DEFAULT_CALLING_AE",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MIN_RATE",
+    "DEFAULT_READ_TIMEOUT",
     "AnyPeer",
     "DicomWebPeer",
     "DimsePeer",
@@ -31,6 +34,7 @@ __all__ = [
     "Paths",
     "PeerBook",
     "parse_host_port",
+    "parse_rate",
     "resolve_paths",
     "validate_ae_title",
     "validate_dicomweb",
@@ -126,8 +130,8 @@ class DimsePeer:
     """The private key of ``tls_cert`` (PEM)."""
     max_pdu: int = 0
     """Largest PDU we accept (0: unlimited)."""
-    workers: int = 1
-    """Parallel associations for a send."""
+    workers: int | None = None
+    """Parallel associations for a send (None: send's default; --workers wins)."""
 
     kind = "dimse"
 
@@ -153,7 +157,7 @@ class DimsePeer:
                 table[key] = value
         if self.max_pdu:
             table["max_pdu"] = self.max_pdu
-        if self.workers != 1:
+        if self.workers is not None:
             table["workers"] = self.workers
         return table
 
@@ -165,6 +169,28 @@ class DimsePeer:
 Peer = DimsePeer
 
 AUTH_KINDS = ("none", "basic", "bearer")
+
+DEFAULT_CONNECT_TIMEOUT = 15.0
+DEFAULT_READ_TIMEOUT = 120.0
+DEFAULT_MIN_RATE = 256 * 1024
+"""Bytes per second a STOW-RS request must at least average (about 2 Mbit/s): generous,
+because a budget too tight for a slow but healthy link would fail every attempt."""
+
+_RATE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?(?:/s)?\s*$")
+_RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_rate(value: object, *, what: str = "min_rate") -> int:
+    """``262144``, ``256K``, ``1M`` (bytes per second, binary units) -> bytes per second."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _RATE.match(value.lower()) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ConfigError(
+            f"{what} {value!r} is not a rate in bytes per second",
+            hint="use a positive number with an optional unit: 262144, 256K, 1M",
+        )
+    return int(match.group(1)) * _RATE_UNITS[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -178,6 +204,19 @@ class DicomWebPeer:
     user: str | None = None
     ca_bundle: str | None = None
     """CA bundle (PEM) for an https URL signed by a private CA."""
+    client_cert: str | None = None
+    """Our client certificate (PEM), for an https peer that requires one."""
+    client_key: str | None = None
+    """The private key of ``client_cert`` (PEM; may be inside ``client_cert``)."""
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    """Seconds to establish a connection (TCP and TLS)."""
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    """Seconds without progress (nothing read, or nothing written) before giving up."""
+    min_rate: int = DEFAULT_MIN_RATE
+    """Bytes per second: a STOW-RS request's whole budget is
+    connect_timeout + read_timeout + bytes / min_rate."""
+    workers: int | None = None
+    """STOW-RS requests in flight for a send (None: send's default; --workers wins)."""
 
     kind = "dicomweb"
 
@@ -193,8 +232,18 @@ class DicomWebPeer:
         table: dict[str, object] = {"kind": self.kind, "url": self.url, "auth": self.auth}
         if self.user:
             table["user"] = self.user
-        if self.ca_bundle:
-            table["ca_bundle"] = self.ca_bundle
+        for key in ("ca_bundle", "client_cert", "client_key"):
+            value = getattr(self, key)
+            if value:
+                table[key] = value
+        if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+            table["connect_timeout"] = self.connect_timeout
+        if self.read_timeout != DEFAULT_READ_TIMEOUT:
+            table["read_timeout"] = self.read_timeout
+        if self.min_rate != DEFAULT_MIN_RATE:
+            table["min_rate"] = self.min_rate
+        if self.workers is not None:
+            table["workers"] = self.workers
         return table
 
     def describe(self) -> dict[str, object]:
@@ -237,6 +286,19 @@ def validate_dicomweb(peer: DicomWebPeer, *, where: str = "") -> DicomWebPeer:
         raise ConfigError(f"{prefix}auth {peer.auth!r} is not one of {', '.join(AUTH_KINDS)}")
     if peer.auth == "basic" and not peer.user:
         raise ConfigError(f"{prefix}auth 'basic' needs a user", hint="add --user NAME")
+    if peer.client_key and not peer.client_cert:
+        raise ConfigError(f"{prefix}client_key is set but client_cert is not")
+    if peer.client_cert and not peer.url.startswith("https://"):
+        raise ConfigError(
+            f"{prefix}a client certificate needs an https URL, not {peer.url!r}",
+            hint="use the peer's https URL, or drop client_cert",
+        )
+    for key in ("connect_timeout", "read_timeout"):
+        value = getattr(peer, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{prefix}{key} must be a positive number of seconds")
+    if isinstance(peer.min_rate, bool) or not isinstance(peer.min_rate, int) or peer.min_rate < 1:
+        raise ConfigError(f"{prefix}min_rate must be a positive number of bytes per second")
     if peer.url.startswith("http://") and peer.auth != "none":
         # A password over plain HTTP is readable by anyone on the path.
         host = peer.url.split("/")[2].split(":")[0]
@@ -264,6 +326,23 @@ def _text_field(table: Mapping[str, object], key: str, where: str) -> str | None
     return value
 
 
+def _seconds_field(table: Mapping[str, object], key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{where}: {key} must be a positive number of seconds")
+    return float(value)
+
+
+def _workers_field(table: Mapping[str, object], where: str) -> int | None:
+    """A peer's ``workers`` (1-64), or None when peers.toml does not set it."""
+    workers = table.get("workers")
+    if workers is None:
+        return None
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise ConfigError(f"{where}: workers must be a number from 1 to 64")
+    return workers
+
+
 def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> AnyPeer:
     where = f"{source} [peers.{name}]"
     kind = table.get("kind", "dimse")
@@ -279,6 +358,16 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Any
                 auth=auth,
                 user=_text_field(table, "user", where),
                 ca_bundle=_text_field(table, "ca_bundle", where),
+                client_cert=_text_field(table, "client_cert", where),
+                client_key=_text_field(table, "client_key", where),
+                connect_timeout=_seconds_field(
+                    table, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, where
+                ),
+                read_timeout=_seconds_field(table, "read_timeout", DEFAULT_READ_TIMEOUT, where),
+                min_rate=parse_rate(
+                    table.get("min_rate", DEFAULT_MIN_RATE), what=f"{where}: min_rate"
+                ),
+                workers=_workers_field(table, where),
             ),
             where=where,
         )
@@ -307,11 +396,9 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Any
     if tls["tls_key"] and not tls["tls_cert"]:
         raise ConfigError(f"{where}: tls_key is set but tls_cert is not")
     max_pdu = table.get("max_pdu", 0)
-    workers = table.get("workers", 1)
+    workers = _workers_field(table, where)
     if not isinstance(max_pdu, int) or isinstance(max_pdu, bool) or max_pdu < 0:
         raise ConfigError(f"{where}: max_pdu must be a whole number of bytes, 0 for no limit")
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
-        raise ConfigError(f"{where}: workers must be a number from 1 to 64")
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{where}: host must be a non-empty string")
     if not isinstance(port, int) or not 1 <= port <= 65535:

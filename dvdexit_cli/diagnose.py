@@ -203,8 +203,16 @@ def _tcp(peer: DimsePeer, timeout: float) -> tuple[str, dict[str, object]]:
     return f"connected to {peer.address} from {local[0]}", {}
 
 
-def _tls(peer: DimsePeer, timeout: float) -> tuple[str, dict[str, object]]:
-    context = tls_context(peer)
+def _tls(
+    peer: DimsePeer,
+    timeout: float,
+    *,
+    context: ssl.SSLContext | None = None,
+    probe: Callable[[ssl.SSLSocket], None] | None = None,
+    fields: tuple[str, str, str] = ("tls_ca", "tls_cert", "tls_key"),
+) -> tuple[str, dict[str, object]]:
+    """Handshake; ``probe`` then exchanges data (TLS 1.3 refuses a client cert only then)."""
+    context = context or tls_context(peer)
     try:
         with (
             socket.create_connection((peer.host, peer.port), timeout=timeout) as raw,
@@ -212,17 +220,19 @@ def _tls(peer: DimsePeer, timeout: float) -> tuple[str, dict[str, object]]:
         ):
             cert = tls.getpeercert() or {}
             version = tls.version() or "unknown"
+            if probe is not None:
+                probe(tls)
     except ssl.SSLCertVerificationError as exc:
         raise _StageFailed(
             f"the peer's certificate is not trusted: {exc.verify_message}",
-            "check that tls_ca holds the CA that signed the peer's certificate, that the "
-            "certificate has not expired and that it names " + peer.host,
+            f"check that {fields[0]} holds the CA that signed the peer's certificate, that "
+            "the certificate has not expired and that it names " + peer.host,
         ) from exc
     except (ssl.SSLError, OSError) as exc:
         raise _StageFailed(
             f"TLS handshake with {peer.address} failed: {exc}",
             "the peer may not speak TLS on this port, or may require a client certificate "
-            "(tls_cert / tls_key)",
+            f"({fields[1]} / {fields[2]}) or not trust ours",
         ) from exc
     rdns: Any = cert.get("subject", ())
     subject = ", ".join(f"{k}={v}" for rdn in rdns for (k, v) in rdn)
@@ -434,12 +444,27 @@ def diagnose_dicomweb(
     """DNS -> TCP -> TLS (https) -> HTTP auth -> a QIDO-RS request, stopping at a failure."""
     import httpx
 
+    from dvdexit_cli.transport.dicomweb import tls_refusal
+    from dvdexit_cli.transport.factory import dicomweb_ssl_context
+
     url = httpx.URL(peer.url)
     https = url.scheme == "https"
     port = url.port or (443 if https else 80)
     host = url.host
     # The DIMSE stages work on any host:port; reuse them through a stand-in peer.
     stand_in = DimsePeer(name=peer.name, host=host, port=port, called_ae="-", tls_ca=peer.ca_bundle)
+    fields = ("ca_bundle", "client_cert", "client_key")
+
+    def http_probe(tls: ssl.SSLSocket) -> None:
+        # One HEAD request proves the session carries data: under TLS 1.3 a server that
+        # refuses our certificate says so only after the handshake.
+        path = url.raw_path.decode("ascii", "replace") or "/"
+        tls.sendall(f"HEAD {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        try:
+            tls.recv(1)
+        except TimeoutError:
+            return  # a slow web server is the next stages' business
+
     results: list[StageResult] = []
     run = _runner(results, clock)
 
@@ -451,7 +476,11 @@ def diagnose_dicomweb(
     ):
         return finish()
     if https:
-        if not run("tls", lambda: _tls(stand_in, timeout)):
+        context = dicomweb_ssl_context(peer)
+        if not run(
+            "tls",
+            lambda: _tls(stand_in, timeout, context=context, probe=http_probe, fields=fields),
+        ):
             return finish()
     else:
         results.append(StageResult("tls", "skipped", 0.0, "plain http"))
@@ -468,7 +497,7 @@ def diagnose_dicomweb(
                 credentials = httpx.BasicAuth(peer.user or "", secret.reveal())
             else:
                 headers["Authorization"] = f"Bearer {secret.reveal()}"
-        verify: Any = ssl.create_default_context(cafile=peer.ca_bundle) if https else True
+        verify: Any = dicomweb_ssl_context(peer) if https else True
         try:
             response = httpx.get(
                 peer.url.rstrip("/") + "/studies",
@@ -479,9 +508,12 @@ def diagnose_dicomweb(
                 verify=verify,
             )
         except httpx.HTTPError as exc:
+            refusal = tls_refusal(exc)
             raise _StageFailed(
-                f"HTTP request failed: {type(exc).__name__}",
-                "check the URL's path and that the service answers HTTP",
+                f"HTTP request failed: {refusal or type(exc).__name__}",
+                "check the URL's path and that the service answers HTTP"
+                if refusal is None
+                else "check ca_bundle, client_cert and client_key",
             ) from exc
         holder["response"] = response
         if response.status_code in (401, 403):

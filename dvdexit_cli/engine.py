@@ -42,7 +42,7 @@ from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import ItemRecord, Journal
 from dvdexit_cli.journal.store import DEFAULT_LEASE_SECONDS, new_claim
 from dvdexit_cli.package.onward import screen_packages
-from dvdexit_cli.transport.base import BatchTransport, StoreOutcome, Transport
+from dvdexit_cli.transport.base import BatchResult, BatchTransport, StoreOutcome, Transport
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -269,7 +269,14 @@ def send(
     )
     outcome, error, hint = "complete", None, None
     work = list(zip(item_ids, found.instances, strict=True))
-    shares = _partition(work, settings.workers) if transport_factory is not None else [work]
+    # A batch transport (STOW-RS) runs its workers as concurrent requests in this process:
+    # batches of one study may travel in parallel, unlike DIMSE associations.
+    batched = isinstance(transport, BatchTransport)
+    shares = (
+        _partition(work, settings.workers)
+        if transport_factory is not None and not batched
+        else [work]
+    )
     try:
         with _Lease(journal, claim, settings.lease_seconds):
             if len(shares) > 1 and transport_factory is not None:
@@ -287,6 +294,7 @@ def send(
                     sleep,
                     claim=claim,
                     batching=(settings.batch_size, settings.batch_bytes),
+                    concurrency=settings.workers if batched else 1,
                 )
     except KeyboardInterrupt:
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
@@ -571,6 +579,12 @@ class SendPlan:
     failed: tuple[FileProblem, ...]
     associations: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
     workers: int
+    peer_kind: str | None = None
+    """``dimse``, ``dicomweb`` or ``folder`` when the plan is for a named peer."""
+    requests: int | None = None
+    """DICOMweb: STOW-RS requests (batches by --batch-size and --batch-bytes)."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
     @property
     def exit_code(self) -> ExitCode:
@@ -583,6 +597,7 @@ class SendPlan:
             "bytes": self.bytes,
             "excluded": self.excluded,
             "workers": self.workers,
+            "peer_kind": self.peer_kind,
             "studies": [
                 {
                     "study_uid": study,
@@ -599,12 +614,27 @@ class SendPlan:
             "failures": [f.to_json() for f in self.failed],
             "skipped_files": [f.to_json() for f in self.skipped],
             "exit_code": int(self.exit_code),
-        }
+        } | self._kind_json()
+
+    def _kind_json(self) -> dict[str, object]:
+        if self.peer_kind == "dicomweb":
+            return {
+                "requests": self.requests,
+                "batch_size": self.batch_size,
+                "batch_bytes": self.batch_bytes,
+            }
+        if self.peer_kind == "folder":
+            return {"packages": 1}
+        return {}
 
 
-def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPlan:
+def plan_send(
+    settings: SendSettings, *, observer: Observer = ignore, peer_kind: str | None = None
+) -> SendPlan:
     """Scan and select as ``send`` would, and say what it would send; send nothing.
 
+    ``peer_kind`` puts the plan in that kind's terms: DIMSE associations (also when
+    None), DICOMweb STOW-RS requests (no presentation contexts), one folder package.
     Journals nothing. Raises NoDicomFoundError when nothing would be sent.
     """
     found, excluded = _scan_selected(settings, observer)
@@ -615,6 +645,22 @@ def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPla
         studies.setdefault(inst.study_uid, {}).setdefault(inst.series_uid, []).append(inst)
     plans = plan_contexts((i.sop_class_uid, i.transfer_syntax) for i in found.instances)
     problems = [FileProblem(str(r.path), r.sop_instance_uid, r.reason) for r in found.rejected]
+    workers = min(settings.workers, len(studies))
+    requests: int | None = None
+    if peer_kind == "dicomweb":
+        # The same batches send would make (one request each), in the same order.
+        requests = sum(
+            1
+            for _ in batches(
+                list(enumerate(found.instances)),
+                max(1, settings.batch_size),
+                max(1, settings.batch_bytes),
+            )
+        )
+        workers = min(settings.workers, requests)
+        plans = []
+    elif peer_kind == "folder":
+        workers, plans = 1, []
     return SendPlan(
         studies={
             study: tuple(
@@ -635,7 +681,11 @@ def plan_send(settings: SendSettings, *, observer: Observer = ignore) -> SendPla
         associations=tuple(
             tuple((c.abstract_syntax, c.transfer_syntaxes) for c in plan.contexts) for plan in plans
         ),
-        workers=min(settings.workers, len(studies)),
+        workers=workers,
+        peer_kind=peer_kind,
+        requests=requests,
+        batch_size=settings.batch_size,
+        batch_bytes=settings.batch_bytes,
     )
 
 
@@ -650,6 +700,7 @@ def _send_all(
     *,
     claim: str | None = None,
     batching: tuple[int, int] = (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_BYTES),
+    concurrency: int = 1,
 ) -> tuple[str | None, str | None]:
     """Send, retrying retryable failures; return the peer error that stopped us, if any.
 
@@ -666,7 +717,7 @@ def _send_all(
     if isinstance(transport, BatchTransport):
         return _send_batches(
             retries, retry_delay, journal, transport, pending, observer, sleep,
-            claim=claim, batching=batching,
+            claim=claim, batching=batching, concurrency=concurrency,
         )  # fmt: skip
     while True:
         retry: list[tuple[int, Instance]] = []
@@ -731,12 +782,14 @@ def _send_batches(
     *,
     claim: str | None,
     batching: tuple[int, int],
+    concurrency: int = 1,
 ) -> tuple[str | None, str | None]:
     """The batch path of ``_send_all``: one request per batch, one outcome per instance.
 
     The whole batch is marked ``sending`` before its request, so a kill -9 mid-request
     leaves every instance of it to the replay. The peer's Retry-After (429/503) is a
-    floor for the next round's delay.
+    floor for the next round's delay. With ``concurrency`` > 1 that many requests are in
+    flight at once (see ``_concurrent_round``).
     """
     size, max_bytes = max(1, batching[0]), max(1, batching[1])
     attempt = 1
@@ -744,6 +797,14 @@ def _send_batches(
         retry: list[tuple[int, Instance]] = []
         retry_after: float | None = None
         groups = list(batches(pending, size, max_bytes))
+        if concurrency > 1:
+            retry, retry_after, stopped = _concurrent_round(
+                journal, transport, groups, observer, attempt, claim=claim,
+                concurrency=concurrency,
+            )  # fmt: skip
+            if stopped is not None and attempt > retries:
+                return stopped.message, stopped.hint
+            groups = []  # this round is done
         for position, batch in enumerate(groups):
             claimed: list[tuple[int, Instance]] = []
             for item_id, inst in batch:
@@ -786,6 +847,98 @@ def _send_batches(
         sleep(delay)
         attempt += 1
         pending = retry
+
+
+def _claim_batch(
+    journal: Journal, batch: Sequence[tuple[int, Instance]], claim: str | None
+) -> list[tuple[int, Instance]]:
+    claimed = []
+    for item_id, inst in batch:
+        if journal.mark_sending(item_id, claim=claim):
+            claimed.append((item_id, inst))
+        else:
+            log.warning("item %d was claimed by another run; not sending it", item_id)
+    return claimed
+
+
+def _store_batch_into(
+    transport: BatchTransport, ticket: int, instances: list[Instance], results: Any
+) -> None:
+    """A request thread: the batch's result (or what it raised) goes to ``results``."""
+    try:
+        results.put((ticket, transport.store_batch(instances)))
+    except BaseException as exc:  # handed to the journaling thread, which decides
+        results.put((ticket, exc))
+
+
+def _concurrent_round(
+    journal: Journal,
+    transport: BatchTransport,
+    groups: list[list[tuple[int, Instance]]],
+    observer: Observer,
+    attempt: int,
+    *,
+    claim: str | None,
+    concurrency: int,
+) -> tuple[list[tuple[int, Instance]], float | None, PeerError | None]:
+    """One round of batches with up to ``concurrency`` requests in flight.
+
+    Only this thread touches the journal (one SQLite connection); request threads only
+    talk to the peer. Once the peer is unreachable no new batch starts, the ones in flight
+    are still recorded, and the rest stay failed and retryable. Request threads are
+    daemons: an interrupted send does not wait for them (their batches are left pending).
+    Returns the items to retry, the largest Retry-After and the first PeerError.
+    """
+    results: queue.Queue[tuple[int, BatchResult | BaseException]] = queue.Queue()
+    waiting = list(reversed(groups))
+    in_flight: dict[int, list[tuple[int, Instance]]] = {}
+    retry: list[tuple[int, Instance]] = []
+    retry_after: float | None = None
+    stopped: PeerError | None = None
+    tickets = 0
+    try:
+        while waiting or in_flight:
+            while waiting and stopped is None and len(in_flight) < concurrency:
+                claimed = _claim_batch(journal, waiting.pop(), claim)
+                if claimed:
+                    tickets += 1
+                    in_flight[tickets] = claimed
+                    threading.Thread(
+                        target=_store_batch_into,
+                        args=(transport, tickets, [inst for _, inst in claimed], results),
+                        name=f"dvdexit-request-{tickets}",
+                        daemon=True,
+                    ).start()
+            if not in_flight:
+                break
+            ticket, answer = results.get()
+            if isinstance(answer, BaseException) and not isinstance(answer, PeerError):
+                raise answer
+            claimed = in_flight.pop(ticket)
+            if isinstance(answer, PeerError):
+                stopped = stopped or answer
+                rest = claimed + [entry for later in waiting for entry in later]
+                waiting = []
+                _fail_all(journal, rest, answer.message)
+                retry.extend(rest)
+                continue
+            if answer.retry_after is not None:
+                retry_after = max(retry_after or 0.0, answer.retry_after)
+            for item_id, inst in claimed:
+                outcome = answer.outcomes.get(inst.sop_instance_uid) or StoreOutcome(
+                    "failed", None, "the peer gave no answer for this instance", retryable=True
+                )
+                _record(journal, item_id, inst, outcome, attempt, observer)
+                if outcome.state == "failed" and outcome.retryable:
+                    retry.append((item_id, inst))
+    except BaseException as exc:
+        for claimed in in_flight.values():
+            for item_id, _ in claimed:
+                journal.record_outcome(
+                    item_id, state="pending", status=None, reason=_cut_short(exc)
+                )
+        raise
+    return retry, retry_after, stopped
 
 
 def _record(
@@ -951,6 +1104,7 @@ def retry_failed(
     transport_for: Callable[[str], Transport],
     observer: Observer = ignore,
     sleep: Callable[[float], None] = time.sleep,
+    workers_for: Callable[[str], int] | None = None,
     audit: TransferAuditor | None = None,
 ) -> RetryResult:
     """Resend what earlier sends left failed (retryably), pending or unanswered.
@@ -959,7 +1113,9 @@ def retry_failed(
     running at the same time never send the same item; confirmed items are never
     touched. Each peer is looked up by name through ``transport_for``, so a peer whose
     address was corrected since is reached at its new address. Idempotent: once every
-    item is sent, another replay finds nothing to do.
+    item is sent, another replay finds nothing to do. ``workers_for`` gives a peer's
+    concurrent requests for a batch transport (STOW-RS), as ``send`` uses them; a DIMSE
+    peer's items are resent over one association.
     """
     started = time.monotonic()
     claim = new_claim()
@@ -1033,6 +1189,11 @@ def retry_failed(
                     sleep,
                     claim=claim,
                     batching=(settings.batch_size, settings.batch_bytes),
+                    concurrency=(
+                        max(1, workers_for(peer_name))
+                        if workers_for is not None and isinstance(transport, BatchTransport)
+                        else 1
+                    ),
                 )
             finally:
                 transport.close()

@@ -29,7 +29,6 @@ from dvdexit_cli.journal import Journal
 from dvdexit_cli.transport.dicomweb import (
     CHECK_QIDO,
     CHECK_WADO,
-    DicomwebTransport,
     retrieve_instance,
     study_instances,
 )
@@ -402,10 +401,9 @@ def verify_remote_dicomweb(
     fetched: dict[str, str] = {}
     notes: dict[str, str] = {}
     listed: dict[str, dict[str, tuple[str, str]]] = {}
-    from dvdexit_cli.transport.factory import transport_for
+    from dvdexit_cli.transport.factory import dicomweb_transport
 
-    http = transport_for(peer)
-    assert isinstance(http, DicomwebTransport)
+    http = dicomweb_transport(peer, timeout=timeout)
     with closing(http):
         on_check(CHECK_QIDO)
         try:

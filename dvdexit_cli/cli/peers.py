@@ -18,13 +18,17 @@ from dvdexit_cli.cli.status import render_diagnosis
 from dvdexit_cli.config import (
     AUTH_KINDS,
     DEFAULT_CALLING_AE,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
     AnyPeer,
     DicomWebPeer,
     DimsePeer,
     FolderPeer,
     PeerBook,
     parse_host_port,
+    parse_rate,
     resolve_paths,
+    validate_dicomweb,
 )
 from dvdexit_cli.credentials import (
     Secret,
@@ -37,6 +41,7 @@ from dvdexit_cli.credentials import (
 )
 from dvdexit_cli.diagnose import diagnose
 from dvdexit_cli.errors import ConfigError, UsageError
+from dvdexit_cli.transport.factory import check_key_file
 
 __all__ = ["app"]
 
@@ -63,7 +68,8 @@ def _summary(peer: AnyPeer) -> str:
         return f"{peer.called_ae}@{peer.address}{tls} (we call as {peer.calling_ae})"
     if isinstance(peer, DicomWebPeer):
         who = f", user {peer.user}" if peer.user else ""
-        return f"{peer.url} ({peer.auth} auth{who})"
+        cert = ", client certificate" if peer.client_cert else ""
+        return f"{peer.url} ({peer.auth} auth{who}{cert})"
     return f"folder {peer.path}"
 
 
@@ -96,8 +102,15 @@ def add_command(
         int, typer.Option("--max-pdu", min=0, help="Largest PDU we accept (0: no limit).")
     ] = 0,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, max=64, help="Parallel associations.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="What 'send' uses without --workers: parallel associations (DIMSE; 1 for a "
+            "PACS that accepts only one) or STOW-RS requests in flight (DICOMweb).",
+        ),
+    ] = None,
     dicomweb: Annotated[
         str | None, typer.Option("--dicomweb", metavar="URL", help="A DICOMweb base URL.")
     ] = None,
@@ -111,6 +124,41 @@ def add_command(
         Path | None,
         typer.Option("--ca-bundle", metavar="FILE", help="DICOMweb: CA bundle for https."),
     ] = None,
+    client_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-cert", metavar="FILE", help="DICOMweb over https: our certificate (PEM)."
+        ),
+    ] = None,
+    client_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-key",
+            metavar="FILE",
+            help="DICOMweb over https: its private key (PEM; not readable by others).",
+        ),
+    ] = None,
+    connect_timeout: Annotated[
+        float,
+        typer.Option("--connect-timeout", min=0.1, help="DICOMweb: seconds to connect."),
+    ] = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            "--read-timeout",
+            min=0.1,
+            help="DICOMweb: seconds without progress (reading or writing) before giving up.",
+        ),
+    ] = DEFAULT_READ_TIMEOUT,
+    min_rate: Annotated[
+        str,
+        typer.Option(
+            "--min-rate",
+            metavar="BYTES/S",
+            help="DICOMweb: slowest average a STOW-RS request may take (256K, 1M); its "
+            "budget is connect + read timeout + bytes / min-rate.",
+        ),
+    ] = "256K",
     folder: Annotated[
         Path | None, typer.Option("--folder", metavar="PATH", help="A drop folder.")
     ] = None,
@@ -145,16 +193,36 @@ def add_command(
             max_pdu=max_pdu,
             workers=workers,
         )
+        if peer.tls_cert:  # without tls_key, the key is inside tls_cert
+            check_key_file(
+                peer.tls_key or peer.tls_cert, what="--tls-key" if peer.tls_key else "--tls-cert"
+            )
     elif dicomweb is not None:
+        if client_key is not None and client_cert is None:
+            raise UsageError("--client-key goes with --client-cert")
         peer = DicomWebPeer(
             name=name,
             url=dicomweb,
             auth=auth,
             user=user,
             ca_bundle=_file(ca_bundle, "--ca-bundle"),
+            client_cert=_file(client_cert, "--client-cert"),
+            client_key=_file(client_key, "--client-key"),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            min_rate=parse_rate(min_rate, what="--min-rate"),
+            workers=workers,
         )
+        validate_dicomweb(peer)
+        key = peer.client_key or peer.client_cert
+        if key:
+            check_key_file(key, what="--client-key" if peer.client_key else "--client-cert")
     else:
         assert folder is not None
+        if workers is not None:
+            raise UsageError(
+                "--workers does not apply to a folder peer: one writer makes its package"
+            )
         peer = FolderPeer(name=name, path=str(folder.expanduser().resolve()))
     _book().add(peer, replace=replace_existing)
     err.print(f"peer {name} added: {_summary(peer)}", markup=False)

@@ -42,6 +42,7 @@ from dvdexit_cli.receive.settings import (
 )
 from dvdexit_cli.receive.store import DEFAULT_LAYOUT, InstanceStore, validate_layout
 from dvdexit_cli.tls import client_context, server_context
+from dvdexit_cli.transport.factory import check_key_file
 
 __all__ = ["receive_command"]
 
@@ -314,6 +315,10 @@ def receive_command(
         raise UsageError("--require-tls needs --tls-cert and --tls-key")
     ca = _pick(tls_ca, table, "tls_ca", None)
     key = _pick(tls_key, table, "tls_key", None)
+    if cert and Path(str(key or cert)).exists():  # a missing file: server_context says so
+        # Our private key (inside the certificate when there is no key file): a copy lets
+        # anyone on this machine pose as this receiver.
+        check_key_file(str(key or cert), what="--tls-key" if key else "--tls-cert")
     context = (
         server_context(
             cert=Path(str(cert)),

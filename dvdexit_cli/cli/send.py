@@ -51,6 +51,19 @@ from dvdexit_cli.verify_remote import expected_from_journal
 __all__ = ["parse_duration", "parse_size", "send_command"]
 
 _LISTED = 20
+DEFAULT_WORKERS = 2
+"""--workers when neither the command line nor the peer's ``workers`` sets it."""
+
+
+def effective_workers(given: int | None, peer: AnyPeer | None) -> int:
+    """--workers wins, then the peer's ``workers`` in peers.toml, then DEFAULT_WORKERS."""
+    if isinstance(peer, FolderPeer):
+        return 1  # a drop folder gets one package per send, written by one writer
+    if given is not None:
+        return given
+    if peer is not None and peer.workers is not None:
+        return peer.workers
+    return DEFAULT_WORKERS
 
 
 @contextmanager
@@ -142,15 +155,17 @@ def send_command(
         int, typer.Option("--retries", min=0, max=20, help="Retries of retryable failures.")
     ] = 2,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--workers",
             min=1,
             max=16,
             help="Parallel associations, each sending whole studies in order (some PACS "
-            "accept only one: use 1).",
+            "accept only one: use 1); for a DICOMweb peer, STOW-RS requests in flight. "
+            "Default: the peer's 'workers' in peers.toml, else 2.",
+            show_default=False,
         ),
-    ] = 2,
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -290,6 +305,7 @@ def send_command(
                 batch_size=batch_size,
                 batch_bytes=parse_size(batch_bytes),
             ),
+            workers=workers,
             quiet=quiet,
             json_output=json_output,
         )
@@ -313,11 +329,13 @@ def send_command(
         sr_to_pdf=sr_to_pdf,
     )
     attachments.check()
+    # A dry run with --to speaks in that peer's terms; without --to, in associations.
+    target = PeerBook(home.peers_file).get_any(to) if to is not None else None
     selected = SendSettings(
         inputs=tuple(paths),
         peer_name=to or "",
         peer_address="",
-        workers=workers,
+        workers=effective_workers(workers, target),
         batch_size=batch_size,
         batch_bytes=parse_size(batch_bytes),
         studies=_values(study, upper=False),
@@ -328,7 +346,11 @@ def send_command(
         attach=None if attachments.empty else attachments,
     )
     if dry_run:
-        plan = plan_send(selected, observer=SendProgress(quiet=quiet or json_output))
+        plan = plan_send(
+            selected,
+            observer=SendProgress(quiet=quiet or json_output),
+            peer_kind=target.kind if target is not None else None,
+        )
         if json_output:
             print_json(plan.to_json())
         else:
@@ -336,7 +358,7 @@ def send_command(
         raise typer.Exit(int(plan.exit_code))
     if to is None:
         raise UsageError("--to PEER is required", hint="list the peers with 'dvdexit peers list'")
-    peer = PeerBook(home.peers_file).get_any(to)
+    peer = target if target is not None else PeerBook(home.peers_file).get_any(to)
     if zip_package and iso_package:
         raise UsageError("--zip and --iso exclude each other", hint="choose one")
     if (zip_package or iso_package) and not isinstance(peer, FolderPeer):
@@ -353,8 +375,6 @@ def send_command(
         note=note,
         reason=reason,
         recipient=recipient,
-        # A drop folder gets one package per send, written by one writer.
-        workers=1 if isinstance(peer, FolderPeer) else selected.workers,
     )
     with (
         Journal(home.journal_file) as journal,
@@ -486,7 +506,14 @@ def _render(result: SendResult) -> None:
         )
 
 
-def _replay(home: Paths, settings: RetrySettings, *, quiet: bool, json_output: bool) -> None:
+def _replay(
+    home: Paths,
+    settings: RetrySettings,
+    *,
+    workers: int | None,
+    quiet: bool,
+    json_output: bool,
+) -> None:
     book = PeerBook(home.peers_file)
     if settings.peer_name is not None:
         book.get_any(settings.peer_name)  # an unknown --to is a mistake, not "nothing to do"
@@ -499,12 +526,16 @@ def _replay(home: Paths, settings: RetrySettings, *, quiet: bool, json_output: b
         def transport_named(name: str) -> Transport:
             return transport_for(book.get_any(name), observer=progress)
 
+        def workers_named(name: str) -> int:
+            return effective_workers(workers, book.get_any(name))
+
         trail = AuditTrail(audit_path(home), process="dvdexit send --retry-failed")
         result = retry_failed(
             settings,
             journal=journal,
             transport_for=transport_named,
             observer=progress,
+            workers_for=workers_named,
             audit=TransferAuditor(
                 trail,
                 source_for=lambda name: source_for_send(book.get_any(name), book.local.ae_title),
@@ -550,11 +581,23 @@ def _values(given: list[str] | None, *, upper: bool = True) -> tuple[str, ...]:
     return tuple(v.upper() if upper else v for v in found)
 
 
+def _plan_how(plan: SendPlan) -> str:
+    """How the plan would travel, in the peer kind's terms."""
+    if plan.peer_kind == "dicomweb":
+        return (
+            f"in {plan.requests} STOW-RS request(s) (batches of up to {plan.batch_size} "
+            f"instance(s) and {human_bytes(plan.batch_bytes)}), {plan.workers} at a time"
+        )
+    if plan.peer_kind == "folder":
+        return "as one package"
+    return f"over {plan.workers} association(s) at a time"
+
+
 def _render_plan(plan: SendPlan) -> None:
     out.print(
         f"dry run: would send {plan.instances} instance(s), {human_bytes(plan.bytes)}, in "
-        f"{len(plan.studies)} stud{'y' if len(plan.studies) == 1 else 'ies'} over "
-        f"{plan.workers} association(s) at a time"
+        f"{len(plan.studies)} stud{'y' if len(plan.studies) == 1 else 'ies'} "
+        f"{_plan_how(plan)}"
         + (f"; {plan.excluded} left out by the selection" if plan.excluded else ""),
         markup=False,
     )

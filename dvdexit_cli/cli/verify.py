@@ -88,7 +88,13 @@ def verify_command(
         ),
     ] = 30.0,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds allowed per DIMSE exchange.")
+        float,
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            help="Seconds allowed per DIMSE exchange; for a DICOMweb peer, to connect and "
+            "between two reads.",
+        ),
     ] = 30.0,
     json_output: JsonOption = False,
 ) -> None:

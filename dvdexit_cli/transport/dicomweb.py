@@ -6,12 +6,21 @@ the Failed SOP Sequence failed with its Failure Reason, and one in neither is un
 retryable. HTTP 200, 202 and 409 are only hints. 429 and 503 are retryable (with the
 server's Retry-After as the suggested delay); other 5xx, 408 and network errors are
 retryable; other 4xx are not.
+
+Each STOW-RS request has a total time budget that grows with its size
+(connect + read timeout + bytes / min_rate): a large study never meets a fixed total
+timeout, while a peer that stalls or trickles is given up on (its instances stay retryable,
+never counted sent). A watchdog enforces it by shutting the request's socket down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -19,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from dvdexit_cli.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MIN_RATE, DEFAULT_READ_TIMEOUT
 from dvdexit_cli.dicom.digest import CHUNK_SIZE
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.errors import InputError, PeerError, PeerUnreachableError
@@ -33,6 +43,7 @@ __all__ = [
     "retrieve_instance",
     "search_studies",
     "study_instances",
+    "tls_refusal",
 ]
 
 _REFERENCED = "00081199"
@@ -118,6 +129,54 @@ def _retry_after(response: httpx.Response) -> float | None:
             return None
 
 
+class _OverBudget(Exception):
+    """The request's time budget ran out while its body was being produced."""
+
+
+def tls_refusal(exc: BaseException) -> str | None:
+    """What went wrong in TLS, when ``exc`` (or its cause) is a certificate problem.
+
+    None for any other fault. A refused handshake means no request reached the peer.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"its TLS certificate is not trusted: {seen.verify_message}"
+        if isinstance(seen, ssl.SSLError):
+            reason = str(seen.reason or "")
+            if any(k in reason for k in ("CERTIFICATE", "UNKNOWN_CA", "HANDSHAKE", "ACCESS")):
+                return (
+                    f"it refused our TLS connection ({reason}): it may require a client "
+                    f"certificate (client_cert, client_key) or not trust ours"
+                )
+            return None
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _Watchdog:
+    """Shut the request's socket down when its budget runs out (unblocks send and recv)."""
+
+    def __init__(self, budget: float, current: Any) -> None:
+        self.expired = False
+        self._current = current
+        self._timer = threading.Timer(budget, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        sock = self._current()
+        if sock is not None:
+            # The base class's shutdown: an SSLSocket's own would drop its TLS state
+            # under the request thread's feet.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class DicomwebTransport:
     """STOW-RS to ``base_url`` (e.g. ``http://host:8042/dicom-web``)."""
 
@@ -128,21 +187,31 @@ class DicomwebTransport:
         name: str = "dicomweb",
         auth: httpx.Auth | None = None,
         verify: bool | str | ssl.SSLContext = True,
-        connect_timeout: float = 15.0,
-        read_timeout: float = 120.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        min_rate: float = DEFAULT_MIN_RATE,
         client: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.min_rate = min_rate
         self._client = client or httpx.Client(
             auth=auth,
             verify=verify,
+            # read also bounds each write (a peer that stops reading the body) and the
+            # wait for a free connection.
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
         )
 
     @property
     def description(self) -> str:
         return f"{self.name} ({self.base_url})"
+
+    def budget(self, size: int) -> float:
+        """Seconds a STOW-RS request of ``size`` body bytes may take in all."""
+        return self.connect_timeout + self.read_timeout + size / self.min_rate
 
     def open(self, instances: Sequence[Instance]) -> None:
         return None
@@ -162,12 +231,16 @@ class DicomwebTransport:
         tail = f"--{boundary}--\r\n".encode()
         length = sum(len(h) + i.size + 2 for h, i in zip(heads, instances, strict=True))
         length += len(tail)
+        budget = self.budget(length)
+        deadline = time.monotonic() + budget
 
         def body() -> Iterator[bytes]:
             for head, inst in zip(heads, instances, strict=True):
                 yield head
                 with inst.path.open("rb") as fh:
                     while chunk := fh.read(CHUNK_SIZE):
+                        if time.monotonic() > deadline:
+                            raise _OverBudget
                         yield chunk
                 yield b"\r\n"
             yield tail
@@ -176,24 +249,70 @@ class DicomwebTransport:
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Content-Length": str(length),
             "Accept": "application/dicom+json",
+            # A fresh connection per batch: the watchdog learns its socket when it is
+            # opened (a kept-alive one would be out of its reach). One handshake per
+            # batch of up to --batch-bytes is cheap.
+            "Connection": "close",
         }
         uids = [i.sop_instance_uid for i in instances]
-        try:
-            response = self._client.post(
-                f"{self.base_url}/studies", content=body(), headers=headers
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise PeerUnreachableError(
-                f"peer {self.name} unreachable: cannot connect to {self.base_url}: {exc}",
-                hint="check the URL and that the server runs",
-            ) from exc
-        except httpx.HTTPError as exc:
-            reason = (
-                f"connection failed during the request: {exc}; whether it was stored is unknown"
-            )
+
+        def unknown(reason: str) -> StowBatchResult:
             return StowBatchResult(
                 {uid: StoreOutcome("failed", None, reason, retryable=True) for uid in uids}
             )
+
+        over_budget = (
+            f"no complete answer within this request's time budget of {budget:.0f} s "
+            f"({length} bytes at min_rate {self.min_rate:.0f} bytes/s, plus the connect and "
+            f"read timeouts); whether it was stored is unknown"
+        )
+        opened: list[socket.socket] = []
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            # httpcore's trace extension, called in this request's thread: the socket of
+            # this request's connection (after TLS, the wrapped one), for the watchdog.
+            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                stream = info.get("return_value")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if isinstance(sock, socket.socket):
+                    opened.append(sock)
+
+        watchdog = _Watchdog(budget, lambda: opened[-1] if opened else None)
+        try:
+            response = self._client.post(
+                f"{self.base_url}/studies",
+                content=body(),
+                headers=headers,
+                extensions={"trace": trace},
+            )
+        except _OverBudget:
+            return unknown(over_budget)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            refusal = tls_refusal(exc)
+            raise PeerUnreachableError(
+                f"peer {self.name} unreachable: "
+                + (refusal or f"cannot connect to {self.base_url}: {exc}"),
+                hint="check ca_bundle, client_cert and client_key ('dvdexit peers show "
+                f"{self.name}'), or run 'dvdexit status --peer {self.name}'"
+                if refusal
+                else "check the URL and that the server runs",
+            ) from exc
+        except httpx.HTTPError as exc:
+            if watchdog.expired:
+                return unknown(over_budget)
+            refusal = tls_refusal(exc)
+            if refusal is not None:
+                # TLS 1.3 reports a refused client certificate only on the first read:
+                # the handshake failed, so no request reached the peer.
+                raise PeerUnreachableError(
+                    f"peer {self.name} unreachable: {refusal}",
+                    hint=f"check client_cert and client_key ('dvdexit peers show {self.name}')",
+                ) from exc
+            return unknown(
+                f"connection failed during the request: {exc}; whether it was stored is unknown"
+            )
+        finally:
+            watchdog.cancel()
         return parse_stow_response(
             response.status_code, response.content, uids, retry_after=_retry_after(response)
         )

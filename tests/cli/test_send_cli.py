@@ -397,3 +397,47 @@ def test_send_with_exclude_modality_sends_only_the_rest_and_journals_only_those(
     document = one_json_document(result)
     assert (document["sent"], document["excluded"]) == (5, 3)
     assert len(scp.stored_files()) == len(media["ct1"]) + len(media["ct2"])
+
+
+def test_dry_run_speaks_in_the_peers_terms_requests_a_package_or_associations(
+    dvdexit_home: Path, tmp_path: Path
+):
+    _mixed_media(tmp_path / "in")  # 8 instances in 4 studies
+    web = run_dvdexit(
+        "peers", "add", "web", "--dicomweb", f"http://{LOOPBACK}:{free_port()}/dicom-web",
+        "--workers", "3", home=dvdexit_home,
+    )  # fmt: skip
+    drop = run_dvdexit("peers", "add", "drop", "--folder", tmp_path / "out", home=dvdexit_home)
+    pacs = add_peer(dvdexit_home, "pacs", free_port(), "PACS", "--workers", "1")
+    assert (web.returncode, drop.returncode, pacs.returncode) == (0, 0, 0), web.stderr
+
+    def plan(*args: str) -> tuple[Any, str]:
+        given = (tmp_path / "in", "--dry-run", *args)
+        document = run_dvdexit("send", *given, "--json", home=dvdexit_home)
+        human = run_dvdexit("send", *given, home=dvdexit_home)
+        assert (document.returncode, human.returncode) == (0, 0), document.stderr + human.stderr
+        return one_json_document(document), human.stdout
+
+    by_three, text = plan("--to", "web", "--batch-size", "3")
+    assert (by_three["peer_kind"], by_three["requests"], by_three["workers"]) == ("dicomweb", 3, 3)
+    assert (by_three["batch_size"], by_three["batch_bytes"]) == (3, 64 * 1024**2)
+    assert by_three["associations"] == [] and by_three["instances"] == 8
+    assert "in 3 STOW-RS request(s)" in text and "3 at a time" in text
+    assert "association" not in text
+    alone, text = plan("--to", "web", "--batch-bytes", "1K", "--workers", "2")
+    assert (alone["requests"], alone["workers"]) == (8, 2)  # every instance is over 1K
+    assert "in 8 STOW-RS request(s)" in text and "2 at a time" in text
+
+    package, text = plan("--to", "drop")
+    assert (package["peer_kind"], package["packages"], package["workers"]) == ("folder", 1, 1)
+    assert package["associations"] == [] and "requests" not in package
+    assert "as one package" in text and "association" not in text
+
+    single, text = plan("--to", "pacs")
+    assert (single["peer_kind"], single["workers"], len(single["associations"])) == ("dimse", 1, 1)
+    assert "requests" not in single and "packages" not in single
+    assert "over 1 association(s) at a time" in text
+    unnamed, text = plan()
+    assert (unnamed["peer_kind"], unnamed["workers"]) == (None, 2)
+    assert "over 2 association(s) at a time" in text
+    assert not (dvdexit_home / "journal.sqlite").exists()

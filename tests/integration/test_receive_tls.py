@@ -7,6 +7,7 @@ connection and a client without a certificate get nothing stored.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -49,6 +50,8 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     server.private_key_pem.write_to_path(str(files["server_key"]))
     client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
     client.private_key_pem.write_to_path(str(files["client_key"]))
+    for key in ("server_key", "client_key"):
+        files[key].chmod(0o600)  # dvdexit refuses a private key every user can read
     return files
 
 
@@ -259,3 +262,99 @@ def test_cli_send_uses_the_tls_files_of_the_peers_config(
     stored = sorted(receiver.store.rglob("*.dcm"))
     assert {dataset_digest(p)[1] for p in stored} == {dataset_digest(f)[1] for f in files}
     assert refused.returncode == 5
+
+
+# -- private keys that every user of the machine can read are refused ----------------------
+
+
+def test_peers_add_refuses_a_dimse_tls_key_readable_by_everyone(
+    tmp_path: Path, pki: dict[str, Path], dvdexit_home: Path
+) -> None:
+    from peers import run_dvdexit
+
+    from dvdexit_cli.config import PeerBook, resolve_paths
+
+    pki["client_key"].chmod(0o644)
+
+    added = run_dvdexit(
+        "peers", "add", "gw", "--dimse", f"{LOOPBACK}:{free_port()}", "--ae", "GW",
+        "--tls-ca", pki["ca"], "--tls-cert", pki["client_cert"], "--tls-key", pki["client_key"],
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    assert added.returncode == 3, added.stderr
+    assert "readable by every user" in added.stderr and "chmod o-r" in added.stderr
+    assert str(pki["client_key"]) in added.stderr
+    assert not len(PeerBook(resolve_paths({"DVDEXIT_HOME": str(dvdexit_home)}).peers_file))
+    # Group-readable stays allowed (a service group such as ssl-cert).
+    pki["client_key"].chmod(0o640)
+    again = run_dvdexit(
+        "peers", "add", "gw", "--dimse", f"{LOOPBACK}:{free_port()}", "--ae", "GW",
+        "--tls-ca", pki["ca"], "--tls-cert", pki["client_cert"], "--tls-key", pki["client_key"],
+        home=dvdexit_home,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_dimse_tls_key_that_became_readable_by_everyone_is_refused_before_connecting(
+    tmp_path: Path, pki: dict[str, Path], dvdexit_home: Path
+) -> None:
+    from peers import run_dvdexit
+
+    from dvdexit_cli.errors import ConfigError
+    from dvdexit_cli.transport.factory import transport_for
+
+    write_study(tmp_path / "study", n_instances=2, seed="tls-key-mode")
+    # Nobody listens there: an attempt to connect would end in exit 5, not 3.
+    address = f"{LOOPBACK}:{free_port()}"
+    added = run_dvdexit(
+        "peers", "add", "gw", "--dimse", address, "--ae", "GW", "--tls-ca", pki["ca"],
+        "--tls-cert", pki["client_cert"], "--tls-key", pki["client_key"], home=dvdexit_home,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    pki["client_key"].chmod(0o604)
+
+    done = run_dvdexit("send", tmp_path / "study", "--to", "gw", "--json", home=dvdexit_home)
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert "readable by every user" in error["message"] and "gw" in error["message"]
+    assert "chmod o-r" in error["hint"]
+    peer = DimsePeer(
+        name="gw",
+        host=LOOPBACK,
+        port=free_port(),
+        called_ae="GW",
+        tls_ca=str(pki["ca"]),
+        tls_cert=str(pki["client_cert"]),
+        tls_key=str(pki["client_key"]),
+    )
+    with pytest.raises(ConfigError, match="readable by every user"):
+        transport_for(peer)
+    # The key may also sit inside the certificate file: then that file is the secret.
+    pki["client_cert"].write_text(pki["client_cert"].read_text() + pki["client_key"].read_text())
+    pki["client_cert"].chmod(0o644)
+    inside = DimsePeer(
+        name="gw", host=LOOPBACK, port=free_port(), called_ae="GW", tls_cert=str(pki["client_cert"])
+    )
+    with pytest.raises(ConfigError, match=r"tls_cert .* readable by every user"):
+        transport_for(inside)
+
+
+def test_receive_refuses_its_tls_key_readable_by_everyone(
+    tmp_path: Path, pki: dict[str, Path], dvdexit_home: Path
+) -> None:
+    from peers import run_dvdexit
+
+    pki["server_key"].chmod(0o644)
+
+    done = run_dvdexit(
+        "receive", "--port", str(free_port()), "--store", tmp_path / "STORE",
+        "--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"], "--tls-ca", pki["ca"],
+        home=dvdexit_home, timeout=60,
+    )  # fmt: skip
+
+    assert done.returncode == 3, done.stderr
+    assert "--tls-key" in done.stderr and "readable by every user" in done.stderr
+    assert "chmod o-r" in done.stderr
+    assert not (tmp_path / "STORE").exists() or not any((tmp_path / "STORE").rglob("*.dcm"))

@@ -115,3 +115,31 @@ def test_two_workers_lose_nothing_of_a_thousand_instances_in_five_studies(
         items = journal.items(result["transfer_id"])
     assert {i.attempts for i in items} == {1}
     assert {i.state for i in items} == {"sent"}
+
+
+def test_the_peers_workers_apply_when_the_command_line_gives_none_and_the_command_line_wins(
+    recording_scp, dvdexit_home: Path, tmp_path: Path
+):
+    for n in range(4):
+        make_small_instances(tmp_path / "in" / f"study{n}", 5, seed=f"peer-workers-{n}")
+    arrivals: dict[str, list[tuple[int, str, int]]] = {}
+    for name, workers in (("single", "1"), ("triple", "3"), ("override", "1")):
+        port, arrivals[name] = recording_scp()
+        added = run_dvdexit(
+            "peers", "add", name, "--dimse", f"{LOOPBACK}:{port}", "--ae", "RECORDER",
+            "--workers", workers, home=dvdexit_home,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+
+    sends = {
+        "single": send_json(dvdexit_home, tmp_path / "in", "--to", "single"),
+        "triple": send_json(dvdexit_home, tmp_path / "in", "--to", "triple"),
+        "override": send_json(dvdexit_home, tmp_path / "in", "--to", "override", "--workers", "2"),
+    }
+
+    for name, (code, result) in sends.items():
+        assert code == 0, (name, result)
+        assert result["sent"] == 20 and len(arrivals[name]) == 20, name
+    associations = {name: len({a for a, _, _ in got}) for name, got in arrivals.items()}
+    # peers.toml workers = 1 (a PACS that takes one association) beats send's default of 2.
+    assert associations == {"single": 1, "triple": 3, "override": 2}

@@ -37,6 +37,7 @@ def test_every_kind_and_local_survive_a_reload(tmp_path: Path) -> None:
         auth="basic",
         user="alice",
         ca_bundle="/etc/ca.pem",
+        workers=6,
     )
     drop = FolderPeer(name="drop", path="/srv/outbox")
     for peer in (dimse, web, drop):
@@ -55,7 +56,10 @@ def test_an_old_dimse_only_file_still_loads_with_defaults(tmp_path: Path) -> Non
     path = tmp_path / "peers.toml"
     path.write_text('[peers.pacs]\nkind = "dimse"\nhost = "h"\nport = 104\ncalled_ae = "A"\n')
     peer = PeerBook(path).get("pacs")
-    assert (peer.tls_ca, peer.max_pdu, peer.workers, peer.uses_tls) == (None, 0, 1, False)
+    # workers unset: send uses its own default; an explicit 1 (one association) is kept.
+    assert (peer.tls_ca, peer.max_pdu, peer.workers, peer.uses_tls) == (None, 0, None, False)
+    path.write_text(path.read_text() + "workers = 1\n")
+    assert PeerBook(path).get("pacs").workers == 1
 
 
 @pytest.mark.parametrize(
@@ -67,6 +71,8 @@ def test_an_old_dimse_only_file_still_loads_with_defaults(tmp_path: Path) -> Non
         ('kind = "dicomweb"\nurl = "http://pacs.example.org/dw"\nauth = "bearer"', "clear"),
         ('kind = "folder"', "path"),
         ('kind = "dimse"\nhost = "h"\nport = 104\ncalled_ae = "A"\nworkers = 0', "workers"),
+        ('kind = "dicomweb"\nurl = "https://x/dw"\nworkers = 65', "workers"),
+        ('kind = "dicomweb"\nurl = "https://x/dw"\nworkers = true', "workers"),
         ('kind = "dimse"\nhost = "h"\nport = 104\ncalled_ae = "A"\ntls_key = "k"', "tls_key"),
         ('kind = "smoke-signals"', "kind"),
     ],
