@@ -5,7 +5,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 # Written after a successful install; pyproject.toml changes make it stale.
 STAMP := $(VENV)/.dvdexit-installed
-PYTEST_ARGS ?=
+# Two test processes, one file each at a time: most tests wait on peers, not on a core.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .DEFAULT_GOAL := help
 .PHONY: help .venv demo test lint typecheck clean distclean
