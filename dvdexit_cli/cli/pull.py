@@ -84,6 +84,15 @@ def _render(result: PullResult) -> None:
         out.print(f"  {item.outcome}: {item.sop_instance_uid}: {item.reason}", markup=False)
     if len(problems) > _LISTED:
         out.print(f"  ... and {len(problems) - _LISTED} more (--json lists them all)")
+    if result.interrupted is not None:
+        err.print(f"pull INTERRUPTED, the peer was lost: {result.interrupted}", markup=False)
+        if result.not_attempted:
+            err.print(
+                f"  {len(result.not_attempted)} stud{'y' if len(result.not_attempted) == 1 else 'ies'}"
+                f" not attempted: {', '.join(result.not_attempted)}",
+                markup=False,
+            )
+        err.print("  what arrived is stored; pull again to fetch the rest", markup=False)
     err.print(
         f"pull {'complete' if result.complete else 'INCOMPLETE'}: stored in {result.store}",
         markup=False,

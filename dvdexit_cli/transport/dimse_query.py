@@ -1,8 +1,11 @@
-"""DIMSE operations that ask a peer what it holds: C-FIND, Storage Commitment, C-GET.
+"""DIMSE operations that ask a peer what it holds or fetch it: C-FIND, Storage Commitment,
+C-GET, C-MOVE.
 
-Used by remote verification (``dvdexit_cli.verify_remote``). Each function opens its own
-association, checks every status it gets, and translates pynetdicom's failures into
-``dvdexit_cli.errors`` classes. Nothing here prints or logs identifying values.
+Used by remote verification (``dvdexit_cli.verify_remote``) and pulls
+(``dvdexit_cli.pull``). Each operation opens its own association (``open_association``:
+TCP_NODELAY, the pynetdicom response race closed, rejections translated), checks every
+status it gets, and translates pynetdicom's failures into ``dvdexit_cli.errors`` classes.
+Nothing here prints or logs identifying values.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -48,12 +52,21 @@ __all__ = [
     "CHECK_FIND",
     "CHECK_GET",
     "CommitmentResult",
+    "GetResult",
+    "MoveResult",
     "Retrieved",
     "compare_datasets",
+    "find",
+    "find_studies",
     "find_study_instances",
+    "get_study",
+    "move_study",
+    "no_answer_error",
+    "open_association",
     "probe_checks",
     "request_commitment",
     "retrieve_study",
+    "status_code",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,7 +93,7 @@ def _ae(peer: DimsePeer, timeout: float) -> AE:
 
 
 @contextmanager
-def _association(
+def open_association(
     peer: DimsePeer,
     timeout: float,
     contexts: Sequence[Any],
@@ -89,6 +102,10 @@ def _association(
     handlers: Sequence[Any] = (),
     ae: AE | None = None,
 ) -> Iterator[Any]:
+    """An established association to ``peer`` proposing ``contexts``; released on exit.
+
+    Raises AssociationRejectedError (A-ASSOCIATE-RJ) or PeerUnreachableError.
+    """
     from dvdexit_cli.diagnose import tls_context  # diagnose imports pynetdicom too
 
     ae = ae or _ae(peer, timeout)
@@ -135,17 +152,18 @@ def probe_checks(peer: DimsePeer, *, timeout: float = 10.0) -> dict[str, bool]:
     }
     # Verification keeps a peer that accepts none of the others talking to us.
     contexts = [build_context(Verification)] + [build_context(uid) for uid in wanted.values()]
-    with _association(peer, timeout, contexts) as assoc:
+    with open_association(peer, timeout, contexts) as assoc:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     return {name: str(uid) in accepted for name, uid in wanted.items()}
 
 
-def _status(status: Any) -> int | None:
+def status_code(status: Any) -> int | None:
+    """The Status of a DIMSE response dataset; None when there was no valid response."""
     code = getattr(status, "Status", None)
     return int(code) if code is not None else None
 
 
-def _no_answer(assoc: Any, peer: DimsePeer, what: str) -> PeerError:
+def no_answer_error(assoc: Any, peer: DimsePeer, what: str) -> PeerError:
     """A request that got no valid status: refused without a status, aborted, or silent."""
     how = "aborted the association on" if assoc.is_aborted else "gave no valid answer to"
     return PeerError(
@@ -155,11 +173,15 @@ def _no_answer(assoc: Any, peer: DimsePeer, what: str) -> PeerError:
     )
 
 
-def _find(assoc: Any, query: Dataset, peer: DimsePeer) -> Iterator[Dataset]:
+def find(assoc: Any, query: Dataset, peer: DimsePeer) -> Iterator[Dataset]:
+    """Study Root C-FIND on an open association: each matching identifier.
+
+    Raises PeerError on a failure status or a missing answer.
+    """
     for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-        code = _status(status)
+        code = status_code(status)
         if code is None:
-            raise _no_answer(assoc, peer, "C-FIND")
+            raise no_answer_error(assoc, peer, "C-FIND")
         if code in _PENDING:
             if identifier is not None:
                 yield identifier
@@ -180,14 +202,14 @@ def find_study_instances(
     """
     found: dict[str, str] = {}
     context = [build_context(StudyRootQueryRetrieveInformationModelFind)]
-    with _association(peer, timeout, context) as assoc:
+    with open_association(peer, timeout, context) as assoc:
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
         query.StudyInstanceUID = study_uid
         query.SeriesInstanceUID = ""
         series = [
             str(ds.SeriesInstanceUID)
-            for ds in _find(assoc, query, peer)
+            for ds in find(assoc, query, peer)
             if "SeriesInstanceUID" in ds
         ]
         for series_uid in dict.fromkeys(series):
@@ -197,7 +219,7 @@ def find_study_instances(
             query.SeriesInstanceUID = series_uid
             query.SOPInstanceUID = ""
             query.SOPClassUID = ""
-            for ds in _find(assoc, query, peer):
+            for ds in find(assoc, query, peer):
                 if "SOPInstanceUID" in ds:
                     found[str(ds.SOPInstanceUID)] = str(ds.get("SOPClassUID", ""))
     return found
@@ -281,13 +303,13 @@ def request_commitment(
             ) from exc
     try:
         context = [build_context(StorageCommitmentPushModel)]
-        with _association(peer, timeout, context, handlers=handlers, ae=ae) as assoc:
+        with open_association(peer, timeout, context, handlers=handlers, ae=ae) as assoc:
             status, _reply = assoc.send_n_action(
                 request, 1, StorageCommitmentPushModel, _COMMITMENT_INSTANCE
             )
-            code = _status(status)
+            code = status_code(status)
             if code is None:
-                raise _no_answer(assoc, peer, "Storage Commitment request")
+                raise no_answer_error(assoc, peer, "Storage Commitment request")
             if code != 0:
                 raise PeerError(
                     f"{peer.name} refused the Storage Commitment request (status {code:04X})",
@@ -346,19 +368,37 @@ class _GetReceiver:
         return 0x0000
 
 
-def retrieve_study(
+@dataclass
+class GetResult:
+    """What one C-GET brought: the instances that arrived, and how it ended."""
+
+    received: dict[str, Retrieved] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    """SOP Instance UID -> why the copy that arrived is unusable."""
+    status: int | None = None
+    """The final C-GET status; None when the C-GET was cut short."""
+    failed_suboperations: int = 0
+    lost: str | None = None
+    """Why the C-GET ended before its final answer (the peer aborted or went silent)."""
+
+
+def get_study(
     peer: DimsePeer,
     study_uid: str,
     folder: Path,
     *,
     sop_classes: dict[str, set[str]],
     timeout: float = 60.0,
-) -> tuple[dict[str, Retrieved], dict[str, str]]:
-    """C-GET a whole study into ``folder``; returns what arrived and what arrived broken.
+) -> GetResult:
+    """C-GET a whole study into ``folder``, keeping whatever arrived.
 
-    ``sop_classes`` maps each SOP Class UID expected to the transfer syntaxes we sent it
-    in: each is offered for the peer's C-STORE sub-operations (we take the SCP role), so
-    a peer that kept the bytes sends them as they are.
+    ``sop_classes`` maps each SOP Class UID expected to the transfer syntaxes to offer
+    for the peer's C-STORE sub-operations (we take the SCP role, and explicit and
+    implicit VR little endian are always offered too), so a peer that kept the bytes
+    sends them as they are. A peer lost after sending something is not raised: the
+    result says so in ``lost`` and holds what arrived before. Raises PeerUnreachableError /
+    AssociationRejectedError when no association can be made, and PeerError when the
+    peer does not support C-GET, refuses it, or goes silent before sending anything.
     """
     contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
     roles = []
@@ -372,27 +412,167 @@ def retrieve_study(
         contexts.append(build_context(sop_class, offered))
         roles.append(build_role(sop_class, scp_role=True))
     receiver = _GetReceiver(folder)
-    with _association(
+    result = GetResult(receiver.received, receiver.broken)
+    with open_association(
         peer, timeout, contexts, ext_neg=roles, handlers=[(evt.EVT_C_STORE, receiver)]
     ) as assoc:
+        accepted = [cx for cx in assoc.accepted_contexts]
+        get_model = str(StudyRootQueryRetrieveInformationModelGet)
+        if not any(str(cx.abstract_syntax) == get_model for cx in accepted):
+            raise PeerError(
+                f"{peer.name} does not support C-GET (it refused the Study Root "
+                f"Query/Retrieve GET context)"
+            )
+        if sop_classes and not any(
+            str(cx.abstract_syntax) in sop_classes and cx.as_scp for cx in accepted
+        ):
+            raise PeerError(
+                f"{peer.name} accepted C-GET but none of the storage contexts with us in "
+                f"the Storage SCP role, so it cannot send us the instances"
+            )
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        for status, _identifier in assoc.send_c_get(
+            query, StudyRootQueryRetrieveInformationModelGet
+        ):
+            code = status_code(status)
+            if code is None:
+                error = no_answer_error(assoc, peer, "C-GET")
+                if not receiver.received and not receiver.broken:
+                    raise error  # refused (or dead) before sending anything
+                result.lost, result.status = error.message, None
+                break
+            result.status = code
+            result.failed_suboperations = int(
+                getattr(status, "NumberOfFailedSuboperations", 0) or 0
+            )
+        # B000 "sub-operations complete, one or more failures" still leaves what did
+        # arrive usable; the callers report what is missing.
+        final = result.status
+        if final is not None and final not in (0x0000, 0xB000) and not receiver.received:
+            raise PeerError(f"{peer.name} refused the C-GET (status {final:04X})")
+    return result
+
+
+def retrieve_study(
+    peer: DimsePeer,
+    study_uid: str,
+    folder: Path,
+    *,
+    sop_classes: dict[str, set[str]],
+    timeout: float = 60.0,
+) -> tuple[dict[str, Retrieved], dict[str, str]]:
+    """``get_study`` for verification: what arrived and what arrived broken.
+
+    Raises PeerError (with a hint) also when the peer was lost mid-way.
+    """
+    hint = "the peer may not allow retrieval by our AE title"
+    try:
+        got = get_study(peer, study_uid, folder, sop_classes=sop_classes, timeout=timeout)
+    except (PeerUnreachableError, AssociationRejectedError):
+        raise
+    except PeerError as exc:
+        raise PeerError(exc.message, hint=exc.hint or hint) from exc
+    if got.lost is not None:
+        raise PeerError(got.lost, hint=hint)
+    return got.received, got.broken
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """How a C-MOVE ended: the number of failed sub-operations, or why it was cut short."""
+
+    failed_suboperations: int = 0
+    lost: str | None = None
+    """Why the C-MOVE ended before its final answer (the peer aborted or went silent)."""
+
+
+def move_study(peer: DimsePeer, study_uid: str, destination: str, *, timeout: float) -> MoveResult:
+    """C-MOVE a study to ``destination`` (an AE title the peer knows).
+
+    A peer lost mid-way is not raised: the result says so in ``lost``. Raises PeerError
+    when the peer refuses the move (A801: it does not know the destination).
+    """
+    context = [build_context(StudyRootQueryRetrieveInformationModelMove)]
+    with open_association(peer, timeout, context) as assoc:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
         final: int | None = None
-        for status, _identifier in assoc.send_c_get(
-            query, StudyRootQueryRetrieveInformationModelGet
+        failed = 0
+        for status, _identifier in assoc.send_c_move(
+            query, destination, StudyRootQueryRetrieveInformationModelMove
         ):
-            final = _status(status)
+            final = status_code(status)
             if final is None:
-                raise _no_answer(assoc, peer, "C-GET")
-        # B000 "sub-operations complete, one or more failures" still leaves what did
-        # arrive usable; the verdicts report what is missing.
-        if final is not None and final not in (0x0000, 0xB000) and not receiver.received:
-            raise PeerError(
-                f"{peer.name} answered a C-GET with status {final:04X}",
-                hint="the peer may not allow retrieval by our AE title",
+                return MoveResult(failed, no_answer_error(assoc, peer, "C-MOVE").message)
+            failed = int(getattr(status, "NumberOfFailedSuboperations", 0) or 0)
+    if final == 0xA801:
+        raise PeerError(
+            f"{peer.name} does not know the move destination {destination!r} (A801)",
+            hint=f"register AE title {destination} with our receiver's address and port at "
+            f"the peer, or pull with C-GET (drop --move-dest)",
+        )
+    if final is not None and final not in (0x0000, 0xB000, 0xFE00):
+        raise PeerError(
+            f"{peer.name} answered the C-MOVE to {destination!r} with status {final:04X}",
+            hint=f"the peer may not know the move destination {destination!r} (register it "
+            f"with our receiver's address and port) or may not allow retrieval by our AE "
+            f"title; check its log",
+        )
+    return MoveResult(failed)
+
+
+def find_studies(
+    peer: DimsePeer,
+    *,
+    patient_id: str | None = None,
+    accession: str | None = None,
+    study_date: str | None = None,
+    timeout: float = 30.0,
+) -> list[dict[str, Any]]:
+    """C-FIND at STUDY level: each matching study's UID, date, accession, modalities,
+    description and counts; never the patient's name or ID (a matching key only)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    identifier.PatientID = patient_id or ""
+    identifier.AccessionNumber = accession or ""
+    identifier.StudyDate = study_date or ""
+    identifier.ModalitiesInStudy = ""
+    identifier.StudyDescription = ""
+    identifier.NumberOfStudyRelatedSeries = None
+    identifier.NumberOfStudyRelatedInstances = None
+    context = [build_context(StudyRootQueryRetrieveInformationModelFind)]
+    studies: list[dict[str, Any]] = []
+    with open_association(peer, timeout, context) as assoc:
+        for ds in find(assoc, identifier, peer):
+            uid = str(ds.get("StudyInstanceUID", "") or "")
+            if not uid:
+                continue
+            modalities = ds.get("ModalitiesInStudy", None)
+            studies.append(
+                {
+                    "study_uid": uid,
+                    "study_date": str(ds.get("StudyDate", "") or "") or None,
+                    "accession": str(ds.get("AccessionNumber", "") or "") or None,
+                    "modalities": [str(m) for m in modalities]
+                    if isinstance(modalities, Sequence) and not isinstance(modalities, str)
+                    else ([str(modalities)] if modalities else []),
+                    "description": str(ds.get("StudyDescription", "") or "") or None,
+                    "series": _as_int(ds.get("NumberOfStudyRelatedSeries", None)),
+                    "instances": _as_int(ds.get("NumberOfStudyRelatedInstances", None)),
+                }
             )
-    return receiver.received, receiver.broken
+    return studies
+
+
+def _as_int(value: object) -> int | None:
+    try:
+        return int(str(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def compare_datasets(sent: Path, retrieved: Path) -> list[str]:
