@@ -162,6 +162,7 @@ class PullResult:
             "studies": [
                 {
                     "study_uid": study,
+                    "attempted": study not in self.not_attempted,
                     "listed": self.listed.get(study, 0),
                     **{name: self.counts(study)[name] for name in PULL_OUTCOMES},
                 }

@@ -70,6 +70,9 @@ def pull_from(
 
 def _render(result: PullResult) -> None:
     for study in result.studies:
+        if study in result.not_attempted:
+            out.print(f"study {study}: not attempted (the peer was lost before)", markup=False)
+            continue
         c = result.counts(study)
         listed = result.listed.get(study, 0)
         out.print(
@@ -87,9 +90,10 @@ def _render(result: PullResult) -> None:
     if result.interrupted is not None:
         err.print(f"pull INTERRUPTED, the peer was lost: {result.interrupted}", markup=False)
         if result.not_attempted:
+            n = len(result.not_attempted)
             err.print(
-                f"  {len(result.not_attempted)} stud{'y' if len(result.not_attempted) == 1 else 'ies'}"
-                f" not attempted: {', '.join(result.not_attempted)}",
+                f"  {n} stud{'y' if n == 1 else 'ies'} not attempted: "
+                f"{', '.join(result.not_attempted)}",
                 markup=False,
             )
         err.print("  what arrived is stored; pull again to fetch the rest", markup=False)
