@@ -72,13 +72,14 @@ class HalfGetPeer:
 
 
 @pytest.fixture
-def half_get_peer() -> Iterator[Callable[[list[Path], int], HalfGetPeer]]:
+def half_get_peer() -> Iterator[Callable[..., HalfGetPeer]]:
     servers: list[Any] = []
 
-    def start(files: list[Path], send: int) -> HalfGetPeer:
+    def start(files: list[Path], send: int, *, get: bool = True) -> HalfGetPeer:
         ae = AE(ae_title="HALFPACS")
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-        ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        if get:
+            ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, scu_role=True, scp_role=True)
         error: Exception | None = None
@@ -152,6 +153,32 @@ def test_a_peer_lost_mid_c_get_keeps_what_arrived_names_the_rest_and_exits_7(
     assert human.returncode == 7
     assert "INTERRUPTED" in human.stderr and "not attempted" in human.stderr
     assert "lists no instance" not in human.stdout  # not asked is not "none there"
+
+
+def test_a_peer_without_c_get_is_named_so_with_the_move_dest_hint_and_nothing_stored(
+    tmp_path: Path, dvdexit_home: Path, half_get_peer: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    study = media.study_uids[0]
+    files = sorted(p for p in media.path_by_sop_uid.values() if _study_of(p) == study)
+    peer = half_get_peer(files, len(files), get=False)
+    run_dvdexit(
+        "peers", "add", "pacs", "--dimse", f"{LOOPBACK}:{peer.port}", "--ae", "HALFPACS",
+        home=dvdexit_home,
+    )  # fmt: skip
+    store = tmp_path / "store"
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--store", store, "--json",
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 5, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert "does not support C-GET" in error["message"]
+    assert "--move-dest" in error["hint"]
+    assert not list(store.rglob("*.dcm"))
+    assert peer.sent == []
 
 
 def test_a_peer_that_refuses_c_get_gets_a_hint_to_move_dest_and_c_move_then_works(
