@@ -14,6 +14,10 @@ contract asserted for each:
 * verify: the remote verify reports every instance identical (exit 0); an instance
   deleted at the peer is named missing (exit 7).
 
+Orthanc can also be told to drop chosen instances silently (the filter returns false):
+it then answers success over C-STORE and STOW-RS alike, and only a remote verify finds
+them missing.
+
 How each peer refuses chosen instances, retryably: the memory peer answers A700; Orthanc
 runs a Lua ``ReceivedInstanceFilter`` that raises an error for the SOP Instance UIDs
 listed in a file, and then answers a C-STORE with A700 (out of resources) and leaves a
@@ -59,6 +63,16 @@ function ReceivedInstanceFilter(dicom, origin, info)
   local offered = io.open("{offered}", "a")
   offered:write(uid .. "\\n")
   offered:close()
+  local drop = io.open("{drop}", "r")
+  if drop ~= nil then
+    for line in drop:lines() do
+      if line == uid then
+        drop:close()
+        return false
+      end
+    end
+    drop:close()
+  end
   local refuse = io.open("{refuse}", "r")
   if refuse == nil then return true end
   for line in refuse:lines() do
@@ -80,11 +94,13 @@ class RefusingOrthanc:
     peer: OrthancPeer
     refuse_file: Path
     offered_file: Path
+    drop_file: Path
 
     def reset(self) -> None:
         for orthanc_id in self.peer.rest("GET", "/instances"):  # type: ignore[attr-defined]
             self.peer.rest("DELETE", f"/instances/{orthanc_id}")
         self.refuse_file.unlink(missing_ok=True)
+        self.drop_file.unlink(missing_ok=True)
         self.offered_file.write_text("")
 
     def offered(self) -> list[str]:
@@ -94,9 +110,13 @@ class RefusingOrthanc:
 @pytest.fixture(scope="module")
 def refusing_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RefusingOrthanc]:
     work = tmp_path_factory.mktemp("conformance-orthanc")
-    refuse, offered = work / "refuse.txt", work / "offered.txt"
+    refuse, offered, drop = work / "refuse.txt", work / "offered.txt", work / "drop.txt"
     script = work / "filter.lua"
-    script.write_text(_FILTER.replace("{offered}", str(offered)).replace("{refuse}", str(refuse)))
+    script.write_text(
+        _FILTER.replace("{offered}", str(offered))
+        .replace("{refuse}", str(refuse))
+        .replace("{drop}", str(drop))
+    )
     error: Exception | None = None
     for attempt in range(3):  # a free port can be taken before Orthanc binds it
         try:
@@ -110,7 +130,7 @@ def refusing_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Refus
             error = exc
             continue
         try:
-            yield RefusingOrthanc(peer, refuse, offered)
+            yield RefusingOrthanc(peer, refuse, offered, drop)
         finally:
             stop_process(peer.proc, timeout=10.0)
         return
@@ -380,6 +400,26 @@ def test_cli_exits_6_on_refused_instances_and_retry_failed_sends_only_those(
     assert target.offered()[offered_by_send:] == sorted(refused)
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["identical"] == len(uids)
+
+
+@pytest.mark.parametrize("target", CLI, indirect=True)
+def test_an_instance_the_peer_says_it_stored_but_dropped_is_found_missing_by_verify(
+    tmp_path: Path, target: Target, refusing_orthanc: RefusingOrthanc
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", seed=f"dropped-{target.name}", ct_slices=3)
+    dropped = sorted(media.path_by_sop_uid)[2]
+    refusing_orthanc.drop_file.write_text(dropped + "\n")
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        sent = _send(target, media, journal)
+        expected = expected_from_journal(journal, transfer_id=sent.transfer_id)
+
+    verified = target.verify(expected)
+
+    # Orthanc answered success for it: the send cannot know, the verify must.
+    assert sent.exit_code == ExitCode.OK and sent.failed == 0
+    assert dropped not in target.held()
+    assert verified.exit_code == ExitCode.VERIFY_FAILED
+    assert [v.sop_instance_uid for v in verified.verdicts if v.verdict == "missing"] == [dropped]
 
 
 def test_memory_verify_names_a_changed_copy_different(tmp_path: Path) -> None:
