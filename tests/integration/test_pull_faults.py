@@ -21,11 +21,13 @@ from typing import Any
 import pydicom
 import pytest
 from peers import LOOPBACK, free_port, run_dvdexit
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from dvdexit_cli.config import resolve_paths
@@ -36,11 +38,13 @@ from dvdexit_cli.transport.dicomweb import DicomwebTransport
 
 @dataclass
 class HalfGetPeer:
-    """Lists every file by C-FIND; C-GET sends the first ``send`` of them, then aborts."""
+    """Lists every file by C-FIND; C-GET (or C-MOVE to ``move_to``) sends the first
+    ``send`` of them, then aborts the association."""
 
     port: int
     files: list[Path]
     send: int
+    move_to: int | None = None
     sent: list[str] = field(default_factory=list)
 
     def find(self, event: Any) -> Iterator[tuple[int, Any]]:
@@ -70,26 +74,44 @@ class HalfGetPeer:
             yield 0xFF00, ds
         event.assoc.abort()  # the peer is gone mid-C-GET
 
+    def move(self, event: Any) -> Iterator[Any]:
+        yield LOOPBACK, self.move_to  # wherever the move destination is asked to be
+        yield len(self.files)
+        for path in self.files[: self.send]:
+            ds = pydicom.dcmread(path)
+            self.sent.append(str(ds.SOPInstanceUID))
+            yield 0xFF00, ds
+        event.assoc.abort()  # the peer is gone mid-C-MOVE
+
 
 @pytest.fixture
 def half_get_peer() -> Iterator[Callable[..., HalfGetPeer]]:
     servers: list[Any] = []
 
-    def start(files: list[Path], send: int, *, get: bool = True) -> HalfGetPeer:
+    def start(
+        files: list[Path], send: int, *, get: bool = True, move_to: int | None = None
+    ) -> HalfGetPeer:
         ae = AE(ae_title="HALFPACS")
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         if get:
             ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, scu_role=True, scp_role=True)
+        for sop_class in sorted({_class_of(p) for p in files}):  # for the C-MOVE's stores
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         error: Exception | None = None
         for _ in range(3):
-            peer = HalfGetPeer(free_port(), files, send)
+            peer = HalfGetPeer(free_port(), files, send, move_to)
             try:
                 server = ae.start_server(
                     (LOOPBACK, peer.port),
                     block=False,
-                    evt_handlers=[(evt.EVT_C_FIND, peer.find), (evt.EVT_C_GET, peer.get)],
+                    evt_handlers=[
+                        (evt.EVT_C_FIND, peer.find),
+                        (evt.EVT_C_GET, peer.get),
+                        (evt.EVT_C_MOVE, peer.move),
+                    ],
                 )
             except OSError as exc:  # lost the race for the port
                 error = exc
@@ -153,6 +175,41 @@ def test_a_peer_lost_mid_c_get_keeps_what_arrived_names_the_rest_and_exits_7(
     assert human.returncode == 7
     assert "INTERRUPTED" in human.stderr and "not attempted" in human.stderr
     assert "lists no instance" not in human.stdout  # not asked is not "none there"
+
+
+def test_a_peer_lost_mid_c_move_leaves_what_reached_our_receiver_and_exits_7(
+    tmp_path: Path, dvdexit_home: Path, half_get_peer: Any, dvdexit_receiver: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=4, sc_images=1)
+    study = media.study_uids[0]
+    files = sorted(p for p in media.path_by_sop_uid.values() if _study_of(p) == study)
+    store = tmp_path / "store"
+    receiver = dvdexit_receiver(store, ae="DVDEXIT")
+    peer = half_get_peer(files, 2, move_to=receiver.port)
+    run_dvdexit(
+        "peers", "add", "pacs", "--dimse", f"{LOOPBACK}:{peer.port}", "--ae", "HALFPACS",
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--move-dest", "DVDEXIT",
+        "--store", store, "--json", home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 7, done.stderr
+    report = json.loads(done.stdout)
+    assert report["method"] == "c-move" and report["interrupted"]
+    stored = {p.stem for p in (store / study).glob("*/*.dcm")}
+    assert stored == set(peer.sent) and len(stored) == 2
+    counts = report["studies"][0]
+    assert (counts["listed"], counts["stored"], counts["missing"]) == (
+        len(files),
+        2,
+        len(files) - 2,
+    )
+    missing = {p["sop_instance_uid"] for p in report["problems"]}
+    assert missing == {_sop_of(p) for p in files} - stored
+    assert all("lost" in p["reason"] for p in report["problems"])
 
 
 def test_a_peer_without_c_get_is_named_so_with_the_move_dest_hint_and_nothing_stored(
@@ -320,6 +377,10 @@ def test_a_dicomweb_peer_lost_mid_pull_keeps_what_arrived_and_exits_7(
 
 def _study_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def _class_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID)
 
 
 def _sop_of(path: Path) -> str:
