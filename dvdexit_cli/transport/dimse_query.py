@@ -491,8 +491,9 @@ class MoveResult:
 def move_study(peer: DimsePeer, study_uid: str, destination: str, *, timeout: float) -> MoveResult:
     """C-MOVE a study to ``destination`` (an AE title the peer knows).
 
-    A peer lost mid-way is not raised: the result says so in ``lost``. Raises PeerError
-    when the peer refuses the move (A801: it does not know the destination).
+    A peer lost after its first answer is not raised: the result says so in ``lost``.
+    Raises PeerError when the peer refuses the move (A801: it does not know the
+    destination), or goes silent before answering at all.
     """
     context = [build_context(StudyRootQueryRetrieveInformationModelMove)]
     with open_association(peer, timeout, context) as assoc:
@@ -504,9 +505,13 @@ def move_study(peer: DimsePeer, study_uid: str, destination: str, *, timeout: fl
         for status, _identifier in assoc.send_c_move(
             query, destination, StudyRootQueryRetrieveInformationModelMove
         ):
-            final = status_code(status)
-            if final is None:
-                return MoveResult(failed, no_answer_error(assoc, peer, "C-MOVE").message)
+            code = status_code(status)
+            if code is None:
+                error = no_answer_error(assoc, peer, "C-MOVE")
+                if final is None:
+                    raise error  # refused (or dead) before its first sub-operation
+                return MoveResult(failed, error.message)
+            final = code
             failed = int(getattr(status, "NumberOfFailedSuboperations", 0) or 0)
     if final == 0xA801:
         raise PeerError(
