@@ -279,8 +279,7 @@ def _send(target: Target, media: SampleMedia, journal: Journal, **options: Any) 
         inputs=(media.root,),
         peer_name=target.name,
         peer_address=target.name,
-        batch_size=target.batch_size,
-        **options,
+        **{"batch_size": target.batch_size, **options},
     )
     return send(settings, journal=journal, transport=target.transport())
 
@@ -440,3 +439,32 @@ def test_memory_verify_names_a_changed_copy_different(tmp_path: Path) -> None:
     assert result.exit_code == ExitCode.VERIFY_FAILED
     assert [v.sop_instance_uid for v in result.verdicts if v.verdict == "different"] == [changed]
     assert result.count("identical") == len(expected) - 1
+
+
+@pytest.mark.parametrize("target", ["dicomweb-orthanc"], indirect=True)
+def test_orthanc_abandoning_a_whole_stow_request_is_never_taken_for_a_success(
+    tmp_path: Path, target: Target
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", seed="abandoned", ct_slices=3, sc_images=1)
+    uids = sorted(media.path_by_sop_uid)
+    target.refuse({uids[0]})
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        # Many instances per request: Orthanc gives up the one holding the refused instance.
+        first = _send(target, media, journal, retries=0, batch_size=50)
+        after_send = _by_state(journal, first.transfer_id)
+        held_then = set(target.held())
+        target.refuse(set())
+        replay = retry_failed(
+            RetrySettings(retries=0), journal=journal, transport_for=lambda _: target.transport()
+        )
+        final = _by_state(journal, first.transfer_id)
+
+    assert first.exit_code == ExitCode.PARTIAL_FAILURE
+    failed = set(after_send["failed"])
+    assert uids[0] in failed and len(failed) > 1  # the whole request is unknown
+    # No false success: whatever Orthanc does not hold is failed (and retryable).
+    assert set(uids) - held_then <= failed
+    assert set(after_send.get("sent", {})) <= held_then
+    assert replay.exit_code == ExitCode.OK
+    assert set(final) - {"skipped"} == {"sent"}
+    assert target.held() == final["sent"]
