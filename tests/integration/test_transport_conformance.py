@@ -386,7 +386,7 @@ def test_cli_exits_6_on_refused_instances_and_retry_failed_sends_only_those(
     replay = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)
     verified = run_dvdexit(
         "verify", "--peer", "p", "--transfer", str(json.loads(sent.stdout)["transfer_id"]),
-        "--commit-timeout", "3",
+        "--commit-timeout", "1",
         "--json", home=dvdexit_home,
     )  # fmt: skip
 
