@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer
 from dvdexit_cli.dicom.digest import (
@@ -48,6 +48,9 @@ from dvdexit_cli.transport.dicomweb import (
     search_studies,
     study_instances,
 )
+
+if TYPE_CHECKING:  # pynetdicom loads only for DIMSE pulls
+    from dvdexit_cli.transport.dimse_query import Suboperations
 
 __all__ = [
     "PULL_OUTCOMES",
@@ -137,6 +140,8 @@ class PullResult:
     """Why the pull stopped early (the peer was lost mid-way); what arrived is kept."""
     not_attempted: tuple[str, ...] = ()
     """Studies not asked for because the peer was lost before their turn."""
+    retrieval: dict[str, Suboperations] = field(default_factory=dict)
+    """Study UID -> how the peer ended its C-GET / C-MOVE (status, sub-operation counts)."""
 
     def counts(self, study_uid: str | None = None) -> Counter[str]:
         return Counter(
@@ -145,8 +150,17 @@ class PullResult:
 
     @property
     def complete(self) -> bool:
-        return all(self.listed.get(s) for s in self.studies) and all(
-            i.outcome in ("stored", "duplicate") for i in self.instances
+        """Every instance the peer listed, for every study asked, is in the store."""
+        if self.interrupted is not None or self.not_attempted:
+            return False
+        if not all(i.outcome in ("stored", "duplicate") for i in self.instances):
+            return False
+        # A study whose listed instances were never accounted for (refused mid-run) is
+        # not complete either.
+        return all(
+            self.listed.get(s)
+            and self.counts(s)["stored"] + self.counts(s)["duplicate"] >= self.listed[s]
+            for s in self.studies
         )
 
     @property
@@ -165,6 +179,9 @@ class PullResult:
                     "attempted": study not in self.not_attempted,
                     "listed": self.listed.get(study, 0),
                     **{name: self.counts(study)[name] for name in PULL_OUTCOMES},
+                    "retrieval": self.retrieval[study].to_json()
+                    if study in self.retrieval
+                    else None,
                 }
                 for study in self.studies
             ],
@@ -388,7 +405,9 @@ def _pull_get(
             raise
         except PeerError as exc:
             raise PeerError(exc.message, hint=_MOVE_HINT) from exc
-        # What arrived is stored even when the peer was lost mid-way.
+        result.retrieval[study] = got.ended
+        # What arrived is stored even when the peer was lost mid-way, or ended the C-GET
+        # with a failure or warning status.
         for sop in sorted(got.received):
             result.instances.append(
                 _put(store, journal, peer, peer.called_ae, study, sop, got.received[sop].path)
@@ -399,45 +418,61 @@ def _pull_get(
         if got.lost is not None:
             _lost(result, study, absent, got.lost)
             return
-        reason = "listed by C-FIND, not sent by the C-GET"
-        if got.failed_suboperations:
-            reason += f" ({got.failed_suboperations} sub-operation(s) failed at the peer)"
+        reason = f"listed by C-FIND, not sent by the C-GET ({got.ended.describe('C-GET')})"
         for sop in absent:
             result.instances.append(PulledInstance(study, sop, "missing", reason=reason))
 
 
 def _pull_move(peer: DimsePeer, study: str, settings: PullSettings, result: PullResult) -> None:
-    from dvdexit_cli.transport.dimse_query import find_study_instances, move_study
+    from dvdexit_cli.transport.dimse_query import find_study_instances, move_refusal, move_study
 
     listed = find_study_instances(peer, study, timeout=settings.timeout)
     result.listed[study] = len(listed)
     if not listed:
         return
-    moved = move_study(peer, study, str(settings.move_dest), timeout=settings.timeout)
-    failures = moved.failed_suboperations
+    folder = settings.store / study
+
+    def in_store(sop: str) -> list[Path]:
+        return sorted(folder.glob(f"*/{sop}.dcm")) if folder.is_dir() else []
+
+    before = {sop for sop in listed if in_store(sop)}
+    destination = str(settings.move_dest)
+    moved = move_study(peer, study, destination, timeout=settings.timeout)
+    ended = moved.ended
     # The receiver answers each C-STORE only once the file is durable, and the peer's
     # final C-MOVE response follows its last sub-operation: what arrived is on disk now.
-    folder = settings.store / study
+    arrived = {sop: hits for sop in listed if (hits := in_store(sop))}
+    if (
+        moved.lost is None
+        and ended.failure
+        and not ended.sent_something
+        and not set(arrived) - before
+    ):
+        raise move_refusal(peer, destination, ended)  # refused outright, nothing sent
+    result.retrieval[study] = ended
+    if moved.lost is not None:
+        result.interrupted = moved.lost
     for sop in sorted(listed):
-        hits = sorted(folder.glob(f"*/{sop}.dcm")) if folder.is_dir() else []
-        if not hits:
-            reason = "listed by C-FIND, not in the store after the C-MOVE"
+        copies = arrived.get(sop)
+        if not copies:
             if moved.lost is not None:
-                result.interrupted = moved.lost
                 reason = f"not received: the peer was lost ({moved.lost})"
-            elif failures:
-                reason += f" ({failures} sub-operation(s) failed at the peer)"
+            else:
+                reason = (
+                    "listed by C-FIND, not in the store after the C-MOVE "
+                    f"({ended.describe('C-MOVE')})"
+                )
             result.instances.append(PulledInstance(study, sop, "missing", reason=reason))
             continue
         try:
-            _, digest = dataset_digest(hits[0])
+            _, digest = dataset_digest(copies[0])
         except (OSError, NotPart10Error, MalformedFileError) as exc:
             result.instances.append(
                 PulledInstance(study, sop, "failed", reason=f"stored copy unreadable: {exc}")
             )
             continue
         result.instances.append(
-            PulledInstance(study, sop, "stored", hits[0].parent.name, str(hits[0]), digest)
+            PulledInstance(study, sop, "stored", copies[0].parent.name, str(copies[0]), digest)
         )
 
 

@@ -82,6 +82,9 @@ def _render(result: PullResult) -> None:
             + ("" if listed else " — the peer lists no instance of this study"),
             markup=False,
         )
+        ended = result.retrieval.get(study)
+        if ended is not None and (ended.status != 0 or ended.failed or ended.warning):
+            out.print(f"  {ended.describe(result.method.upper())}", markup=False)
     problems = [i for i in result.instances if i.outcome not in ("stored", "duplicate")]
     for item in problems[:_LISTED]:
         out.print(f"  {item.outcome}: {item.sop_instance_uid}: {item.reason}", markup=False)

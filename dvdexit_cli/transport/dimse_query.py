@@ -55,16 +55,20 @@ __all__ = [
     "GetResult",
     "MoveResult",
     "Retrieved",
+    "Suboperations",
     "compare_datasets",
     "find",
     "find_studies",
     "find_study_instances",
     "get_study",
+    "move_refusal",
     "move_study",
     "no_answer_error",
     "open_association",
     "probe_checks",
     "request_commitment",
+    "retrieve_status_category",
+    "retrieve_status_text",
     "retrieve_study",
     "status_code",
 ]
@@ -369,17 +373,134 @@ class _GetReceiver:
 
 
 @dataclass
+class Suboperations:
+    """How a C-GET or C-MOVE ended, as the peer said: its final status and the numbers of
+    completed, failed and warning sub-operations (None where the peer did not say)."""
+
+    status: int | None = None
+    """The final status; None when the retrieval was cut short (the peer was lost)."""
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+
+    def update(self, response: Any, code: int) -> None:
+        """Take the status and any sub-operation counts of one (pending or final) answer."""
+        if code not in _PENDING:
+            self.status = code
+        for name, keyword in (
+            ("completed", "NumberOfCompletedSuboperations"),
+            ("failed", "NumberOfFailedSuboperations"),
+            ("warning", "NumberOfWarningSuboperations"),
+        ):
+            value = getattr(response, keyword, None)
+            if value is not None and value != "":
+                setattr(self, name, int(value))
+
+    @property
+    def failure(self) -> bool:
+        """The final status is a failure or a cancel (not success, not a warning)."""
+        return self.status is not None and retrieve_status_category(self.status) in (
+            "failure",
+            "cancel",
+        )
+
+    @property
+    def sent_something(self) -> bool:
+        """Whether the peer reports any completed (or warning) sub-operation."""
+        return bool(self.completed) or bool(self.warning)
+
+    def describe(self, operation: str) -> str:
+        """E.g. 'the peer ended the C-MOVE with status A702 (...): 2 completed, 3 failed'."""
+        if self.status is None:
+            head = f"the {operation} was cut short"
+        else:
+            head = (
+                f"the peer ended the {operation} with status {self.status:04X} "
+                f"({retrieve_status_text(self.status)})"
+            )
+        counts = [
+            f"{value} {name}"
+            for name, value in (
+                ("completed", self.completed),
+                ("failed", self.failed),
+                ("warning", self.warning),
+            )
+            if value is not None
+        ]
+        return head + (": " + ", ".join(counts) if counts else "")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "status": f"{self.status:04X}" if self.status is not None else None,
+            "category": retrieve_status_category(self.status) if self.status is not None else None,
+            "meaning": retrieve_status_text(self.status) if self.status is not None else None,
+            "completed": self.completed,
+            "failed": self.failed,
+            "warning": self.warning,
+        }
+
+
+_RETRIEVE_STATUSES = {
+    0x0000: ("success", "all sub-operations complete"),
+    0xB000: ("warning", "sub-operations complete, one or more failures or warnings"),
+    0xFE00: ("cancel", "sub-operations terminated by a cancel"),
+    0xA701: ("failure", "out of resources: unable to calculate the number of matches"),
+    0xA702: ("failure", "out of resources: unable to perform sub-operations"),
+    0xA801: ("failure", "move destination unknown"),
+    0xA900: ("failure", "identifier does not match SOP class"),
+    0x0122: ("failure", "SOP class not supported"),
+    0x0124: ("failure", "refused: not authorised"),
+    0x0211: ("failure", "unrecognised operation"),
+    0x0213: ("failure", "resource limitation at the peer"),
+}
+
+
+def retrieve_status_category(code: int) -> str:
+    """'success', 'warning', 'cancel' or 'failure' for a final C-GET / C-MOVE status."""
+    if code in _RETRIEVE_STATUSES:
+        return _RETRIEVE_STATUSES[code][0]
+    if 0xB000 <= code <= 0xBFFF:
+        return "warning"
+    return "failure"
+
+
+def retrieve_status_text(code: int) -> str:
+    """What a final C-GET / C-MOVE status means (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+    if code in _RETRIEVE_STATUSES:
+        return _RETRIEVE_STATUSES[code][1]
+    if 0xA700 <= code <= 0xA7FF:
+        return "out of resources"
+    if 0xA900 <= code <= 0xA9FF:
+        return "identifier does not match SOP class"
+    if 0xAA00 <= code <= 0xAAFF:
+        return "none of the requested frames found"
+    if 0xC000 <= code <= 0xCFFF:
+        return "unable to process"
+    if 0xB000 <= code <= 0xBFFF:
+        return "warning"
+    return "unknown status"
+
+
+@dataclass
 class GetResult:
     """What one C-GET brought: the instances that arrived, and how it ended."""
 
     received: dict[str, Retrieved] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
     """SOP Instance UID -> why the copy that arrived is unusable."""
-    status: int | None = None
-    """The final C-GET status; None when the C-GET was cut short."""
-    failed_suboperations: int = 0
+    ended: Suboperations = field(default_factory=Suboperations)
+    """The final status and sub-operation counts the peer gave."""
     lost: str | None = None
     """Why the C-GET ended before its final answer (the peer aborted or went silent)."""
+
+    @property
+    def status(self) -> int | None:
+        """The final C-GET status; None when the C-GET was cut short."""
+        return self.ended.status
+
+    @property
+    def failed_suboperations(self) -> int:
+        return self.ended.failed or 0
 
 
 def get_study(
@@ -441,17 +562,14 @@ def get_study(
                 error = no_answer_error(assoc, peer, "C-GET")
                 if not receiver.received and not receiver.broken:
                     raise error  # refused (or dead) before sending anything
-                result.lost, result.status = error.message, None
+                result.lost, result.ended.status = error.message, None
                 break
-            result.status = code
-            result.failed_suboperations = int(
-                getattr(status, "NumberOfFailedSuboperations", 0) or 0
-            )
-        # B000 "sub-operations complete, one or more failures" still leaves what did
-        # arrive usable; the callers report what is missing.
-        final = result.status
-        if final is not None and final not in (0x0000, 0xB000) and not receiver.received:
-            raise PeerError(f"{peer.name} refused the C-GET (status {final:04X})")
+            result.ended.update(status, code)
+        # A final failure (A702, A900, Cxxx, a cancel...) or warning (B000) after some
+        # instances arrived leaves those usable: the callers store them and name the rest
+        # missing. Only a failure before anything arrived is a refusal.
+        if result.ended.failure and not receiver.received and not receiver.broken:
+            raise PeerError(f"{peer.name} refused the C-GET ({result.ended.describe('C-GET')})")
     return result
 
 
@@ -481,52 +599,63 @@ def retrieve_study(
 
 @dataclass(frozen=True)
 class MoveResult:
-    """How a C-MOVE ended: the number of failed sub-operations, or why it was cut short."""
+    """How a C-MOVE ended: the peer's final status and counts, or why it was cut short."""
 
-    failed_suboperations: int = 0
+    ended: Suboperations = field(default_factory=Suboperations)
     lost: str | None = None
     """Why the C-MOVE ended before its final answer (the peer aborted or went silent)."""
+
+    @property
+    def failed_suboperations(self) -> int:
+        return self.ended.failed or 0
+
+
+def move_refusal(peer: DimsePeer, destination: str, ended: Suboperations) -> PeerError:
+    """The error for a C-MOVE the peer refused outright (a failure, nothing sent)."""
+    if ended.status == 0xA801:
+        return PeerError(
+            f"{peer.name} does not know the move destination {destination!r} (A801)",
+            hint=f"register AE title {destination} with our receiver's address and port at "
+            f"the peer, or pull with C-GET (drop --move-dest)",
+        )
+    return PeerError(
+        f"{peer.name} refused the C-MOVE to {destination!r}: {ended.describe('C-MOVE')}",
+        hint=f"the peer may not know the move destination {destination!r} (register it "
+        f"with our receiver's address and port) or may not allow retrieval by our AE "
+        f"title; check its log",
+    )
 
 
 def move_study(peer: DimsePeer, study_uid: str, destination: str, *, timeout: float) -> MoveResult:
     """C-MOVE a study to ``destination`` (an AE title the peer knows).
 
-    A peer lost after its first answer is not raised: the result says so in ``lost``.
-    Raises PeerError when the peer refuses the move (A801: it does not know the
-    destination), or goes silent before answering at all.
+    Every final status is returned, not raised (the caller sees what reached the
+    destination and decides); a peer lost after its first answer is returned too, with
+    ``lost``. Raises PeerError when the peer refuses the move with A801 (it does not know
+    the destination), or goes silent before answering at all.
     """
     context = [build_context(StudyRootQueryRetrieveInformationModelMove)]
+    ended = Suboperations()
+    answered = False
     with open_association(peer, timeout, context) as assoc:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
-        final: int | None = None
-        failed = 0
         for status, _identifier in assoc.send_c_move(
             query, destination, StudyRootQueryRetrieveInformationModelMove
         ):
             code = status_code(status)
             if code is None:
                 error = no_answer_error(assoc, peer, "C-MOVE")
-                if final is None:
+                if not answered:
                     raise error  # refused (or dead) before its first sub-operation
-                return MoveResult(failed, error.message)
-            final = code
-            failed = int(getattr(status, "NumberOfFailedSuboperations", 0) or 0)
-    if final == 0xA801:
-        raise PeerError(
-            f"{peer.name} does not know the move destination {destination!r} (A801)",
-            hint=f"register AE title {destination} with our receiver's address and port at "
-            f"the peer, or pull with C-GET (drop --move-dest)",
-        )
-    if final is not None and final not in (0x0000, 0xB000, 0xFE00):
-        raise PeerError(
-            f"{peer.name} answered the C-MOVE to {destination!r} with status {final:04X}",
-            hint=f"the peer may not know the move destination {destination!r} (register it "
-            f"with our receiver's address and port) or may not allow retrieval by our AE "
-            f"title; check its log",
-        )
-    return MoveResult(failed)
+                ended.status = None
+                return MoveResult(ended, error.message)
+            answered = True
+            ended.update(status, code)
+    if ended.status == 0xA801 and not ended.sent_something:
+        raise move_refusal(peer, destination, ended)
+    return MoveResult(ended)
 
 
 def find_studies(
