@@ -150,10 +150,15 @@ class PullResult:
 
     @property
     def complete(self) -> bool:
-        """Every instance the peer listed, for every study asked, is in the store."""
+        """Every instance the peer listed, for every study asked, is in the store, and
+        the peer reports no failed sub-operation."""
         if self.interrupted is not None or self.not_attempted:
             return False
         if not all(i.outcome in ("stored", "duplicate") for i in self.instances):
+            return False
+        # A peer that ended a retrieval with a failure, or reports failed sub-operations,
+        # failed to send something, even when it is not one it listed.
+        if any(e.failure or e.failed for e in self.retrieval.values()):
             return False
         # A study whose listed instances were never accounted for (refused mid-run) is
         # not complete either.

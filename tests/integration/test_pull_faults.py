@@ -39,12 +39,16 @@ from dvdexit_cli.transport.dicomweb import DicomwebTransport
 @dataclass
 class HalfGetPeer:
     """Lists every file by C-FIND; C-GET (or C-MOVE to ``move_to``) sends the first
-    ``send`` of them, then aborts the association."""
+    ``send`` of them, then aborts the association, or, with ``end_with``, ends the
+    retrieval with that final status (pynetdicom counts the unsent ones as failed)."""
 
     port: int
     files: list[Path]
     send: int
     move_to: int | None = None
+    end_with: int | None = None
+    unlisted: int = 0
+    """Sub-operations announced beyond the files (instances it holds but never lists)."""
     sent: list[str] = field(default_factory=list)
 
     def find(self, event: Any) -> Iterator[tuple[int, Any]]:
@@ -67,11 +71,14 @@ class HalfGetPeer:
             yield 0xFF00, answer
 
     def get(self, event: Any) -> Iterator[Any]:
-        yield len(self.files)
+        yield len(self.files) + self.unlisted
         for path in self.files[: self.send]:
             ds = pydicom.dcmread(path)
             self.sent.append(str(ds.SOPInstanceUID))
             yield 0xFF00, ds
+        if self.end_with is not None:
+            yield self.end_with, None  # a final status mid-way: the rest is not sent
+            return
         event.assoc.abort()  # the peer is gone mid-C-GET
 
     def move(self, event: Any) -> Iterator[Any]:
@@ -81,6 +88,9 @@ class HalfGetPeer:
             ds = pydicom.dcmread(path)
             self.sent.append(str(ds.SOPInstanceUID))
             yield 0xFF00, ds
+        if self.end_with is not None:
+            yield self.end_with, None
+            return
         event.assoc.abort()  # the peer is gone mid-C-MOVE
 
 
@@ -89,7 +99,13 @@ def half_get_peer() -> Iterator[Callable[..., HalfGetPeer]]:
     servers: list[Any] = []
 
     def start(
-        files: list[Path], send: int, *, get: bool = True, move_to: int | None = None
+        files: list[Path],
+        send: int,
+        *,
+        get: bool = True,
+        move_to: int | None = None,
+        end_with: int | None = None,
+        unlisted: int = 0,
     ) -> HalfGetPeer:
         ae = AE(ae_title="HALFPACS")
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
@@ -102,7 +118,7 @@ def half_get_peer() -> Iterator[Callable[..., HalfGetPeer]]:
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         error: Exception | None = None
         for _ in range(3):
-            peer = HalfGetPeer(free_port(), files, send, move_to)
+            peer = HalfGetPeer(free_port(), files, send, move_to, end_with, unlisted)
             try:
                 server = ae.start_server(
                     (LOOPBACK, peer.port),
@@ -373,6 +389,156 @@ def test_a_dicomweb_peer_lost_mid_pull_keeps_what_arrived_and_exits_7(
     problems = {p["sop_instance_uid"] for p in report["problems"]}
     assert problems == {_sop_of(p) for p in files} - stored
     assert set(_received(dvdexit_home)) == stored
+
+
+def _add_peer(home: Path, port: int) -> None:
+    added = run_dvdexit(
+        "peers", "add", "pacs", "--dimse", f"{LOOPBACK}:{port}", "--ae", "HALFPACS", home=home
+    )
+    assert added.returncode == 0, added.stderr
+
+
+def _assert_partial(
+    report: dict[str, Any], store: Path, study: str, files: list[Path], sent: list[str], code: int
+) -> None:
+    """Exit-7 partial result: what was sent stored, the rest missing with the status."""
+    assert report["outcome"] == "incomplete" and report["exit_code"] == 7
+    assert report["interrupted"] is None  # the peer answered: not a lost peer
+    stored = {p.stem for p in (store / study).glob("*/*.dcm")}
+    assert stored == set(sent) and len(stored) == 2
+    counts = report["studies"][0]
+    assert (counts["listed"], counts["stored"], counts["missing"]) == (
+        len(files),
+        2,
+        len(files) - 2,
+    )
+    retrieval = counts["retrieval"]
+    assert retrieval["status"] == f"{code:04X}"
+    assert retrieval["category"] == ("warning" if code == 0xB000 else "failure")
+    # pynetdicom counts the sub-operations it never started as failed.
+    assert (retrieval["completed"], retrieval["failed"], retrieval["warning"]) == (
+        2,
+        len(files) - 2,
+        0,
+    )
+    missing = {p["sop_instance_uid"] for p in report["problems"] if p["outcome"] == "missing"}
+    assert missing == {_sop_of(p) for p in files} - stored
+    assert all(f"status {code:04X}" in p["reason"] for p in report["problems"])
+    assert not list(store.glob(".pull-*"))
+
+
+@pytest.mark.parametrize("code", [0xB000, 0xA702, 0xA900, 0xC000])
+def test_a_c_get_ended_with_a_failure_or_warning_mid_study_keeps_what_arrived_and_exits_7(
+    tmp_path: Path, dvdexit_home: Path, half_get_peer: Any, code: int
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=4, sc_images=1)
+    study = media.study_uids[0]
+    files = sorted(p for p in media.path_by_sop_uid.values() if _study_of(p) == study)
+    peer = half_get_peer(files, 2, end_with=code)
+    _add_peer(dvdexit_home, peer.port)
+    store = tmp_path / "store"
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--store", store, "--json",
+        home=dvdexit_home,
+    )  # fmt: skip
+    human = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--store", tmp_path / "store2",
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 7, done.stderr
+    report = json.loads(done.stdout)
+    _assert_partial(report, store, study, files, peer.sent, code)
+    received = _received(dvdexit_home)
+    assert {uid: received[uid] for uid in peer.sent} == dict.fromkeys(peer.sent, "stored")
+    assert set(received) == set(peer.sent)  # nothing journaled that did not arrive
+    assert human.returncode == 7
+    assert f"status {code:04X}" in human.stdout and "2 completed" in human.stdout
+    assert "pull INCOMPLETE" in human.stderr and "INTERRUPTED" not in human.stderr
+
+
+@pytest.mark.parametrize("code", [0xB000, 0xA702, 0xC000])
+def test_a_c_move_ended_with_a_failure_or_warning_mid_study_keeps_what_arrived_and_exits_7(
+    tmp_path: Path, dvdexit_home: Path, half_get_peer: Any, dvdexit_receiver: Any, code: int
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=4, sc_images=1)
+    study = media.study_uids[0]
+    files = sorted(p for p in media.path_by_sop_uid.values() if _study_of(p) == study)
+    store = tmp_path / "store"
+    receiver = dvdexit_receiver(store, ae="DVDEXIT")
+    peer = half_get_peer(files, 2, move_to=receiver.port, end_with=code)
+    _add_peer(dvdexit_home, peer.port)
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--move-dest", "DVDEXIT",
+        "--store", store, "--json", home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 7, done.stderr
+    report = json.loads(done.stdout)
+    assert report["method"] == "c-move"
+    _assert_partial(report, store, study, files, peer.sent, code)
+    assert set(_received(dvdexit_home)) == set(peer.sent)  # journaled by our receiver
+
+
+@pytest.mark.parametrize("method", ["c-get", "c-move"])
+def test_a_failure_status_before_any_sub_operation_is_a_refusal_exit_5_nothing_stored(
+    tmp_path: Path, dvdexit_home: Path, half_get_peer: Any, dvdexit_receiver: Any, method: str
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    study = media.study_uids[0]
+    files = sorted(p for p in media.path_by_sop_uid.values() if _study_of(p) == study)
+    store = tmp_path / "store"
+    move: tuple[str, ...] = ()
+    move_to = None
+    if method == "c-move":
+        move_to = dvdexit_receiver(store, ae="DVDEXIT").port
+        move = ("--move-dest", "DVDEXIT")
+    peer = half_get_peer(files, 0, move_to=move_to, end_with=0xA702)
+    _add_peer(dvdexit_home, peer.port)
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, *move, "--store", store, "--json",
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 5, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert "refused" in error["message"] and "A702" in error["message"]
+    assert error["hint"]
+    assert not list(store.rglob("*.dcm"))
+    assert _received(dvdexit_home) == {}
+
+
+def test_a_c_get_sending_every_listed_instance_then_failing_an_unlisted_one_is_not_complete(
+    tmp_path: Path, dvdexit_home: Path, half_get_peer: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    study = media.study_uids[0]
+    files = sorted(p for p in media.path_by_sop_uid.values() if _study_of(p) == study)
+    # It announces one sub-operation more than it lists, and fails that one.
+    peer = half_get_peer(files, len(files), end_with=0xA702, unlisted=1)
+    _add_peer(dvdexit_home, peer.port)
+    store = tmp_path / "store"
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--store", store, "--json",
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    # Every listed instance is stored, but the peer says it failed to send one: never 0.
+    assert done.returncode == 7, done.stderr
+    report = json.loads(done.stdout)
+    assert report["outcome"] == "incomplete" and report["problems"] == []
+    assert report["studies"][0]["stored"] == len(files)
+    assert {p.stem for p in (store / study).glob("*/*.dcm")} == set(peer.sent)
+    retrieval = report["studies"][0]["retrieval"]
+    assert (retrieval["status"], retrieval["completed"], retrieval["failed"]) == (
+        "A702",
+        len(files),
+        1,
+    )
 
 
 def _study_of(path: Path) -> str:
