@@ -278,6 +278,17 @@ def _lost(
         )
 
 
+def _refused_later(result: PullResult, study: str, sops: Sequence[str], exc: PeerError) -> None:
+    """The peer refused this study after earlier ones were pulled: the pull goes on to
+    report (exit 7, not 5), so name every listed instance of this study missing."""
+    if not result.instances:
+        return  # the first study: the refusal itself is the answer (exit 5)
+    for sop in sops:
+        result.instances.append(
+            PulledInstance(study, sop, "missing", reason=f"not received: {exc.message}")
+        )
+
+
 def _scratch(store: InstanceStore) -> tempfile.TemporaryDirectory[str]:
     """A folder on the store's file system for copies not yet stored (removed after)."""
     try:
@@ -409,6 +420,7 @@ def _pull_get(
         except (PeerUnreachableError, AssociationRejectedError):
             raise
         except PeerError as exc:
+            _refused_later(result, study, sorted(listed), exc)
             raise PeerError(exc.message, hint=_MOVE_HINT) from exc
         result.retrieval[study] = got.ended
         # What arrived is stored even when the peer was lost mid-way, or ended the C-GET
@@ -442,7 +454,11 @@ def _pull_move(peer: DimsePeer, study: str, settings: PullSettings, result: Pull
 
     before = {sop for sop in listed if in_store(sop)}
     destination = str(settings.move_dest)
-    moved = move_study(peer, study, destination, timeout=settings.timeout)
+    try:
+        moved = move_study(peer, study, destination, timeout=settings.timeout)
+    except PeerError as exc:
+        _refused_later(result, study, sorted(listed), exc)
+        raise
     ended = moved.ended
     # The receiver answers each C-STORE only once the file is durable, and the peer's
     # final C-MOVE response follows its last sub-operation: what arrived is on disk now.
@@ -453,7 +469,9 @@ def _pull_move(peer: DimsePeer, study: str, settings: PullSettings, result: Pull
         and not ended.sent_something
         and not set(arrived) - before
     ):
-        raise move_refusal(peer, destination, ended)  # refused outright, nothing sent
+        refusal = move_refusal(peer, destination, ended)  # refused outright, nothing sent
+        _refused_later(result, study, sorted(listed), refusal)
+        raise refusal
     result.retrieval[study] = ended
     if moved.lost is not None:
         result.interrupted = moved.lost

@@ -71,7 +71,9 @@ def pull_from(
 def _render(result: PullResult) -> None:
     for study in result.studies:
         if study in result.not_attempted:
-            out.print(f"study {study}: not attempted (the peer was lost before)", markup=False)
+            out.print(
+                f"study {study}: not attempted (the pull stopped before its turn)", markup=False
+            )
             continue
         c = result.counts(study)
         listed = result.listed.get(study, 0)
@@ -91,7 +93,7 @@ def _render(result: PullResult) -> None:
     if len(problems) > _LISTED:
         out.print(f"  ... and {len(problems) - _LISTED} more (--json lists them all)")
     if result.interrupted is not None:
-        err.print(f"pull INTERRUPTED, the peer was lost: {result.interrupted}", markup=False)
+        err.print(f"pull INTERRUPTED: {result.interrupted}", markup=False)
         if result.not_attempted:
             n = len(result.not_attempted)
             err.print(

@@ -49,6 +49,8 @@ class HalfGetPeer:
     end_with: int | None = None
     unlisted: int = 0
     """Sub-operations announced beyond the files (instances it holds but never lists)."""
+    send_in_all: bool = False
+    """``send`` counts over every C-GET, not per C-GET."""
     sent: list[str] = field(default_factory=list)
 
     def find(self, event: Any) -> Iterator[tuple[int, Any]]:
@@ -56,6 +58,8 @@ class HalfGetPeer:
         seen: set[str] = set()
         for path in self.files:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if ds.StudyInstanceUID != event.identifier.StudyInstanceUID:
+                continue
             answer = pydicom.Dataset()
             answer.QueryRetrieveLevel = level
             answer.StudyInstanceUID = ds.StudyInstanceUID
@@ -71,8 +75,11 @@ class HalfGetPeer:
             yield 0xFF00, answer
 
     def get(self, event: Any) -> Iterator[Any]:
-        yield len(self.files) + self.unlisted
-        for path in self.files[: self.send]:
+        wanted = str(event.identifier.StudyInstanceUID)
+        files = [p for p in self.files if _study_of(p) == wanted]
+        yield len(files) + self.unlisted
+        budget = self.send - len(self.sent) if self.send_in_all else self.send
+        for path in files[: max(0, budget)]:
             ds = pydicom.dcmread(path)
             self.sent.append(str(ds.SOPInstanceUID))
             yield 0xFF00, ds
@@ -106,6 +113,7 @@ def half_get_peer() -> Iterator[Callable[..., HalfGetPeer]]:
         move_to: int | None = None,
         end_with: int | None = None,
         unlisted: int = 0,
+        send_in_all: bool = False,
     ) -> HalfGetPeer:
         ae = AE(ae_title="HALFPACS")
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
@@ -118,7 +126,7 @@ def half_get_peer() -> Iterator[Callable[..., HalfGetPeer]]:
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         error: Exception | None = None
         for _ in range(3):
-            peer = HalfGetPeer(free_port(), files, send, move_to, end_with, unlisted)
+            peer = HalfGetPeer(free_port(), files, send, move_to, end_with, unlisted, send_in_all)
             try:
                 server = ae.start_server(
                     (LOOPBACK, peer.port),
@@ -539,6 +547,34 @@ def test_a_c_get_sending_every_listed_instance_then_failing_an_unlisted_one_is_n
         len(files),
         1,
     )
+
+
+def test_a_c_get_refused_for_a_later_study_keeps_the_earlier_one_and_names_the_rest_missing(
+    tmp_path: Path, dvdexit_home: Path, half_get_peer: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=2)
+    first, second = media.study_uids
+    files = sorted(media.path_by_sop_uid.values())
+    firsts = [p for p in files if _study_of(p) == first]
+    # Sends the whole first study, then answers A702 before sending any of the second.
+    peer = half_get_peer(files, len(firsts), end_with=0xA702, send_in_all=True)
+    _add_peer(dvdexit_home, peer.port)
+    store = tmp_path / "store"
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", first, "--study", second, "--store", store,
+        "--json", home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 7, done.stderr
+    report = json.loads(done.stdout)
+    assert report["outcome"] == "incomplete" and "A702" in report["interrupted"]
+    one, two = report["studies"]
+    assert (one["listed"], one["stored"], one["missing"]) == (len(firsts), len(firsts), 0)
+    seconds = {_sop_of(p) for p in files if _study_of(p) == second}
+    assert (two["listed"], two["stored"], two["missing"]) == (len(seconds), 0, len(seconds))
+    assert {p["sop_instance_uid"] for p in report["problems"]} == seconds
+    assert {p.stem for p in store.rglob("*.dcm")} == set(peer.sent) == {_sop_of(p) for p in firsts}
 
 
 def _study_of(path: Path) -> str:
