@@ -629,10 +629,10 @@ def move_refusal(peer: DimsePeer, destination: str, ended: Suboperations) -> Pee
 def move_study(peer: DimsePeer, study_uid: str, destination: str, *, timeout: float) -> MoveResult:
     """C-MOVE a study to ``destination`` (an AE title the peer knows).
 
-    Every final status is returned, not raised (the caller sees what reached the
-    destination and decides); a peer lost after its first answer is returned too, with
-    ``lost``. Raises PeerError when the peer refuses the move with A801 (it does not know
-    the destination), or goes silent before answering at all.
+    Every final status is returned, not raised, A801 included: only the caller sees what
+    reached the destination, and decides (``move_refusal`` when nothing did). A peer lost
+    after its first answer is returned too, with ``lost``. Raises PeerError when the peer
+    goes silent or aborts before answering at all.
     """
     context = [build_context(StudyRootQueryRetrieveInformationModelMove)]
     ended = Suboperations()
@@ -653,8 +653,6 @@ def move_study(peer: DimsePeer, study_uid: str, destination: str, *, timeout: fl
                 return MoveResult(ended, error.message)
             answered = True
             ended.update(status, code)
-    if ended.status == 0xA801 and not ended.sent_something:
-        raise move_refusal(peer, destination, ended)
     return MoveResult(ended)
 
 

@@ -466,7 +466,7 @@ def test_a_c_get_ended_with_a_failure_or_warning_mid_study_keeps_what_arrived_an
     assert "pull INCOMPLETE" in human.stderr and "INTERRUPTED" not in human.stderr
 
 
-@pytest.mark.parametrize("code", [0xB000, 0xA702, 0xC000])
+@pytest.mark.parametrize("code", [0xB000, 0xA702, 0xA801, 0xC000])
 def test_a_c_move_ended_with_a_failure_or_warning_mid_study_keeps_what_arrived_and_exits_7(
     tmp_path: Path, dvdexit_home: Path, half_get_peer: Any, dvdexit_receiver: Any, code: int
 ) -> None:
@@ -490,9 +490,16 @@ def test_a_c_move_ended_with_a_failure_or_warning_mid_study_keeps_what_arrived_a
     assert set(_received(dvdexit_home)) == set(peer.sent)  # journaled by our receiver
 
 
-@pytest.mark.parametrize("method", ["c-get", "c-move"])
+@pytest.mark.parametrize(
+    ("method", "code"), [("c-get", 0xA702), ("c-move", 0xA702), ("c-move", 0xA801)]
+)
 def test_a_failure_status_before_any_sub_operation_is_a_refusal_exit_5_nothing_stored(
-    tmp_path: Path, dvdexit_home: Path, half_get_peer: Any, dvdexit_receiver: Any, method: str
+    tmp_path: Path,
+    dvdexit_home: Path,
+    half_get_peer: Any,
+    dvdexit_receiver: Any,
+    method: str,
+    code: int,
 ) -> None:
     media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
     study = media.study_uids[0]
@@ -503,7 +510,7 @@ def test_a_failure_status_before_any_sub_operation_is_a_refusal_exit_5_nothing_s
     if method == "c-move":
         move_to = dvdexit_receiver(store, ae="DVDEXIT").port
         move = ("--move-dest", "DVDEXIT")
-    peer = half_get_peer(files, 0, move_to=move_to, end_with=0xA702)
+    peer = half_get_peer(files, 0, move_to=move_to, end_with=code)
     _add_peer(dvdexit_home, peer.port)
 
     done = run_dvdexit(
@@ -513,8 +520,12 @@ def test_a_failure_status_before_any_sub_operation_is_a_refusal_exit_5_nothing_s
 
     assert done.returncode == 5, done.stderr
     error = json.loads(done.stdout)["error"]
-    assert "refused" in error["message"] and "A702" in error["message"]
-    assert error["hint"]
+    assert f"{code:04X}" in error["message"]
+    if code == 0xA801:
+        assert "does not know the move destination 'DVDEXIT'" in error["message"]
+        assert "register AE title DVDEXIT" in error["hint"]
+    else:
+        assert "refused" in error["message"] and error["hint"]
     assert not list(store.rglob("*.dcm"))
     assert _received(dvdexit_home) == {}
 
