@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer
 from dvdexit_cli.dicom.digest import (
@@ -32,7 +32,13 @@ from dvdexit_cli.dicom.digest import (
     read_file_meta,
 )
 from dvdexit_cli.dicom.uids import is_valid_uid
-from dvdexit_cli.errors import InputError, PeerError, PeerUnreachableError, UsageError
+from dvdexit_cli.errors import (
+    AssociationRejectedError,
+    InputError,
+    PeerError,
+    PeerUnreachableError,
+    UsageError,
+)
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
@@ -42,6 +48,9 @@ from dvdexit_cli.transport.dicomweb import (
     search_studies,
     study_instances,
 )
+
+if TYPE_CHECKING:  # pynetdicom loads only for DIMSE pulls
+    from dvdexit_cli.transport.dimse_query import Suboperations
 
 __all__ = [
     "PULL_OUTCOMES",
@@ -55,6 +64,12 @@ __all__ = [
 
 PULL_OUTCOMES = ("stored", "duplicate", "conflict", "failed", "missing")
 """``stored`` and ``duplicate`` are in the store; the others make the pull exit 7."""
+
+_MOVE_HINT = (
+    "the peer may not allow C-GET for our AE title (ask its administrator), or does not "
+    "support it: pull with C-MOVE instead, to a running 'dvdexit receive' the peer knows: "
+    "--move-dest AE (register that AE title with our receiver's address and port at the peer)"
+)
 
 _DATE_RANGE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
 
@@ -121,6 +136,12 @@ class PullResult:
     listed: dict[str, int] = field(default_factory=dict)
     """Study UID -> how many instances the peer listed."""
     seconds: float = 0.0
+    interrupted: str | None = None
+    """Why the pull stopped early (the peer was lost mid-way); what arrived is kept."""
+    not_attempted: tuple[str, ...] = ()
+    """Studies not asked for because the peer was lost before their turn."""
+    retrieval: dict[str, Suboperations] = field(default_factory=dict)
+    """Study UID -> how the peer ended its C-GET / C-MOVE (status, sub-operation counts)."""
 
     def counts(self, study_uid: str | None = None) -> Counter[str]:
         return Counter(
@@ -129,8 +150,22 @@ class PullResult:
 
     @property
     def complete(self) -> bool:
-        return all(self.listed.get(s) for s in self.studies) and all(
-            i.outcome in ("stored", "duplicate") for i in self.instances
+        """Every instance the peer listed, for every study asked, is in the store, and
+        the peer reports no failed sub-operation."""
+        if self.interrupted is not None or self.not_attempted:
+            return False
+        if not all(i.outcome in ("stored", "duplicate") for i in self.instances):
+            return False
+        # A peer that ended a retrieval with a failure, or reports failed sub-operations,
+        # failed to send something, even when it is not one it listed.
+        if any(e.failure or e.failed for e in self.retrieval.values()):
+            return False
+        # A study whose listed instances were never accounted for (refused mid-run) is
+        # not complete either.
+        return all(
+            self.listed.get(s)
+            and self.counts(s)["stored"] + self.counts(s)["duplicate"] >= self.listed[s]
+            for s in self.studies
         )
 
     @property
@@ -146,14 +181,20 @@ class PullResult:
             "studies": [
                 {
                     "study_uid": study,
+                    "attempted": study not in self.not_attempted,
                     "listed": self.listed.get(study, 0),
                     **{name: self.counts(study)[name] for name in PULL_OUTCOMES},
+                    "retrieval": self.retrieval[study].to_json()
+                    if study in self.retrieval
+                    else None,
                 }
                 for study in self.studies
             ],
             "problems": [
                 i.to_json() for i in self.instances if i.outcome not in ("stored", "duplicate")
             ],
+            "interrupted": self.interrupted,
+            "not_attempted": list(self.not_attempted),
             "seconds": round(self.seconds, 3),
             "exit_code": int(self.exit_code),
         }
@@ -176,8 +217,10 @@ def pull(
 ) -> PullResult:
     """Fetch ``settings.studies`` from ``peer`` into the store; see the module docstring.
 
-    Raises PeerUnreachableError / PeerError when the peer cannot be asked at all
-    (nothing stored so far is lost: each instance is stored and journaled as it arrives).
+    Raises PeerUnreachableError / PeerError when the peer cannot be asked at all (before
+    anything was listed or stored). A peer lost later is not raised: the result is
+    ``interrupted``, keeps everything stored so far, names every listed instance that
+    did not arrive ``missing``, and exits 7.
     """
     _check_uids(settings.studies)
     started = time.monotonic()
@@ -187,22 +230,63 @@ def pull(
         assert isinstance(transport, DicomwebTransport)
         result = PullResult(peer.name, "wado-rs", settings.store, settings.studies)
         with closing(transport):
-            for study in settings.studies:
-                _pull_dicomweb(transport, peer, study, store, journal, result)
+            _each_study(
+                result,
+                lambda study: _pull_dicomweb(transport, peer, study, store, journal, result),
+            )
     elif isinstance(peer, DimsePeer):
         method = "c-move" if settings.move_dest else "c-get"
         result = PullResult(peer.name, method, settings.store, settings.studies)
-        for study in settings.studies:
-            if settings.move_dest:
-                _pull_move(peer, study, settings, result)
-            else:
-                _pull_get(peer, study, store, journal, settings, result)
+        if settings.move_dest:
+            _each_study(result, lambda study: _pull_move(peer, study, settings, result))
+        else:
+            _each_study(
+                result, lambda study: _pull_get(peer, study, store, journal, settings, result)
+            )
     else:
         raise UsageError(
             f"peer {peer.name} is a {peer.kind} peer: pull works from DICOMweb and DIMSE peers"
         )
     result.seconds = time.monotonic() - started
     return result
+
+
+def _each_study(result: PullResult, pull_one: Callable[[str], None]) -> None:
+    """Pull study after study; stop at a lost peer once something was listed or stored."""
+    for n, study in enumerate(result.studies):
+        try:
+            pull_one(study)
+        except PeerError as exc:
+            if not result.instances:
+                raise  # nothing listed arrived or was lost yet: the error says it all
+            result.interrupted = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        if result.interrupted is not None:
+            result.not_attempted = result.studies[n + (study in result.listed) :]
+            return
+
+
+def _lost(
+    result: PullResult, study: str, sops: Sequence[str], why: str, series: str | None = None
+) -> None:
+    """The peer was lost: name every listed instance of ``study`` that did not arrive."""
+    result.interrupted = why
+    for sop in sops:
+        result.instances.append(
+            PulledInstance(
+                study, sop, "missing", series, reason=f"not received: the peer was lost ({why})"
+            )
+        )
+
+
+def _refused_later(result: PullResult, study: str, sops: Sequence[str], exc: PeerError) -> None:
+    """The peer refused this study after earlier ones were pulled: the pull goes on to
+    report (exit 7, not 5), so name every listed instance of this study missing."""
+    if not result.instances:
+        return  # the first study: the refusal itself is the answer (exit 5)
+    for sop in sops:
+        result.instances.append(
+            PulledInstance(study, sop, "missing", reason=f"not received: {exc.message}")
+        )
 
 
 def _scratch(store: InstanceStore) -> tempfile.TemporaryDirectory[str]:
@@ -286,13 +370,16 @@ def _pull_dicomweb(
 ) -> None:
     listed = study_instances(transport, study)
     result.listed[study] = len(listed)
+    ordered = sorted(listed.items())
     with _scratch(store) as scratch:
-        for n, (sop, (_sop_class, series)) in enumerate(sorted(listed.items())):
+        for n, (sop, (_sop_class, series)) in enumerate(ordered):
             target = Path(scratch) / f"{n:06d}.dcm"
             try:
                 found = retrieve_instance(transport, study, series, sop, target)
-            except PeerUnreachableError:
-                raise  # stored instances stay stored; the rest is for another pull
+            except PeerUnreachableError as exc:
+                # Stored instances stay stored; the rest is for another pull.
+                _lost(result, study, [uid for uid, _ in ordered[n:]], exc.message)
+                return
             except PeerError as exc:
                 result.instances.append(
                     PulledInstance(study, sop, "failed", series, reason=str(exc))
@@ -318,7 +405,7 @@ def _pull_get(
     settings: PullSettings,
     result: PullResult,
 ) -> None:
-    from dvdexit_cli.transport.dimse_query import find_study_instances, retrieve_study
+    from dvdexit_cli.transport.dimse_query import find_study_instances, get_study
 
     listed = find_study_instances(peer, study, timeout=settings.timeout)
     result.listed[study] = len(listed)
@@ -326,97 +413,90 @@ def _pull_get(
         return
     classes = {sop_class: set(_GET_SYNTAXES) for sop_class in listed.values() if sop_class}
     with _scratch(store) as scratch:
-        received, broken = retrieve_study(
-            peer, study, Path(scratch), sop_classes=classes, timeout=settings.timeout
-        )
-        for sop in sorted(set(listed) | set(received)):
-            if sop in received:
-                result.instances.append(
-                    _put(store, journal, peer, peer.called_ae, study, sop, received[sop].path)
-                )
-            elif sop in broken:
-                result.instances.append(PulledInstance(study, sop, "failed", reason=broken[sop]))
-            else:
-                result.instances.append(
-                    PulledInstance(
-                        study, sop, "missing", reason="listed by C-FIND, not sent by the C-GET"
-                    )
-                )
+        try:
+            got = get_study(
+                peer, study, Path(scratch), sop_classes=classes, timeout=settings.timeout
+            )
+        except (PeerUnreachableError, AssociationRejectedError):
+            raise
+        except PeerError as exc:
+            _refused_later(result, study, sorted(listed), exc)
+            raise PeerError(exc.message, hint=_MOVE_HINT) from exc
+        result.retrieval[study] = got.ended
+        # What arrived is stored even when the peer was lost mid-way, or ended the C-GET
+        # with a failure or warning status.
+        for sop in sorted(got.received):
+            result.instances.append(
+                _put(store, journal, peer, peer.called_ae, study, sop, got.received[sop].path)
+            )
+        for sop in sorted(got.broken):
+            result.instances.append(PulledInstance(study, sop, "failed", reason=got.broken[sop]))
+        absent = sorted(set(listed) - set(got.received) - set(got.broken))
+        if got.lost is not None:
+            _lost(result, study, absent, got.lost)
+            return
+        reason = f"listed by C-FIND, not sent by the C-GET ({got.ended.describe('C-GET')})"
+        for sop in absent:
+            result.instances.append(PulledInstance(study, sop, "missing", reason=reason))
 
 
 def _pull_move(peer: DimsePeer, study: str, settings: PullSettings, result: PullResult) -> None:
-    from dvdexit_cli.transport.dimse_query import find_study_instances
+    from dvdexit_cli.transport.dimse_query import find_study_instances, move_refusal, move_study
 
     listed = find_study_instances(peer, study, timeout=settings.timeout)
     result.listed[study] = len(listed)
     if not listed:
         return
-    failures = move_study(peer, study, str(settings.move_dest), timeout=settings.timeout)
+    folder = settings.store / study
+
+    def in_store(sop: str) -> list[Path]:
+        return sorted(folder.glob(f"*/{sop}.dcm")) if folder.is_dir() else []
+
+    before = {sop for sop in listed if in_store(sop)}
+    destination = str(settings.move_dest)
+    try:
+        moved = move_study(peer, study, destination, timeout=settings.timeout)
+    except PeerError as exc:
+        _refused_later(result, study, sorted(listed), exc)
+        raise
+    ended = moved.ended
     # The receiver answers each C-STORE only once the file is durable, and the peer's
     # final C-MOVE response follows its last sub-operation: what arrived is on disk now.
-    folder = settings.store / study
+    arrived = {sop: hits for sop in listed if (hits := in_store(sop))}
+    if (
+        moved.lost is None
+        and ended.failure
+        and not ended.sent_something
+        and not set(arrived) - before
+    ):
+        refusal = move_refusal(peer, destination, ended)  # refused outright, nothing sent
+        _refused_later(result, study, sorted(listed), refusal)
+        raise refusal
+    result.retrieval[study] = ended
+    if moved.lost is not None:
+        result.interrupted = moved.lost
     for sop in sorted(listed):
-        hits = sorted(folder.glob(f"*/{sop}.dcm")) if folder.is_dir() else []
-        if not hits:
-            reason = "listed by C-FIND, not in the store after the C-MOVE"
-            if failures:
-                reason += f" ({failures} sub-operation(s) failed at the peer)"
+        copies = arrived.get(sop)
+        if not copies:
+            if moved.lost is not None:
+                reason = f"not received: the peer was lost ({moved.lost})"
+            else:
+                reason = (
+                    "listed by C-FIND, not in the store after the C-MOVE "
+                    f"({ended.describe('C-MOVE')})"
+                )
             result.instances.append(PulledInstance(study, sop, "missing", reason=reason))
             continue
         try:
-            _, digest = dataset_digest(hits[0])
+            _, digest = dataset_digest(copies[0])
         except (OSError, NotPart10Error, MalformedFileError) as exc:
             result.instances.append(
                 PulledInstance(study, sop, "failed", reason=f"stored copy unreadable: {exc}")
             )
             continue
         result.instances.append(
-            PulledInstance(study, sop, "stored", hits[0].parent.name, str(hits[0]), digest)
+            PulledInstance(study, sop, "stored", copies[0].parent.name, str(copies[0]), digest)
         )
-
-
-def move_study(peer: DimsePeer, study_uid: str, destination: str, *, timeout: float) -> int:
-    """C-MOVE a study to ``destination``; the number of failed sub-operations.
-
-    PeerError when the peer refuses the move (A801: it does not know the destination).
-    """
-    from pydicom.dataset import Dataset
-    from pynetdicom.presentation import build_context
-    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-        StudyRootQueryRetrieveInformationModelMove,
-    )
-
-    # The association helpers of dimse_query: TCP_NODELAY, the pynetdicom race, errors.
-    from dvdexit_cli.transport.dimse_query import _association, _no_answer, _status
-
-    context = [build_context(StudyRootQueryRetrieveInformationModelMove)]
-    with _association(peer, timeout, context) as assoc:
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = study_uid
-        final: int | None = None
-        failed = 0
-        for status, _identifier in assoc.send_c_move(
-            query, destination, StudyRootQueryRetrieveInformationModelMove
-        ):
-            final = _status(status)
-            if final is None:
-                raise _no_answer(assoc, peer, "C-MOVE")
-            failed = int(getattr(status, "NumberOfFailedSuboperations", 0) or 0)
-    if final == 0xA801:
-        raise PeerError(
-            f"{peer.name} does not know the move destination {destination!r} (A801)",
-            hint=f"register AE title {destination} with our receiver's address and port at "
-            f"the peer, or pull with C-GET (drop --move-dest)",
-        )
-    if final is not None and final not in (0x0000, 0xB000, 0xFE00):
-        raise PeerError(
-            f"{peer.name} answered the C-MOVE to {destination!r} with status {final:04X}",
-            hint=f"the peer may not know the move destination {destination!r} (register it "
-            f"with our receiver's address and port) or may not allow retrieval by our AE "
-            f"title; check its log",
-        )
-    return failed
 
 
 # -- query ---------------------------------------------------------------------------
@@ -473,57 +553,15 @@ def list_studies(
         with closing(transport):
             return search_studies(transport, filters)
     if isinstance(peer, DimsePeer):
-        return _find_studies(peer, query, timeout)
+        from dvdexit_cli.transport.dimse_query import find_studies
+
+        return find_studies(
+            peer,
+            patient_id=query.patient_id,
+            accession=query.accession,
+            study_date=query.study_date,
+            timeout=timeout,
+        )
     raise UsageError(
         f"peer {peer.name} is a {peer.kind} peer: --list works with DICOMweb and DIMSE peers"
     )
-
-
-def _find_studies(peer: DimsePeer, query: StudyQuery, timeout: float) -> list[dict[str, Any]]:
-    from pydicom.dataset import Dataset
-    from pynetdicom.presentation import build_context
-    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-        StudyRootQueryRetrieveInformationModelFind,
-    )
-
-    from dvdexit_cli.transport.dimse_query import _association, _find
-
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = ""
-    identifier.PatientID = query.patient_id or ""
-    identifier.AccessionNumber = query.accession or ""
-    identifier.StudyDate = query.study_date or ""
-    identifier.ModalitiesInStudy = ""
-    identifier.StudyDescription = ""
-    identifier.NumberOfStudyRelatedSeries = None
-    identifier.NumberOfStudyRelatedInstances = None
-    context = [build_context(StudyRootQueryRetrieveInformationModelFind)]
-    studies: list[dict[str, Any]] = []
-    with _association(peer, timeout, context) as assoc:
-        for ds in _find(assoc, identifier, peer):
-            uid = str(ds.get("StudyInstanceUID", "") or "")
-            if not uid:
-                continue
-            modalities = ds.get("ModalitiesInStudy", None)
-            studies.append(
-                {
-                    "study_uid": uid,
-                    "study_date": str(ds.get("StudyDate", "") or "") or None,
-                    "accession": str(ds.get("AccessionNumber", "") or "") or None,
-                    "modalities": [str(m) for m in modalities]
-                    if isinstance(modalities, Sequence) and not isinstance(modalities, str)
-                    else ([str(modalities)] if modalities else []),
-                    "description": str(ds.get("StudyDescription", "") or "") or None,
-                    "series": _int(ds.get("NumberOfStudyRelatedSeries", None)),
-                    "instances": _int(ds.get("NumberOfStudyRelatedInstances", None)),
-                }
-            )
-    return studies
-
-
-def _int(value: object) -> int | None:
-    try:
-        return int(str(value)) if value not in (None, "") else None
-    except ValueError:
-        return None

@@ -43,6 +43,7 @@ from dvdexit_cli.transport.dimse_query import (
     retrieve_study,
     temporary_folder,
 )
+from dvdexit_cli.transport.memory import MemoryPeer
 
 __all__ = [
     "REMOTE_VERDICTS",
@@ -53,6 +54,7 @@ __all__ = [
     "expected_from_paths",
     "verify_remote",
     "verify_remote_dicomweb",
+    "verify_remote_memory",
 ]
 
 REMOTE_VERDICTS = ("identical", "equivalent", "present", "missing", "different", "extra")
@@ -464,5 +466,53 @@ def verify_remote_dicomweb(
         fetch_notes=notes,
         list_check="QIDO-RS",
         fetch_check="WADO-RS",
+    )
+    return result
+
+
+CHECK_MEMORY_LIST = "memory-list"
+CHECK_MEMORY_FETCH = "memory-fetch"
+
+
+def verify_remote_memory(peer: MemoryPeer, expected: Sequence[Expected]) -> RemoteVerifyResult:
+    """Verify ``expected`` at an in-memory peer, with the same verdicts as a real peer.
+
+    What it holds per study plays the part of C-FIND / QIDO-RS, and the digest of the
+    bytes it holds that of a retrieved copy, so the conformance suite and examples can
+    verify the in-memory transport like the others.
+    """
+    if not expected:
+        raise InputError(
+            "nothing to verify: no sent instance matches",
+            hint="name a transfer ('dvdexit status' lists them), a study UID, or DICOM files",
+        )
+    result = RemoteVerifyResult(peer=peer.name, checks_used=[CHECK_MEMORY_LIST, CHECK_MEMORY_FETCH])
+    wanted = {e.study_uid for e in expected}
+    listed: dict[str, dict[str, object]] = {study: {} for study in wanted}
+    for uid, study in peer.studies.items():
+        if study in wanted and uid in peer.stored:
+            listed[study][uid] = study
+    fetched = {
+        e.sop_instance_uid: "identical"
+        if peer.digest(e.sop_instance_uid) == e.digest
+        else "different"
+        for e in expected
+        if e.sop_instance_uid in peer.stored
+    }
+    notes = {
+        uid: "the bytes the peer holds have another digest than those sent"
+        for uid, verdict in fetched.items()
+        if verdict == "different"
+    }
+    _judge(
+        result,
+        expected,
+        listed=listed,
+        committed=None,
+        commit_failed={},
+        fetched=fetched,
+        fetch_notes=notes,
+        list_check="instance list",
+        fetch_check="fetch",
     )
     return result

@@ -74,6 +74,11 @@ def pull_from(
 
 def _render(result: PullResult) -> None:
     for study in result.studies:
+        if study in result.not_attempted:
+            out.print(
+                f"study {study}: not attempted (the pull stopped before its turn)", markup=False
+            )
+            continue
         c = result.counts(study)
         listed = result.listed.get(study, 0)
         out.print(
@@ -83,11 +88,24 @@ def _render(result: PullResult) -> None:
             + ("" if listed else " — the peer lists no instance of this study"),
             markup=False,
         )
+        ended = result.retrieval.get(study)
+        if ended is not None and (ended.status != 0 or ended.failed or ended.warning):
+            out.print(f"  {ended.describe(result.method.upper())}", markup=False)
     problems = [i for i in result.instances if i.outcome not in ("stored", "duplicate")]
     for item in problems[:_LISTED]:
         out.print(f"  {item.outcome}: {item.sop_instance_uid}: {item.reason}", markup=False)
     if len(problems) > _LISTED:
         out.print(f"  ... and {len(problems) - _LISTED} more (--json lists them all)")
+    if result.interrupted is not None:
+        err.print(f"pull INTERRUPTED: {result.interrupted}", markup=False)
+        if result.not_attempted:
+            n = len(result.not_attempted)
+            err.print(
+                f"  {n} stud{'y' if n == 1 else 'ies'} not attempted: "
+                f"{', '.join(result.not_attempted)}",
+                markup=False,
+            )
+        err.print("  what arrived is stored; pull again to fetch the rest", markup=False)
     err.print(
         f"pull {'complete' if result.complete else 'INCOMPLETE'}: stored in {result.store}",
         markup=False,

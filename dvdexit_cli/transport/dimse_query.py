@@ -1,8 +1,11 @@
-"""DIMSE operations that ask a peer what it holds: C-FIND, Storage Commitment, C-GET.
+"""DIMSE operations that ask a peer what it holds or fetch it: C-FIND, Storage Commitment,
+C-GET, C-MOVE.
 
-Used by remote verification (``dvdexit_cli.verify_remote``). Each function opens its own
-association, checks every status it gets, and translates pynetdicom's failures into
-``dvdexit_cli.errors`` classes. Nothing here prints or logs identifying values.
+Used by remote verification (``dvdexit_cli.verify_remote``) and pulls
+(``dvdexit_cli.pull``). Each operation opens its own association (``open_association``:
+TCP_NODELAY, the pynetdicom response race closed, rejections translated), checks every
+status it gets, and translates pynetdicom's failures into ``dvdexit_cli.errors`` classes.
+Nothing here prints or logs identifying values.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -48,12 +52,25 @@ __all__ = [
     "CHECK_FIND",
     "CHECK_GET",
     "CommitmentResult",
+    "GetResult",
+    "MoveResult",
     "Retrieved",
+    "Suboperations",
     "compare_datasets",
+    "find",
+    "find_studies",
     "find_study_instances",
+    "get_study",
+    "move_refusal",
+    "move_study",
+    "no_answer_error",
+    "open_association",
     "probe_checks",
     "request_commitment",
+    "retrieve_status_category",
+    "retrieve_status_text",
     "retrieve_study",
+    "status_code",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,7 +97,7 @@ def _ae(peer: DimsePeer, timeout: float) -> AE:
 
 
 @contextmanager
-def _association(
+def open_association(
     peer: DimsePeer,
     timeout: float,
     contexts: Sequence[Any],
@@ -89,6 +106,10 @@ def _association(
     handlers: Sequence[Any] = (),
     ae: AE | None = None,
 ) -> Iterator[Any]:
+    """An established association to ``peer`` proposing ``contexts``; released on exit.
+
+    Raises AssociationRejectedError (A-ASSOCIATE-RJ) or PeerUnreachableError.
+    """
     from dvdexit_cli.diagnose import tls_context  # diagnose imports pynetdicom too
 
     ae = ae or _ae(peer, timeout)
@@ -135,17 +156,18 @@ def probe_checks(peer: DimsePeer, *, timeout: float = 10.0) -> dict[str, bool]:
     }
     # Verification keeps a peer that accepts none of the others talking to us.
     contexts = [build_context(Verification)] + [build_context(uid) for uid in wanted.values()]
-    with _association(peer, timeout, contexts) as assoc:
+    with open_association(peer, timeout, contexts) as assoc:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     return {name: str(uid) in accepted for name, uid in wanted.items()}
 
 
-def _status(status: Any) -> int | None:
+def status_code(status: Any) -> int | None:
+    """The Status of a DIMSE response dataset; None when there was no valid response."""
     code = getattr(status, "Status", None)
     return int(code) if code is not None else None
 
 
-def _no_answer(assoc: Any, peer: DimsePeer, what: str) -> PeerError:
+def no_answer_error(assoc: Any, peer: DimsePeer, what: str) -> PeerError:
     """A request that got no valid status: refused without a status, aborted, or silent."""
     how = "aborted the association on" if assoc.is_aborted else "gave no valid answer to"
     return PeerError(
@@ -155,11 +177,15 @@ def _no_answer(assoc: Any, peer: DimsePeer, what: str) -> PeerError:
     )
 
 
-def _find(assoc: Any, query: Dataset, peer: DimsePeer) -> Iterator[Dataset]:
+def find(assoc: Any, query: Dataset, peer: DimsePeer) -> Iterator[Dataset]:
+    """Study Root C-FIND on an open association: each matching identifier.
+
+    Raises PeerError on a failure status or a missing answer.
+    """
     for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-        code = _status(status)
+        code = status_code(status)
         if code is None:
-            raise _no_answer(assoc, peer, "C-FIND")
+            raise no_answer_error(assoc, peer, "C-FIND")
         if code in _PENDING:
             if identifier is not None:
                 yield identifier
@@ -180,14 +206,14 @@ def find_study_instances(
     """
     found: dict[str, str] = {}
     context = [build_context(StudyRootQueryRetrieveInformationModelFind)]
-    with _association(peer, timeout, context) as assoc:
+    with open_association(peer, timeout, context) as assoc:
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
         query.StudyInstanceUID = study_uid
         query.SeriesInstanceUID = ""
         series = [
             str(ds.SeriesInstanceUID)
-            for ds in _find(assoc, query, peer)
+            for ds in find(assoc, query, peer)
             if "SeriesInstanceUID" in ds
         ]
         for series_uid in dict.fromkeys(series):
@@ -197,7 +223,7 @@ def find_study_instances(
             query.SeriesInstanceUID = series_uid
             query.SOPInstanceUID = ""
             query.SOPClassUID = ""
-            for ds in _find(assoc, query, peer):
+            for ds in find(assoc, query, peer):
                 if "SOPInstanceUID" in ds:
                     found[str(ds.SOPInstanceUID)] = str(ds.get("SOPClassUID", ""))
     return found
@@ -281,13 +307,13 @@ def request_commitment(
             ) from exc
     try:
         context = [build_context(StorageCommitmentPushModel)]
-        with _association(peer, timeout, context, handlers=handlers, ae=ae) as assoc:
+        with open_association(peer, timeout, context, handlers=handlers, ae=ae) as assoc:
             status, _reply = assoc.send_n_action(
                 request, 1, StorageCommitmentPushModel, _COMMITMENT_INSTANCE
             )
-            code = _status(status)
+            code = status_code(status)
             if code is None:
-                raise _no_answer(assoc, peer, "Storage Commitment request")
+                raise no_answer_error(assoc, peer, "Storage Commitment request")
             if code != 0:
                 raise PeerError(
                     f"{peer.name} refused the Storage Commitment request (status {code:04X})",
@@ -346,19 +372,154 @@ class _GetReceiver:
         return 0x0000
 
 
-def retrieve_study(
+@dataclass
+class Suboperations:
+    """How a C-GET or C-MOVE ended, as the peer said: its final status and the numbers of
+    completed, failed and warning sub-operations (None where the peer did not say)."""
+
+    status: int | None = None
+    """The final status; None when the retrieval was cut short (the peer was lost)."""
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+
+    def update(self, response: Any, code: int) -> None:
+        """Take the status and any sub-operation counts of one (pending or final) answer."""
+        if code not in _PENDING:
+            self.status = code
+        for name, keyword in (
+            ("completed", "NumberOfCompletedSuboperations"),
+            ("failed", "NumberOfFailedSuboperations"),
+            ("warning", "NumberOfWarningSuboperations"),
+        ):
+            value = getattr(response, keyword, None)
+            if value is not None and value != "":
+                setattr(self, name, int(value))
+
+    @property
+    def failure(self) -> bool:
+        """The final status is a failure or a cancel (not success, not a warning)."""
+        return self.status is not None and retrieve_status_category(self.status) in (
+            "failure",
+            "cancel",
+        )
+
+    @property
+    def sent_something(self) -> bool:
+        """Whether the peer reports any completed (or warning) sub-operation."""
+        return bool(self.completed) or bool(self.warning)
+
+    def describe(self, operation: str) -> str:
+        """E.g. 'the peer ended the C-MOVE with status A702 (...): 2 completed, 3 failed'."""
+        if self.status is None:
+            head = f"the {operation} was cut short"
+        else:
+            head = (
+                f"the peer ended the {operation} with status {self.status:04X} "
+                f"({retrieve_status_text(self.status)})"
+            )
+        counts = [
+            f"{value} {name}"
+            for name, value in (
+                ("completed", self.completed),
+                ("failed", self.failed),
+                ("warning", self.warning),
+            )
+            if value is not None
+        ]
+        return head + (": " + ", ".join(counts) if counts else "")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "status": f"{self.status:04X}" if self.status is not None else None,
+            "category": retrieve_status_category(self.status) if self.status is not None else None,
+            "meaning": retrieve_status_text(self.status) if self.status is not None else None,
+            "completed": self.completed,
+            "failed": self.failed,
+            "warning": self.warning,
+        }
+
+
+_RETRIEVE_STATUSES = {
+    0x0000: ("success", "all sub-operations complete"),
+    0xB000: ("warning", "sub-operations complete, one or more failures or warnings"),
+    0xFE00: ("cancel", "sub-operations terminated by a cancel"),
+    0xA701: ("failure", "out of resources: unable to calculate the number of matches"),
+    0xA702: ("failure", "out of resources: unable to perform sub-operations"),
+    0xA801: ("failure", "move destination unknown"),
+    0xA900: ("failure", "identifier does not match SOP class"),
+    0x0122: ("failure", "SOP class not supported"),
+    0x0124: ("failure", "refused: not authorised"),
+    0x0211: ("failure", "unrecognised operation"),
+    0x0213: ("failure", "resource limitation at the peer"),
+}
+
+
+def retrieve_status_category(code: int) -> str:
+    """'success', 'warning', 'cancel' or 'failure' for a final C-GET / C-MOVE status."""
+    if code in _RETRIEVE_STATUSES:
+        return _RETRIEVE_STATUSES[code][0]
+    if 0xB000 <= code <= 0xBFFF:
+        return "warning"
+    return "failure"
+
+
+def retrieve_status_text(code: int) -> str:
+    """What a final C-GET / C-MOVE status means (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+    if code in _RETRIEVE_STATUSES:
+        return _RETRIEVE_STATUSES[code][1]
+    if 0xA700 <= code <= 0xA7FF:
+        return "out of resources"
+    if 0xA900 <= code <= 0xA9FF:
+        return "identifier does not match SOP class"
+    if 0xAA00 <= code <= 0xAAFF:
+        return "none of the requested frames found"
+    if 0xC000 <= code <= 0xCFFF:
+        return "unable to process"
+    if 0xB000 <= code <= 0xBFFF:
+        return "warning"
+    return "unknown status"
+
+
+@dataclass
+class GetResult:
+    """What one C-GET brought: the instances that arrived, and how it ended."""
+
+    received: dict[str, Retrieved] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    """SOP Instance UID -> why the copy that arrived is unusable."""
+    ended: Suboperations = field(default_factory=Suboperations)
+    """The final status and sub-operation counts the peer gave."""
+    lost: str | None = None
+    """Why the C-GET ended before its final answer (the peer aborted or went silent)."""
+
+    @property
+    def status(self) -> int | None:
+        """The final C-GET status; None when the C-GET was cut short."""
+        return self.ended.status
+
+    @property
+    def failed_suboperations(self) -> int:
+        return self.ended.failed or 0
+
+
+def get_study(
     peer: DimsePeer,
     study_uid: str,
     folder: Path,
     *,
     sop_classes: dict[str, set[str]],
     timeout: float = 60.0,
-) -> tuple[dict[str, Retrieved], dict[str, str]]:
-    """C-GET a whole study into ``folder``; returns what arrived and what arrived broken.
+) -> GetResult:
+    """C-GET a whole study into ``folder``, keeping whatever arrived.
 
-    ``sop_classes`` maps each SOP Class UID expected to the transfer syntaxes we sent it
-    in: each is offered for the peer's C-STORE sub-operations (we take the SCP role), so
-    a peer that kept the bytes sends them as they are.
+    ``sop_classes`` maps each SOP Class UID expected to the transfer syntaxes to offer
+    for the peer's C-STORE sub-operations (we take the SCP role, and explicit and
+    implicit VR little endian are always offered too), so a peer that kept the bytes
+    sends them as they are. A peer lost after sending something is not raised: the
+    result says so in ``lost`` and holds what arrived before. Raises PeerUnreachableError /
+    AssociationRejectedError when no association can be made, and PeerError when the
+    peer does not support C-GET, refuses it, or goes silent before sending anything.
     """
     contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
     roles = []
@@ -372,27 +533,178 @@ def retrieve_study(
         contexts.append(build_context(sop_class, offered))
         roles.append(build_role(sop_class, scp_role=True))
     receiver = _GetReceiver(folder)
-    with _association(
+    result = GetResult(receiver.received, receiver.broken)
+    with open_association(
         peer, timeout, contexts, ext_neg=roles, handlers=[(evt.EVT_C_STORE, receiver)]
     ) as assoc:
+        accepted = [cx for cx in assoc.accepted_contexts]
+        get_model = str(StudyRootQueryRetrieveInformationModelGet)
+        if not any(str(cx.abstract_syntax) == get_model for cx in accepted):
+            raise PeerError(
+                f"{peer.name} does not support C-GET (it refused the Study Root "
+                f"Query/Retrieve GET context)"
+            )
+        if sop_classes and not any(
+            str(cx.abstract_syntax) in sop_classes and cx.as_scp for cx in accepted
+        ):
+            raise PeerError(
+                f"{peer.name} accepted C-GET but none of the storage contexts with us in "
+                f"the Storage SCP role, so it cannot send us the instances"
+            )
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
-        final: int | None = None
         for status, _identifier in assoc.send_c_get(
             query, StudyRootQueryRetrieveInformationModelGet
         ):
-            final = _status(status)
-            if final is None:
-                raise _no_answer(assoc, peer, "C-GET")
-        # B000 "sub-operations complete, one or more failures" still leaves what did
-        # arrive usable; the verdicts report what is missing.
-        if final is not None and final not in (0x0000, 0xB000) and not receiver.received:
-            raise PeerError(
-                f"{peer.name} answered a C-GET with status {final:04X}",
-                hint="the peer may not allow retrieval by our AE title",
+            code = status_code(status)
+            if code is None:
+                error = no_answer_error(assoc, peer, "C-GET")
+                if not receiver.received and not receiver.broken:
+                    raise error  # refused (or dead) before sending anything
+                result.lost, result.ended.status = error.message, None
+                break
+            result.ended.update(status, code)
+        # A final failure (A702, A900, Cxxx, a cancel...) or warning (B000) after some
+        # instances arrived leaves those usable: the callers store them and name the rest
+        # missing. Only a failure before anything arrived is a refusal.
+        if result.ended.failure and not receiver.received and not receiver.broken:
+            raise PeerError(f"{peer.name} refused the C-GET ({result.ended.describe('C-GET')})")
+    return result
+
+
+def retrieve_study(
+    peer: DimsePeer,
+    study_uid: str,
+    folder: Path,
+    *,
+    sop_classes: dict[str, set[str]],
+    timeout: float = 60.0,
+) -> tuple[dict[str, Retrieved], dict[str, str]]:
+    """``get_study`` for verification: what arrived and what arrived broken.
+
+    Raises PeerError (with a hint) also when the peer was lost mid-way.
+    """
+    hint = "the peer may not allow retrieval by our AE title"
+    try:
+        got = get_study(peer, study_uid, folder, sop_classes=sop_classes, timeout=timeout)
+    except (PeerUnreachableError, AssociationRejectedError):
+        raise
+    except PeerError as exc:
+        raise PeerError(exc.message, hint=exc.hint or hint) from exc
+    if got.lost is not None:
+        raise PeerError(got.lost, hint=hint)
+    return got.received, got.broken
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """How a C-MOVE ended: the peer's final status and counts, or why it was cut short."""
+
+    ended: Suboperations = field(default_factory=Suboperations)
+    lost: str | None = None
+    """Why the C-MOVE ended before its final answer (the peer aborted or went silent)."""
+
+    @property
+    def failed_suboperations(self) -> int:
+        return self.ended.failed or 0
+
+
+def move_refusal(peer: DimsePeer, destination: str, ended: Suboperations) -> PeerError:
+    """The error for a C-MOVE the peer refused outright (a failure, nothing sent)."""
+    if ended.status == 0xA801:
+        return PeerError(
+            f"{peer.name} does not know the move destination {destination!r} (A801)",
+            hint=f"register AE title {destination} with our receiver's address and port at "
+            f"the peer, or pull with C-GET (drop --move-dest)",
+        )
+    return PeerError(
+        f"{peer.name} refused the C-MOVE to {destination!r}: {ended.describe('C-MOVE')}",
+        hint=f"the peer may not know the move destination {destination!r} (register it "
+        f"with our receiver's address and port) or may not allow retrieval by our AE "
+        f"title; check its log",
+    )
+
+
+def move_study(peer: DimsePeer, study_uid: str, destination: str, *, timeout: float) -> MoveResult:
+    """C-MOVE a study to ``destination`` (an AE title the peer knows).
+
+    Every final status is returned, not raised, A801 included: only the caller sees what
+    reached the destination, and decides (``move_refusal`` when nothing did). A peer lost
+    after its first answer is returned too, with ``lost``. Raises PeerError when the peer
+    goes silent or aborts before answering at all.
+    """
+    context = [build_context(StudyRootQueryRetrieveInformationModelMove)]
+    ended = Suboperations()
+    answered = False
+    with open_association(peer, timeout, context) as assoc:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        for status, _identifier in assoc.send_c_move(
+            query, destination, StudyRootQueryRetrieveInformationModelMove
+        ):
+            code = status_code(status)
+            if code is None:
+                error = no_answer_error(assoc, peer, "C-MOVE")
+                if not answered:
+                    raise error  # refused (or dead) before its first sub-operation
+                ended.status = None
+                return MoveResult(ended, error.message)
+            answered = True
+            ended.update(status, code)
+    return MoveResult(ended)
+
+
+def find_studies(
+    peer: DimsePeer,
+    *,
+    patient_id: str | None = None,
+    accession: str | None = None,
+    study_date: str | None = None,
+    timeout: float = 30.0,
+) -> list[dict[str, Any]]:
+    """C-FIND at STUDY level: each matching study's UID, date, accession, modalities,
+    description and counts; never the patient's name or ID (a matching key only)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    identifier.PatientID = patient_id or ""
+    identifier.AccessionNumber = accession or ""
+    identifier.StudyDate = study_date or ""
+    identifier.ModalitiesInStudy = ""
+    identifier.StudyDescription = ""
+    identifier.NumberOfStudyRelatedSeries = None
+    identifier.NumberOfStudyRelatedInstances = None
+    context = [build_context(StudyRootQueryRetrieveInformationModelFind)]
+    studies: list[dict[str, Any]] = []
+    with open_association(peer, timeout, context) as assoc:
+        for ds in find(assoc, identifier, peer):
+            uid = str(ds.get("StudyInstanceUID", "") or "")
+            if not uid:
+                continue
+            modalities = ds.get("ModalitiesInStudy", None)
+            studies.append(
+                {
+                    "study_uid": uid,
+                    "study_date": str(ds.get("StudyDate", "") or "") or None,
+                    "accession": str(ds.get("AccessionNumber", "") or "") or None,
+                    "modalities": [str(m) for m in modalities]
+                    if isinstance(modalities, Sequence) and not isinstance(modalities, str)
+                    else ([str(modalities)] if modalities else []),
+                    "description": str(ds.get("StudyDescription", "") or "") or None,
+                    "series": _as_int(ds.get("NumberOfStudyRelatedSeries", None)),
+                    "instances": _as_int(ds.get("NumberOfStudyRelatedInstances", None)),
+                }
             )
-    return receiver.received, receiver.broken
+    return studies
+
+
+def _as_int(value: object) -> int | None:
+    try:
+        return int(str(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def compare_datasets(sent: Path, retrieved: Path) -> list[str]:

@@ -30,6 +30,8 @@ class MemoryPeer:
     """Per SOP Instance UID, statuses to answer on successive attempts (then success)."""
     received: list[str] = field(default_factory=list)
     """Every SOP Instance UID offered, in order, once per C-STORE (to spot resends)."""
+    studies: dict[str, str] = field(default_factory=dict)
+    """SOP Instance UID -> Study Instance UID of what it holds (for remote verify)."""
 
     def digest(self, sop_instance_uid: str) -> str | None:
         data = self.stored.get(sop_instance_uid)
@@ -76,6 +78,7 @@ class MemoryTransport:
         if needs_padding(instance.transfer_syntax, len(data)):
             data += b"\x00"  # as a DIMSE peer receives it (PS3.5 A.5)
         self.peer.stored[instance.sop_instance_uid] = data
+        self.peer.studies[instance.sop_instance_uid] = instance.study_uid
         return StoreOutcome("sent", 0)
 
     def close(self) -> None:

@@ -37,6 +37,10 @@ class Archive:
     """SOP Instance UIDs answered in the Failed SOP Sequence (C000)."""
     forget: set[str] = field(default_factory=set)
     """SOP Instance UIDs left out of the answer altogether."""
+    busy: set[str] = field(default_factory=set)
+    """SOP Instance UIDs answered in the Failed SOP Sequence with A700 (out of resources)."""
+    failure_status: int = 202
+    """The HTTP status of an answer that names a failed instance (202, or 409)."""
     script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     """Answers (status, headers) for the next requests, before the per-instance policy;
     status 0 hangs up mid-body."""
@@ -91,12 +95,14 @@ def archive() -> Iterator[Archive]:
             uids = _uids(body, self.headers["Content-Type"])
             state.requests.append(uids)
             state.sizes.append(length)
-            sent = [_item(u) for u in uids if u not in state.reject | state.forget]
+            sent = [_item(u) for u in uids if u not in state.reject | state.forget | state.busy]
             failed = [_item(u, 0xC000) for u in uids if u in state.reject]
+            failed += [_item(u, 0xA700) for u in uids if u in state.busy]
             document: dict[str, object] = {"00081199": {"vr": "SQ", "Value": sent}}
             if failed:
                 document["00081198"] = {"vr": "SQ", "Value": failed}
-            self._answer(202 if failed else state.status, {}, json.dumps(document).encode())
+            status = state.failure_status if failed else state.status
+            self._answer(status, {}, json.dumps(document).encode())
 
         def _answer(self, status: int, headers: dict[str, str], data: bytes) -> None:
             self.send_response(status)
@@ -231,6 +237,36 @@ def test_cli_partial_failure_exits_6_and_retry_failed_resends_only_the_failed(
     assert again.returncode == 0, again.stderr
     assert archive.requests == [[forgotten]]
     assert states == {i.sop_instance_uid: "sent" for i in instances}
+
+
+@pytest.mark.parametrize("http_status", [202, 409])
+def test_cli_failed_sop_sequence_with_202_or_409_fails_exactly_those_and_retry_resends_only_them(
+    tmp_path: Path, dvdexit_home: Path, archive: Archive, http_status: int
+) -> None:
+    write_study(tmp_path / "study", n_instances=5, seed=f"cli-busy-{http_status}")
+    instances = scan([tmp_path / "study"]).instances
+    busy = {instances[0].sop_instance_uid, instances[3].sop_instance_uid}
+    archive.busy, archive.failure_status = set(busy), http_status
+    run_dvdexit("peers", "add", "web", "--dicomweb", archive.url, home=dvdexit_home)
+
+    first = run_dvdexit(
+        "send", tmp_path / "study", "--to", "web", "--retries", "0", "--batch-size", "5",
+        "--json", home=dvdexit_home,
+    )  # fmt: skip
+    archive.busy.clear()  # the archive is fixed
+    archive.requests.clear()
+    again = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)
+    nothing = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)
+
+    assert first.returncode == 6, first.stderr
+    report = json.loads(first.stdout)
+    assert {f["sop_instance_uid"] for f in report["failures"]} == busy
+    assert {f["status"] for f in report["failures"]} == {"A700"}
+    assert report["sent"] == len(instances) - 2
+    assert again.returncode == 0, again.stderr
+    assert [sorted(r) for r in archive.requests] == [sorted(busy)]
+    assert json.loads(again.stdout)["sent"] == 2
+    assert nothing.returncode == 0 and json.loads(nothing.stdout)["outcome"] == "nothing to do"
 
 
 def test_cli_rejects_a_batch_bytes_that_is_not_a_size(

@@ -118,3 +118,48 @@ def test_without_a_usable_keyring_login_says_so_and_names_the_headless_ways(
     assert "DVDEXIT_SECRET_WEB" in done.stderr
     assert "keyrings.alt" in done.stderr
     assert "tok-123" not in done.stderr + done.stdout
+
+
+def test_a_secret_from_the_environment_shows_nowhere_through_send_verify_and_pull(
+    tmp_path: Path, dvdexit_home: Path, orthanc: Any
+) -> None:
+    from dvdexit_cli.samples import make_sample_dvd
+
+    secret = "env-" + secrets.token_hex(12)
+    basic = base64.b64encode(f"carol:{secret}".encode()).decode()
+    pacs = orthanc(users={"carol": secret})
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    store = tmp_path / "pulled"
+    env = {"DVDEXIT_SECRET_WEB": secret}
+    added = run_dvdexit(
+        "peers", "add", "web", "--dicomweb", pacs.dicomweb_url, "--auth", "basic",
+        "--user", "carol", home=dvdexit_home,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+    sent = run_dvdexit(
+        "-vv", "send", media.root, "--to", "web", "--json", home=dvdexit_home, env=env
+    )
+    transfer = str(json.loads(sent.stdout)["transfer_id"])
+    runs = [
+        sent,
+        run_dvdexit("-vv", "verify", "--peer", "web", "--transfer", transfer, "--json",
+                    home=dvdexit_home, env=env),
+        run_dvdexit("-vv", "receive", "--from", "web", "--study", media.study_uids[0],
+                    "--store", store, "--json", home=dvdexit_home, env=env),
+        run_dvdexit("-vv", "receive", "--from", "web", "--list", "--patient-id", "DEMO0001",
+                    home=dvdexit_home, env=env),
+        run_dvdexit("-vv", "send", "--retry-failed", home=dvdexit_home, env=env),
+        run_dvdexit("status", "--json", home=dvdexit_home, env=env),
+    ]  # fmt: skip
+
+    assert [r.returncode for r in runs] == [0] * len(runs), [r.stderr[-500:] for r in runs]
+    assert json.loads(runs[1].stdout)["identical"] == media.instance_count
+    assert json.loads(runs[2].stdout)["outcome"] == "complete"
+    for done in runs:
+        for text in (done.stdout, done.stderr):
+            assert secret not in text and basic not in text
+    for path in [*dvdexit_home.rglob("*"), *store.rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data and basic.encode() not in data, path
