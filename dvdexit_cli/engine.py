@@ -43,6 +43,7 @@ from dvdexit_cli.journal import ItemRecord, Journal
 from dvdexit_cli.journal.store import DEFAULT_LEASE_SECONDS, new_claim
 from dvdexit_cli.package.onward import screen_packages
 from dvdexit_cli.transport.base import BatchResult, BatchTransport, StoreOutcome, Transport
+from dvdexit_cli.transport.folder import FolderTransport
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -342,6 +343,17 @@ def _audit(
     except Exception:  # the audit must never change what the send reports (or hide a ^C)
         audit.trail.failures += 1
         log.exception("audit records of transfer %d could not be written", transfer_id)
+
+
+_TransferNote = tuple[str | None, str | None, str | None]
+"""The sender's note, reason and recipient of a transfer."""
+
+
+def _transfer_note(journal: Journal, transfer_id: int) -> _TransferNote:
+    row = journal.transfer_row(transfer_id)
+    if row is None:
+        return (None, None, None)
+    return (row["note"], row["reason"], row["recipient"])
 
 
 TransportFactory = Callable[[Observer], Transport]
@@ -1126,13 +1138,16 @@ def retry_failed(
         max_attempts=settings.max_attempts,
         lease_seconds=settings.lease_seconds,
     )
-    by_peer: dict[str, list[ItemRecord]] = {}
+    # Grouped by peer and by the sender's note of the items' transfers, so a package
+    # written for a folder peer carries the note, reason and recipient of its own send.
+    notes = {tid: _transfer_note(journal, tid) for tid in {i.transfer_id for _, i in claimed}}
+    by_peer: dict[tuple[str, _TransferNote], list[ItemRecord]] = {}
     for peer_name, item in claimed:
-        by_peer.setdefault(peer_name, []).append(item)
+        by_peer.setdefault((peer_name, notes[item.transfer_id]), []).append(item)
     errors: list[str] = []
     unreachable = 0
     with _Lease(journal, claim, settings.lease_seconds):
-        for peer_name, items in by_peer.items():
+        for (peer_name, note), items in by_peer.items():
             ready: list[tuple[int, Instance]] = []
             twins: dict[int, list[int]] = {}  # item sent -> items of the same instance
             first: dict[tuple[str, str], int] = {}
@@ -1170,6 +1185,8 @@ def retry_failed(
                 # The items stay as they were (retryable), for when the peer is back.
                 errors.append(f"{peer_name}: {exc.message}")
                 continue
+            if isinstance(transport, FolderTransport):
+                transport.set_sender_note(*note)
             observer(
                 ReplayStarted(
                     peer_name,
@@ -1224,7 +1241,7 @@ def retry_failed(
     else:
         outcome = "partial"
     return RetryResult(
-        peers=tuple(sorted(by_peer)),
+        peers=tuple(sorted({peer for peer, _ in by_peer})),
         transfers=tuple(transfers),
         claimed=len(claimed),
         sent=len(sent),

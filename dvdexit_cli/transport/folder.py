@@ -51,6 +51,10 @@ class FolderTransport:
         self._packaged: set[str] = set()
         self.package_path: Path | None = None
 
+    def set_sender_note(self, note: str | None, reason: str | None, recipient: str | None) -> None:
+        """The note, reason and recipient for the manifest of the next package."""
+        self._manifest_fields.update(note=note, reason=reason, recipient=recipient)
+
     @property
     def description(self) -> str:
         return f"{self.peer.name} (folder {self.peer.path})"

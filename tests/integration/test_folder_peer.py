@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peers import run_dvdexit
+
 from dvdexit_cli.config import FolderPeer
 from dvdexit_cli.dicom.scan import scan
 from dvdexit_cli.engine import SendSettings, send
@@ -51,3 +53,40 @@ def test_a_missing_folder_is_unreachable_and_nothing_counts_as_sent(tmp_path: Pa
     assert result.exit_code == ExitCode.PEER_UNREACHABLE
     assert result.sent == 0
     assert not (tmp_path / "not-mounted").exists()
+
+
+def test_a_replay_to_a_folder_keeps_each_sends_note_in_its_own_package(
+    tmp_path: Path, dvdexit_home: Path
+) -> None:
+    drop = tmp_path / "not-mounted-yet"
+    first = make_sample_dvd(tmp_path / "dvd1", ct_slices=2, sc_images=1, seed="note-a")
+    second = make_sample_dvd(tmp_path / "dvd2", ct_slices=1, sc_images=1, seed="note-b")
+    added = run_dvdexit("peers", "add", "drop", "--folder", str(drop), home=dvdexit_home)
+    assert added.returncode == 0, added.stderr
+    for media, words in ((first, "A"), (second, "B")):
+        sent = run_dvdexit(
+            "send", media.root, "--to", "drop", "--retries", "0",
+            "--note", f"note {words}", "--reason", f"reason {words}",
+            "--recipient", f"dr. {words}", home=dvdexit_home,
+        )  # fmt: skip
+        assert sent.returncode == ExitCode.PEER_UNREACHABLE, sent.stderr
+
+    drop.mkdir()
+    replay = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)
+
+    assert replay.returncode == 0, replay.stderr
+    checks = [verify_package(p) for p in drop.iterdir()]
+    assert [c.verdict for c in checks] == ["intact", "intact"]
+    by_note = {
+        (c.manifest.note, c.manifest.reason, c.manifest.recipient): c
+        for c in checks
+        if c.manifest is not None
+    }
+    assert set(by_note) == {
+        ("note A", "reason A", "dr. A"),
+        ("note B", "reason B", "dr. B"),
+    }
+    for media, words in ((first, "A"), (second, "B")):
+        package = by_note[(f"note {words}", f"reason {words}", f"dr. {words}")]
+        packaged = {i.sop_instance_uid for i in scan([package.path]).instances}
+        assert packaged == set(media.path_by_sop_uid)
