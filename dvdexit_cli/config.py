@@ -170,6 +170,9 @@ Peer = DimsePeer
 
 AUTH_KINDS = ("none", "basic", "bearer")
 
+MAX_WORKERS = 16
+"""Most associations (or STOW-RS requests) one send keeps open at once, wherever set."""
+
 DEFAULT_CONNECT_TIMEOUT = 15.0
 DEFAULT_READ_TIMEOUT = 120.0
 DEFAULT_MIN_RATE = 256 * 1024
@@ -334,12 +337,12 @@ def _seconds_field(table: Mapping[str, object], key: str, default: float, where:
 
 
 def _workers_field(table: Mapping[str, object], where: str) -> int | None:
-    """A peer's ``workers`` (1-64), or None when peers.toml does not set it."""
+    """A peer's ``workers`` (1 to MAX_WORKERS), or None when peers.toml does not set it."""
     workers = table.get("workers")
     if workers is None:
         return None
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
-        raise ConfigError(f"{where}: workers must be a number from 1 to 64")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"{where}: workers must be a number from 1 to {MAX_WORKERS}")
     return workers
 
 

@@ -20,6 +20,7 @@ from dvdexit_cli.config import (
     DEFAULT_CALLING_AE,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
+    MAX_WORKERS,
     AnyPeer,
     DicomWebPeer,
     DimsePeer,
@@ -106,7 +107,7 @@ def add_command(
         typer.Option(
             "--workers",
             min=1,
-            max=64,
+            max=MAX_WORKERS,
             help="What 'send' uses without --workers: parallel associations (DIMSE; 1 for a "
             "PACS that accepts only one) or STOW-RS requests in flight (DICOMweb).",
         ),

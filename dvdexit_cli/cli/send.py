@@ -24,7 +24,14 @@ from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_json
 from dvdexit_cli.cli.verify import remote_verify, render_remote
-from dvdexit_cli.config import AnyPeer, FolderPeer, Paths, PeerBook, resolve_paths
+from dvdexit_cli.config import (
+    MAX_WORKERS,
+    AnyPeer,
+    FolderPeer,
+    Paths,
+    PeerBook,
+    resolve_paths,
+)
 from dvdexit_cli.dicom.attach import Attachments, parse_report_option
 from dvdexit_cli.engine import (
     DEFAULT_BATCH_SIZE,
@@ -159,7 +166,7 @@ def send_command(
         typer.Option(
             "--workers",
             min=1,
-            max=16,
+            max=MAX_WORKERS,
             help="Parallel associations, each sending whole studies in order (some PACS "
             "accept only one: use 1); for a DICOMweb peer, STOW-RS requests in flight. "
             "Default: the peer's 'workers' in peers.toml, else 2.",
