@@ -1011,7 +1011,8 @@ class RetrySettings:
     unpack_dir: Path | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_bytes: int = DEFAULT_BATCH_BYTES
-    """Where sends unpacked archives; a transfer the replay completes loses its copy."""
+    include_refused: bool = False
+    """Also resend failures the peer called final (after the peer was fixed)."""
 
 
 @dataclass(frozen=True)
@@ -1137,6 +1138,7 @@ def retry_failed(
         older_than=settings.older_than,
         max_attempts=settings.max_attempts,
         lease_seconds=settings.lease_seconds,
+        include_refused=settings.include_refused,
     )
     # Grouped by peer and by the sender's note of the items' transfers, so a package
     # written for a folder peer carries the note, reason and recipient of its own send.

@@ -149,6 +149,14 @@ def send_command(
             "(90s, 15m, 2h, 1d).",
         ),
     ] = None,
+    include_refused: Annotated[
+        bool,
+        typer.Option(
+            "--include-refused",
+            help="With --retry-failed --to PEER: also resend what that peer refused as "
+            "final (for when the peer's configuration has been fixed).",
+        ),
+    ] = False,
     max_attempts: Annotated[
         int | None,
         typer.Option(
@@ -301,6 +309,12 @@ def send_command(
                 "to a new send, not to --retry-failed",
                 hint="a replay resends the reports the first send journaled",
             )
+        if include_refused and to is None:
+            raise UsageError(
+                "--include-refused needs --to PEER: resend final refusals only to the peer "
+                "that was fixed",
+                hint="add --to PEER",
+            )
         _replay(
             home,
             RetrySettings(
@@ -311,14 +325,15 @@ def send_command(
                 unpack_dir=home.data_dir / "unpacked",
                 batch_size=batch_size,
                 batch_bytes=parse_size(batch_bytes),
+                include_refused=include_refused,
             ),
             workers=workers,
             quiet=quiet,
             json_output=json_output,
         )
-    if older_than is not None or max_attempts is not None:
+    if older_than is not None or max_attempts is not None or include_refused:
         raise UsageError(
-            "--older-than and --max-attempts apply only with --retry-failed",
+            "--older-than, --max-attempts and --include-refused apply only with --retry-failed",
             hint="add --retry-failed, or drop them",
         )
     if not paths:

@@ -521,6 +521,7 @@ class Journal:
         older_than: float = 0.0,
         max_attempts: int | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        include_refused: bool = False,
     ) -> list[tuple[str, ItemRecord]]:
         """Claim every item a replay should resend; return them with their peer's name.
 
@@ -529,6 +530,8 @@ class Journal:
         fewer than ``max_attempts`` times, and not held by a live claim. A claim is live
         until its lease expires, or until its process is known to be gone (same host,
         no such process): a sender killed with -9 frees its items at once.
+        ``include_refused`` also takes failures the peer called final (after the peer
+        was fixed, say), but never an item whose file could not be read (no digest).
         """
         now = time.time()
         cutoff = (
@@ -547,11 +550,13 @@ class Journal:
                 )
             ]
             stale = [h for h in holders if _claim_is_stale(h, host)]
+            failed = "items.state = 'failed'" + (
+                "" if include_refused else " AND items.retryable = 1"
+            )
             sql = (
                 "SELECT items.*, transfers.peer AS peer FROM items"
                 " JOIN transfers ON transfers.id = items.transfer_id"
-                " WHERE (items.state IN ('pending', 'sending')"
-                " OR (items.state = 'failed' AND items.retryable = 1))"
+                f" WHERE (items.state IN ('pending', 'sending') OR ({failed}))"
                 " AND items.digest IS NOT NULL AND items.updated_at <= ?"
                 " AND (items.claim IS NULL OR items.lease_expires < ?"
                 f" OR items.claim IN ({', '.join('?' for _ in stale)}))"

@@ -42,6 +42,8 @@ class ScriptedSCP:
     busy: set[str] = field(default_factory=set)
     """SOP Instance UIDs answered A700 (out of resources) while ``failing`` is set."""
     failing: bool = True
+    refusal: int = 0xA700
+    """The status ``busy`` instances get (A700 retryable; A900 or C000 final)."""
     delay: float = 0.0
     stores: list[str] = field(default_factory=list)
     """Every C-STORE request's SOP Instance UID, answered or not, in arrival order."""
@@ -53,7 +55,7 @@ class ScriptedSCP:
             self.stores.append(uid)
         if self.delay:
             time.sleep(self.delay)
-        return 0xA700 if self.failing and uid in self.busy else 0x0000
+        return self.refusal if self.failing and uid in self.busy else 0x0000
 
 
 @pytest.fixture
@@ -150,6 +152,40 @@ def test_out_of_resources_exits_6_then_retry_failed_sends_exactly_those_then_not
         scp.busy, 2
     )
     assert transfer.outcome == "complete"
+
+
+def test_final_refusals_wait_for_include_refused_to_the_fixed_peer_and_only_they_go(
+    scripted_scp, dvdexit_home: Path, tmp_path: Path
+):
+    files = make_small_instances(tmp_path / "study", 12, seed="c000")
+    uids = [uid_of(f) for f in files]
+    scp = scripted_scp()
+    scp.busy, scp.refusal = {uids[2], uids[9]}, 0xC000
+    add_peer(dvdexit_home, "pacs", scp.port, scp.ae_title)
+
+    code, first = run_json(dvdexit_home, "send", tmp_path / "study", "--to", "pacs")
+    assert code == 6, first
+    assert all(not f["retryable"] for f in first["failures"])
+    assert len(scp.stores) == 12  # a final refusal is not retried within the send
+
+    code, plain = run_json(dvdexit_home, "send", "--retry-failed")
+    assert code == 0, plain
+    assert plain["claimed"] == 0  # final refusals are left alone by the nightly replay
+    everywhere = run_dvdexit("send", "--retry-failed", "--include-refused", home=dvdexit_home)
+    assert everywhere.returncode == 2
+    assert "--to" in everywhere.stderr
+    assert len(scp.stores) == 12
+
+    scp.failing = False  # the PACS administrator fixed the peer
+    code, fixed = run_json(
+        dvdexit_home, "send", "--retry-failed", "--include-refused", "--to", "pacs"
+    )
+
+    assert code == 0, fixed
+    assert (fixed["claimed"], fixed["sent"], fixed["failed"]) == (2, 2, 0)
+    assert sorted(scp.stores[12:]) == sorted(scp.busy)
+    with Journal(dvdexit_home / "journal.sqlite") as journal:
+        assert {i.state for i in journal.items(first["transfer_id"])} == {"sent"}
 
 
 def orthanc_sop_uids(peer: Any) -> set[str]:
