@@ -843,13 +843,7 @@ def _send_batches(
                 raise
             if result.retry_after is not None:
                 retry_after = max(retry_after or 0.0, result.retry_after)
-            for item_id, inst in claimed:
-                outcome = result.outcomes.get(inst.sop_instance_uid) or StoreOutcome(
-                    "failed", None, "the peer gave no answer for this instance", retryable=True
-                )
-                _record(journal, item_id, inst, outcome, attempt, observer)
-                if outcome.state == "failed" and outcome.retryable:
-                    retry.append((item_id, inst))
+            retry.extend(_record_batch(journal, claimed, result, attempt, observer))
         if not retry or attempt > retries:
             return None, None
         delay = retry_delay * 2 ** (attempt - 1)
@@ -936,13 +930,7 @@ def _concurrent_round(
                 continue
             if answer.retry_after is not None:
                 retry_after = max(retry_after or 0.0, answer.retry_after)
-            for item_id, inst in claimed:
-                outcome = answer.outcomes.get(inst.sop_instance_uid) or StoreOutcome(
-                    "failed", None, "the peer gave no answer for this instance", retryable=True
-                )
-                _record(journal, item_id, inst, outcome, attempt, observer)
-                if outcome.state == "failed" and outcome.retryable:
-                    retry.append((item_id, inst))
+            retry.extend(_record_batch(journal, claimed, answer, attempt, observer))
     except BaseException as exc:
         for claimed in in_flight.values():
             for item_id, _ in claimed:
@@ -988,6 +976,28 @@ def _cut_short(exc: BaseException) -> str:
     return (
         f"internal error while sending ({type(exc).__name__}); whether the peer kept it is unknown"
     )
+
+
+def _record_batch(
+    journal: Journal,
+    claimed: Sequence[tuple[int, Instance]],
+    result: BatchResult,
+    attempt: int,
+    observer: Observer,
+) -> list[tuple[int, Instance]]:
+    """Journal a batch's answer item by item; return the items to try again.
+
+    An instance the answer does not mention is unknown: failed, and retried.
+    """
+    again: list[tuple[int, Instance]] = []
+    for item_id, inst in claimed:
+        outcome = result.outcomes.get(inst.sop_instance_uid) or StoreOutcome(
+            "failed", None, "the peer gave no answer for this instance", retryable=True
+        )
+        _record(journal, item_id, inst, outcome, attempt, observer)
+        if outcome.state == "failed" and outcome.retryable:
+            again.append((item_id, inst))
+    return again
 
 
 def _fail_all(journal: Journal, items: Sequence[tuple[int, Instance]], reason: str) -> None:
