@@ -93,12 +93,33 @@ def _records(ds: Dataset, path: Path) -> list[tuple[str, Dataset]]:
         record.DirectoryRecordType = record_type
         if "SpecificCharacterSet" in ds:
             record.SpecificCharacterSet = ds.SpecificCharacterSet
+        if record_type == "SR DOCUMENT" and "ContentSequence" in record:
+            _title_modifiers_only(record)
         out.append((record_type, record))
     leaf = out[-1][1]
     leaf.ReferencedSOPClassUIDInFile = ds.SOPClassUID
     leaf.ReferencedSOPInstanceUIDInFile = ds.SOPInstanceUID
     leaf.ReferencedTransferSyntaxUIDInFile = ds.file_meta.TransferSyntaxUID
     return out
+
+
+def _title_modifiers_only(record: Dataset) -> None:
+    """Keep only the document title modifiers in an SR DOCUMENT record's Content Sequence.
+
+    PS3.3 F.5.18: the record's Content Sequence (1C) holds the HAS CONCEPT MOD items
+    only. pydicom's recorder copies the whole document content, which dciodvfy rejects
+    ("Unrecognized enumerated value <CONTAINS>") and which would put the report's text
+    into the index.
+    """
+    modifiers = [
+        item
+        for item in record.ContentSequence
+        if item.get("RelationshipType") == "HAS CONCEPT MOD"
+    ]
+    if modifiers:
+        record.ContentSequence = modifiers
+    else:
+        del record.ContentSequence
 
 
 def _key(record_type: str, record: Dataset) -> str:
