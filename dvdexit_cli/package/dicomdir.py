@@ -73,34 +73,34 @@ class MediaPlan:
     roots: list[_Node]
 
 
-def _records(ds: Dataset, path: Path) -> list[tuple[str, Dataset]]:
-    """(record type, record) from the highest level down to the instance's leaf record."""
+def _record_types(ds: Dataset) -> list[str]:
+    """The instance's record types, from the highest level down to its leaf."""
     single = _single_level_record_type(ds)
-    types = [single] if single != "PATIENT" else [
-        "PATIENT", "STUDY", "SERIES", _four_level_record_type(ds)
-    ]  # fmt: skip
-    out = []
-    for record_type in types:
-        try:
-            record = DIRECTORY_RECORDERS[record_type](ds)
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise DicomdirError(
-                f"{path} cannot be indexed in a DICOMDIR ({record_type} record): {exc}"
-            ) from exc
-        record.OffsetOfTheNextDirectoryRecord = 0
-        record.RecordInUseFlag = 0xFFFF
-        record.OffsetOfReferencedLowerLevelDirectoryEntity = 0
-        record.DirectoryRecordType = record_type
-        if "SpecificCharacterSet" in ds:
-            record.SpecificCharacterSet = ds.SpecificCharacterSet
-        if record_type == "SR DOCUMENT" and "ContentSequence" in record:
-            _title_modifiers_only(record)
-        out.append((record_type, record))
-    leaf = out[-1][1]
-    leaf.ReferencedSOPClassUIDInFile = ds.SOPClassUID
-    leaf.ReferencedSOPInstanceUIDInFile = ds.SOPInstanceUID
-    leaf.ReferencedTransferSyntaxUIDInFile = ds.file_meta.TransferSyntaxUID
-    return out
+    if single != "PATIENT":
+        return [single]
+    return ["PATIENT", "STUDY", "SERIES", _four_level_record_type(ds)]
+
+
+def _record(record_type: str, ds: Dataset, path: Path) -> Dataset:
+    try:
+        record = DIRECTORY_RECORDERS[record_type](ds)
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise DicomdirError(
+            f"{path} cannot be indexed in a DICOMDIR ({record_type} record): {exc}"
+        ) from exc
+    record.OffsetOfTheNextDirectoryRecord = 0
+    record.RecordInUseFlag = 0xFFFF
+    record.OffsetOfReferencedLowerLevelDirectoryEntity = 0
+    record.DirectoryRecordType = record_type
+    if "SpecificCharacterSet" in ds:
+        record.SpecificCharacterSet = ds.SpecificCharacterSet
+    if record_type == "SR DOCUMENT" and "ContentSequence" in record:
+        _title_modifiers_only(record)
+    if record_type not in ("PATIENT", "STUDY", "SERIES"):
+        record.ReferencedSOPClassUIDInFile = ds.SOPClassUID
+        record.ReferencedSOPInstanceUIDInFile = ds.SOPInstanceUID
+        record.ReferencedTransferSyntaxUIDInFile = ds.file_meta.TransferSyntaxUID
+    return record
 
 
 def _title_modifiers_only(record: Dataset) -> None:
@@ -122,15 +122,16 @@ def _title_modifiers_only(record: Dataset) -> None:
         del record.ContentSequence
 
 
-def _key(record_type: str, record: Dataset) -> str:
-    # The same keys FileSet uses: unique per level within the parent (PS3.3 F.5).
+def _key(record_type: str, ds: Dataset) -> str:
+    # The keys FileSet uses, read from the instance: unique per level within the parent
+    # (PS3.3 F.5). Only the first instance of a patient, study or series builds its record.
     if record_type == "PATIENT":
-        return str(record.PatientID)
+        return str(ds.get("PatientID", ""))
     if record_type == "STUDY":
-        return str(record.get("StudyInstanceUID", ""))
+        return str(ds.get("StudyInstanceUID", ""))
     if record_type == "SERIES":
-        return str(record.SeriesInstanceUID)
-    return str(record.ReferencedSOPInstanceUIDInFile)
+        return str(ds.get("SeriesInstanceUID", ""))
+    return str(ds.SOPInstanceUID)
 
 
 def _component(record_type: str, index: int) -> str:
@@ -152,14 +153,15 @@ def plan_media(sources: Sequence[Path]) -> MediaPlan:
         level = roots
         parts: list[str] = []
         leaf: _Node | None = None
-        records = _records(ds, source)
-        for depth, (record_type, record) in enumerate(records):
-            key = _key(record_type, record)
+        types = _record_types(ds)
+        for depth, record_type in enumerate(types):
+            key = _key(record_type, ds)
             node = level.get(key)
             if node is None:
+                record = _record(record_type, ds, source)
                 node = _Node(record, _component(record_type, len(level)))
                 level[key] = node
-            elif depth == len(records) - 1 or node.record.DirectoryRecordType != record_type:
+            elif depth == len(types) - 1 or node.record.DirectoryRecordType != record_type:
                 raise DicomdirError(f"two files share the SOP Instance UID {key}")
             parts.append(node.component)
             level = node.children
