@@ -13,6 +13,7 @@ record type requires), so a DICOMDIR written here equals the one ``FileSet`` wri
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,18 +22,18 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.fileset import DIRECTORY_RECORDERS
-from pydicom.filewriter import write_data_element, write_file_meta_info
-from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
-# The SOP class to record type tables are private in pydicom 3.0 (pinned <3.1); the
-# mapping itself is PS3.3 Table F.4-1 and is not worth copying.
-from pydicom.fileset import (  # noqa: I001
+# The SOP class -> record type tables and file ID prefixes are private in pydicom 3.0
+# (pinned <3.1); they are PS3.3 Table F.4-1 and FileSet's naming, not worth copying.
+from pydicom.fileset import (
     _PREFIXES,
+    DIRECTORY_RECORDERS,
     _four_level_record_type,
     _single_level_record_type,
 )
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 __all__ = ["DicomdirError", "MediaFile", "MediaPlan", "plan_media", "write_dicomdir"]
 
@@ -112,9 +113,7 @@ def _title_modifiers_only(record: Dataset) -> None:
     into the index.
     """
     modifiers = [
-        item
-        for item in record.ContentSequence
-        if item.get("RelationshipType") == "HAS CONCEPT MOD"
+        item for item in record.ContentSequence if item.get("RelationshipType") == "HAS CONCEPT MOD"
     ]
     if modifiers:
         record.ContentSequence = modifiers
@@ -235,6 +234,7 @@ def write_dicomdir(plan: MediaPlan, target: Path) -> None:
     top.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
     top.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
     top.FileSetConsistencyFlag = 0
+    first_at = last_at = 0
     for elem in top:
         if elem.tag == 0x00041200:
             first_at = head.tell() + 8
@@ -250,7 +250,7 @@ def write_dicomdir(plan: MediaPlan, target: Path) -> None:
         node.offset = offset
         offset += 8 + len(node.encoded)
     for siblings in [plan.roots, *(list(n.children.values()) for n in nodes)]:
-        for this, following in zip(siblings, siblings[1:], strict=False):
+        for this, following in itertools.pairwise(siblings):
             this.encoded = _patched(this.encoded, this.next_at, following.offset)
         for node in siblings:
             if node.children:
