@@ -288,6 +288,7 @@ def test_a_study_of_several_series_and_mixed_sop_classes_is_indexed_whole(
     )
     assert appended.returncode == 0, appended.stderr
     assert not [line for line in appended.stderr.splitlines() if line[:2] in ("E:", "F:")]
+    assert "Cannot resolve offset" not in appended.stderr  # only a warning to dcmgpdir
 
 
 def test_a_file_the_dicomdir_cannot_index_is_a_clear_error_and_leaves_nothing(
@@ -303,3 +304,27 @@ def test_a_file_the_dicomdir_cannot_index_is_a_clear_error_and_leaves_nothing(
         write_package(found.instances, tmp_path / "pkg", manifest=_manifest())
     assert not (tmp_path / "pkg").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_the_dicomdir_equals_the_one_pydicom_fileset_writes_offsets_included(
+    tmp_path: Path, package: Path
+) -> None:
+    found = scan([tmp_path / "dvd"])
+    reference = FileSet()
+    for instance in found.instances:
+        reference.add(pydicom.dcmread(instance.path))
+    reference.write(tmp_path / "fileset")
+
+    ours = pydicom.dcmread(package / "DICOMDIR")
+    theirs = pydicom.dcmread(tmp_path / "fileset" / "DICOMDIR")
+
+    assert [str(r) for r in ours.DirectoryRecordSequence] == [
+        str(r) for r in theirs.DirectoryRecordSequence
+    ]
+    for keyword in (
+        "OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity",
+        "OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity",
+    ):
+        assert ours[keyword].value == theirs[keyword].value
+    assert ours.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.1.3.10"
+    assert ours.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
