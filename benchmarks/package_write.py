@@ -1,12 +1,17 @@
 """Package writing: dvdexit's folder / zip / DVD-image packages against DCMTK on the same data.
 
     .venv/bin/python benchmarks/package_write.py [--runs 3] [--slices 300]
+    .venv/bin/python benchmarks/package_write.py --small 1000 3000
+
 
 Writes one synthetic CT study (512x512 16-bit slices) and times, as whole commands,
 `dvdexit send STUDY --to drop` (folder package), with `--zip` and with `--iso` (each: scan,
 digests, journal, DICOMDIR, manifest, fsync, rename, and the package's own digest check),
 against the DCMTK way of making media from the same files: `cp -r` of the study followed by
 `dcmmkdir` (no digests, no manifest, no fsync). Prints medians and the ratio to cp+dcmmkdir.
+With ``--small N ...`` it times instead the package writer itself (``write_package``,
+a folder package, after the scan) on N tiny 8x8 CT instances of one series, where the
+DICOMDIR's cost dominates, against `cp -r` + `dcmmkdir` of the same files.
 Nothing is asserted: these are measurements.
 """
 
@@ -22,7 +27,50 @@ import tempfile
 import time
 from pathlib import Path
 
-from dvdexit_cli.samples import write_study
+from dvdexit_cli.dicom.scan import scan
+from dvdexit_cli.package import Manifest, write_package
+from dvdexit_cli.samples import make_small_instances, write_study
+
+
+def cp_dcmmkdir(study: Path, media: Path) -> float:
+    """Copy ``study`` to ``media/IMAGES`` with level-1 names and index it with dcmmkdir."""
+    started = time.perf_counter()
+    shutil.copytree(study, media / "IMAGES")
+    # dcmmkdir wants level-1 names: the synthetic files are CT00001.dcm or IM000001.dcm
+    for old in (media / "IMAGES").iterdir():
+        old.rename(old.with_name(old.stem.upper()[:8]))
+    subprocess.run(
+        ["dcmmkdir", "+r", "+id", str(media), "+D", str(media / "DICOMDIR")],
+        check=True,
+        capture_output=True,
+    )
+    took = time.perf_counter() - started
+    shutil.rmtree(media)
+    return took
+
+
+def small(counts: list[int], runs: int) -> None:
+    for n in counts:
+        with tempfile.TemporaryDirectory(prefix="dvdexit-bench-") as tmp:
+            root = Path(tmp)
+            make_small_instances(root / "study", n, seed="bench-small")
+            found = scan([root / "study"])
+            ours, theirs = [], []
+            for run in range(runs):
+                started = time.perf_counter()
+                write_package(
+                    found.instances,
+                    root / f"pkg-{run}",
+                    manifest=Manifest(created_at="2026-01-01T00:00:00Z", sender_ae="BENCH"),
+                )
+                ours.append(time.perf_counter() - started)
+                shutil.rmtree(root / f"pkg-{run}")
+                theirs.append(cp_dcmmkdir(root / "study", root / f"media-{run}"))
+            mine, base = statistics.median(ours), statistics.median(theirs)
+            print(
+                f"{n} small instances, median of {runs} runs: write_package {mine:6.2f} s, "
+                f"cp + dcmmkdir {base:6.2f} s, x{mine / base:.2f}"
+            )
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
@@ -35,7 +83,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--small", type=int, nargs="+", metavar="N")
     args = parser.parse_args()
+    if args.small:
+        small(args.small, args.runs)
+        return
     with tempfile.TemporaryDirectory(prefix="dvdexit-bench-") as tmp:
         root = Path(tmp)
         study = root / "study"
@@ -56,21 +108,9 @@ def main() -> None:
                 results.setdefault(f"dvdexit {label}", []).append(took)
                 for p in drop.iterdir():
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-            media = root / f"media-{run}"
-            started = time.perf_counter()
-            shutil.copytree(study, media / "IMAGES")
-            names = sorted(p.relative_to(media).as_posix() for p in (media / "IMAGES").iterdir())
-            # dcmmkdir wants level-1 names: the synthetic files are CT00001.dcm
-            for name in names:
-                old = media / name
-                old.rename(old.with_name(old.stem.upper()[:8]))
-            subprocess.run(
-                ["dcmmkdir", "+r", "+id", str(media), "+D", str(media / "DICOMDIR")],
-                check=True,
-                capture_output=True,
+            results.setdefault("cp + dcmmkdir", []).append(
+                cp_dcmmkdir(study, root / f"media-{run}")
             )
-            results.setdefault("cp + dcmmkdir", []).append(time.perf_counter() - started)
-            shutil.rmtree(media)
         base = statistics.median(results["cp + dcmmkdir"])
         print(f"{args.slices} CT slices, {size / 1e6:.0f} MB, median of {args.runs} runs")
         for label, times in results.items():

@@ -1,9 +1,9 @@
 """Write a transfer package atomically: build beside the target, fsync, rename.
 
-The media tree is made by pydicom's FileSet (DICOMDIR, file IDs of at most 8 uppercase
-characters, a folder per patient, study and series), fed with header-only datasets whose
-staged files are replaced by the original files, so every instance in the package keeps
-its bytes (and digest) and no pixel data is ever decoded.
+The media tree (DICOMDIR, file IDs of at most 8 uppercase characters, a folder per
+patient, study and series) is planned from header-only reads by ``package.dicomdir``, in
+time linear in the instances; every file is a byte copy of its source, so every instance
+keeps its bytes (and digest) and no pixel data is ever decoded.
 """
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ import os
 import secrets
 import shutil
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from pycdlib.pycdlib import PyCdlib
 from pycdlib.pycdlibexception import PyCdlibException
-from pydicom.fileset import FileInstance, FileSet
 
 from dvdexit_cli.dicom.digest import dataset_digest
 from dvdexit_cli.dicom.scan import Instance
+from dvdexit_cli.package.dicomdir import DicomdirError, plan_media, write_dicomdir
 from dvdexit_cli.package.manifest import (
     MANIFEST_DIGEST_NAME,
     MANIFEST_NAME,
@@ -55,44 +54,24 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
-class _UniqueFileSet(FileSet):
-    """A FileSet fed only instances with distinct SOP Instance UIDs (the scan made sure).
-
-    pydicom's ``FileSet.add`` looks for the UID among every instance added so far, by
-    iterating the set: quadratic in the number of instances (1,000 instances: most of
-    the package's build time). While adding, iteration yields nothing, so that search
-    is skipped; the set iterates normally otherwise.
-    """
-
-    adding = False
-
-    def __iter__(self) -> Iterator[FileInstance]:
-        if self.adding:
-            return iter(())
-        return super().__iter__()
-
-
 def _build_tree(instances: Sequence[Instance], root: Path, manifest: Manifest) -> None:
     if len({inst.sop_instance_uid for inst in instances}) != len(instances):
         raise PackageWriteError("two instances of the package share a SOP Instance UID")
-    fs = _UniqueFileSet()
-    by_uid = {}
-    for inst in instances:
-        header = pydicom.dcmread(inst.path, stop_before_pixels=True)
-        fs.adding = True
-        try:
-            staged = fs.add(header)
-        finally:
-            fs.adding = False
-        # The staged copy holds only the header; point it at the original bytes.
-        Path(staged.path).unlink()
-        os.symlink(inst.path.resolve(), staged.path)
-        by_uid[inst.sop_instance_uid] = inst
-    fs.write(root)
-    for record in fs:
-        inst = by_uid[record.SOPInstanceUID]
-        file_id = Path(record.FileID).as_posix()
-        target = root / file_id
+    by_path = {inst.path: inst for inst in instances}
+    try:
+        plan = plan_media([inst.path for inst in instances])
+    except DicomdirError as exc:
+        raise PackageWriteError(str(exc)) from exc
+    root.mkdir()
+    made: set[Path] = set()
+    for media_file in plan.files:
+        inst = by_path[media_file.source]
+        target = root / media_file.file_id
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        # A copy, never a re-encoding: the instance keeps its bytes and its digest.
+        shutil.copyfile(inst.path, target)
         _, digest = dataset_digest(target)
         if digest != inst.digest:
             raise PackageWriteError(f"{inst.path} changed while the package was written")
@@ -102,11 +81,12 @@ def _build_tree(instances: Sequence[Instance], root: Path, manifest: Manifest) -
                 series_uid=inst.series_uid,
                 sop_class_uid=inst.sop_class_uid,
                 sop_instance_uid=inst.sop_instance_uid,
-                file_id=file_id,
+                file_id=media_file.file_id,
                 size=target.stat().st_size,
                 digest=digest,
             )
         )
+    write_dicomdir(plan, root / "DICOMDIR")
     data = manifest.to_bytes()
     (root / MANIFEST_NAME).write_bytes(data)
     (root / MANIFEST_DIGEST_NAME).write_bytes(Manifest.digest_line(data))

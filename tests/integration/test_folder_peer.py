@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 from peers import run_dvdexit
 
 from dvdexit_cli.config import FolderPeer
@@ -12,7 +13,7 @@ from dvdexit_cli.engine import SendSettings, send
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.package import verify_package
-from dvdexit_cli.samples import make_sample_dvd
+from dvdexit_cli.samples import make_sample_dvd, write_study
 from dvdexit_cli.transport.folder import FolderTransport
 
 
@@ -53,6 +54,31 @@ def test_a_missing_folder_is_unreachable_and_nothing_counts_as_sent(tmp_path: Pa
     assert result.exit_code == ExitCode.PEER_UNREACHABLE
     assert result.sent == 0
     assert not (tmp_path / "not-mounted").exists()
+
+
+def test_an_instance_the_dicomdir_cannot_index_fails_the_send_retryably_and_names_why(
+    tmp_path: Path,
+) -> None:
+    paths = write_study(tmp_path / "study", n_instances=3, seed="folder-no-patient-id")
+    ds = pydicom.dcmread(paths[2])
+    del ds.PatientID
+    ds.save_as(paths[2], enforce_file_format=True)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    transport = FolderTransport(FolderPeer(name="drop", path=str(drop)))
+
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        result = send(
+            SendSettings(inputs=(tmp_path / "study",), peer_name="drop", peer_address="x"),
+            journal=journal,
+            transport=transport,
+        )
+
+    assert result.exit_code == ExitCode.PEER_UNREACHABLE
+    assert result.sent == 0 and result.failed == 3
+    assert result.error is not None and "Patient ID" in result.error
+    assert paths[2].name in result.error
+    assert list(drop.iterdir()) == []
 
 
 def test_a_replay_to_a_folder_keeps_each_sends_note_in_its_own_package(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -234,3 +235,96 @@ def test_a_dvd_image_package_verifies_and_names_a_tampered_instance(
     check = verify_package(tmp_path / "tampered.iso")
     assert check.verdict == "tampered"
     assert [(k, f) for k, f, _ in check.problems] == [("tampered", manifest.entries[0].file_id)]
+
+
+# -- the DICOMDIR: our own writer, checked by dciodvfy, FileSet and DCMTK ---------------
+
+
+def test_a_study_of_several_series_and_mixed_sop_classes_is_indexed_whole(
+    tmp_path: Path,
+) -> None:
+    from dvdexit_cli.dicom.reports import ENCAPSULATED_PDF, basic_text_sr, encapsulated_pdf_bytes
+
+    ct = write_study(tmp_path / "src" / "ct", n_instances=3, seed="mixed")
+    reference = pydicom.dcmread(ct[0], stop_before_pixels=True)
+    pdf = encapsulated_pdf_bytes(b"%PDF-1.4\n%%EOF\n", reference=reference, title="Referral")
+    sr = basic_text_sr(["No change since the prior study."], reference=reference)
+    pdf.save_as(tmp_path / "src" / "doc.dcm", enforce_file_format=True)
+    sr.save_as(tmp_path / "src" / "sr.dcm", enforce_file_format=True)
+    found = scan([tmp_path / "src"])
+    assert len(found.instances) == 5
+
+    written = write_package(found.instances, tmp_path / "pkg", manifest=_manifest())
+
+    fs = FileSet(pydicom.dcmread(written.path / "DICOMDIR"))
+    assert {i.SOPInstanceUID for i in fs} == {i.sop_instance_uid for i in found.instances}
+    assert {i.SOPInstanceUID: i.FileID.replace("\\", "/") for i in fs} == {
+        e.sop_instance_uid: e.file_id for e in written.manifest.entries
+    }
+    records = {i.SOPInstanceUID: i.DirectoryRecordType for i in fs}
+    assert records[pdf.SOPInstanceUID] == "ENCAP DOC"
+    assert records[sr.SOPInstanceUID] == "SR DOCUMENT"
+    assert sorted(records.values()).count("IMAGE") == 3
+    # one patient, one study, three series: CT, DOC and SR
+    assert len({Path(e.file_id).parts[:3] for e in written.manifest.entries}) == 3
+    assert {Path(e.file_id).name[:2] for e in written.manifest.entries} == {"IM", "ED", "SR"}
+    assert pdf.SOPClassUID == ENCAPSULATED_PDF
+    for instance in fs:
+        assert instance.load().SOPInstanceUID == instance.SOPInstanceUID
+    dciodvfy = require_tool("dciodvfy")
+    done = subprocess.run(
+        [dciodvfy, str(written.path / "DICOMDIR")], capture_output=True, text=True
+    )
+    assert [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line] == []
+    # DCMTK reads the whole record tree (following its offsets) before it appends
+    copy = tmp_path / "dcmgpdir"
+    shutil.copytree(written.path, copy)
+    first = written.manifest.entries[0].file_id
+    appended = subprocess.run(
+        [require_tool("dcmgpdir"), "+A", "-nb", "+D", "DICOMDIR", first],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+    )
+    assert appended.returncode == 0, appended.stderr
+    assert not [line for line in appended.stderr.splitlines() if line[:2] in ("E:", "F:")]
+    assert "Cannot resolve offset" not in appended.stderr  # only a warning to dcmgpdir
+
+
+def test_a_file_the_dicomdir_cannot_index_is_a_clear_error_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    paths = write_study(tmp_path / "src", n_instances=2, seed="no-patient-id")
+    ds = pydicom.dcmread(paths[1])
+    ds.PatientID = ""
+    ds.save_as(paths[1], enforce_file_format=True)
+    found = scan([tmp_path / "src"])
+
+    with pytest.raises(PackageWriteError, match="Patient ID"):
+        write_package(found.instances, tmp_path / "pkg", manifest=_manifest())
+    assert not (tmp_path / "pkg").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_the_dicomdir_equals_the_one_pydicom_fileset_writes_offsets_included(
+    tmp_path: Path, package: Path
+) -> None:
+    found = scan([tmp_path / "dvd"])
+    reference = FileSet()
+    for instance in found.instances:
+        reference.add(pydicom.dcmread(instance.path))
+    reference.write(tmp_path / "fileset")
+
+    ours = pydicom.dcmread(package / "DICOMDIR")
+    theirs = pydicom.dcmread(tmp_path / "fileset" / "DICOMDIR")
+
+    assert [str(r) for r in ours.DirectoryRecordSequence] == [
+        str(r) for r in theirs.DirectoryRecordSequence
+    ]
+    for keyword in (
+        "OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity",
+        "OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity",
+    ):
+        assert ours[keyword].value == theirs[keyword].value
+    assert ours.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.1.3.10"
+    assert ours.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
