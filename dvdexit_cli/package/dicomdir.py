@@ -45,6 +45,11 @@ _MAX_INDEX = 10**6  # six decimal digits after a two-letter prefix
 class DicomdirError(Exception):
     """An instance cannot be indexed (a key its directory record requires is missing)."""
 
+    def __init__(self, message: str, source: Path | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        """The file that cannot be indexed, when one file is to blame."""
+
 
 @dataclass
 class _Node:
@@ -87,7 +92,7 @@ def _record(record_type: str, ds: Dataset, path: Path) -> Dataset:
         record = DIRECTORY_RECORDERS[record_type](ds)
     except (ValueError, KeyError, AttributeError) as exc:
         raise DicomdirError(
-            f"{path} cannot be indexed in a DICOMDIR ({record_type} record): {exc}"
+            f"{path} cannot be indexed in a DICOMDIR ({record_type} record): {exc}", path
         ) from exc
     record.OffsetOfTheNextDirectoryRecord = 0
     record.RecordInUseFlag = 0xFFFF

@@ -35,6 +35,11 @@ __all__ = ["PackageWriteError", "PackageWritten", "write_package"]
 class PackageWriteError(Exception):
     """The package could not be written; nothing exists at the target name."""
 
+    def __init__(self, message: str, unindexable: Path | None = None) -> None:
+        super().__init__(message)
+        self.unindexable = unindexable
+        """An input file no DICOMDIR can index: the input's fault, not the target's."""
+
 
 @dataclass(frozen=True)
 class PackageWritten:
@@ -61,7 +66,7 @@ def _build_tree(instances: Sequence[Instance], root: Path, manifest: Manifest) -
     try:
         plan = plan_media([inst.path for inst in instances])
     except DicomdirError as exc:
-        raise PackageWriteError(str(exc)) from exc
+        raise PackageWriteError(str(exc), exc.source) from exc
     root.mkdir()
     made: set[Path] = set()
     for media_file in plan.files:

@@ -49,6 +49,7 @@ class FolderTransport:
         self._as_zip = as_zip
         self._as_iso = as_iso
         self._packaged: set[str] = set()
+        self._unindexable: dict[str, str] = {}  # SOP Instance UID -> why
         self.package_path: Path | None = None
 
     def set_sender_note(self, note: str | None, reason: str | None, recipient: str | None) -> None:
@@ -73,21 +74,35 @@ class FolderTransport:
             created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             **self._manifest_fields,  # type: ignore[arg-type]
         )
-        try:
-            written = write_package(
-                instances, target, manifest=manifest, as_zip=self._as_zip, as_iso=self._as_iso
-            )
-        except PackageWriteError as exc:
-            raise PeerUnreachableError(
-                f"cannot write a package into {folder}: {exc}",
-                hint="check free space and permissions of the folder",
-            ) from exc
+        rest = list(instances)
+        while True:
+            try:
+                written = write_package(
+                    rest, target, manifest=manifest, as_zip=self._as_zip, as_iso=self._as_iso
+                )
+                break
+            except PackageWriteError as exc:
+                # A file no DICOMDIR can index fails for good, alone; the rest is packaged.
+                bad = [i for i in rest if exc.unindexable and i.path == exc.unindexable]
+                if not bad:
+                    raise PeerUnreachableError(
+                        f"cannot write a package into {folder}: {exc}",
+                        hint="check free space and permissions of the folder",
+                    ) from exc
+                self._unindexable[bad[0].sop_instance_uid] = str(exc)
+                rest.remove(bad[0])
+                if not rest:
+                    return
         self._packaged = {e.sop_instance_uid for e in written.manifest.entries}
         self.package_path = written.path
 
     def store(self, instance: Instance) -> StoreOutcome:
         if instance.sop_instance_uid in self._packaged:
             return StoreOutcome("sent", None)
+        if instance.sop_instance_uid in self._unindexable:
+            return StoreOutcome(
+                "failed", None, self._unindexable[instance.sop_instance_uid], retryable=False
+            )
         return StoreOutcome(
             "failed", None, "not in the package written for this send", retryable=True
         )

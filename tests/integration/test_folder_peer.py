@@ -56,7 +56,7 @@ def test_a_missing_folder_is_unreachable_and_nothing_counts_as_sent(tmp_path: Pa
     assert not (tmp_path / "not-mounted").exists()
 
 
-def test_an_instance_the_dicomdir_cannot_index_fails_the_send_retryably_and_names_why(
+def test_an_instance_the_dicomdir_cannot_index_fails_alone_for_good_and_names_why(
     tmp_path: Path,
 ) -> None:
     paths = write_study(tmp_path / "study", n_instances=3, seed="folder-no-patient-id")
@@ -74,11 +74,18 @@ def test_an_instance_the_dicomdir_cannot_index_fails_the_send_retryably_and_name
             transport=transport,
         )
 
-    assert result.exit_code == ExitCode.PEER_UNREACHABLE
-    assert result.sent == 0 and result.failed == 3
-    assert result.error is not None and "Patient ID" in result.error
-    assert paths[2].name in result.error
-    assert list(drop.iterdir()) == []
+        items = {i.sop_instance_uid: i for i in journal.items(result.transfer_id)}
+
+    assert result.exit_code == ExitCode.PARTIAL_FAILURE
+    assert result.sent == 2 and result.failed == 1
+    bad = items[str(ds.SOPInstanceUID)]
+    assert bad.state == "failed" and not bad.retryable  # the nightly replay leaves it
+    assert "Patient ID" in (bad.reason or "") and paths[2].name in (bad.reason or "")
+    (package,) = list(drop.iterdir())
+    check = verify_package(package)
+    assert check.verdict == "intact"
+    packaged = {i.sop_instance_uid for i in scan([package]).instances}
+    assert packaged == set(items) - {str(ds.SOPInstanceUID)}
 
 
 def test_a_replay_to_a_folder_keeps_each_sends_note_in_its_own_package(
