@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer, Paths
+from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer, Paths, url_without_secrets
+from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
 
@@ -106,22 +106,8 @@ class Participant:
 def destination_for_peer(peer: AnyPeer) -> Participant:
     """The receiving participant of a send to ``peer``."""
     ae = peer.called_ae if isinstance(peer, DimsePeer) else None
-    address = _url_without_secrets(peer.url) if isinstance(peer, DicomWebPeer) else peer.address
+    address = url_without_secrets(peer.url) if isinstance(peer, DicomWebPeer) else peer.address
     return Participant("destination", name=peer.name, ae_title=ae, address=address)
-
-
-def _url_without_secrets(url: str) -> str:
-    """``url`` without user:password@ and without query or fragment (tokens live there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def source_for_send(peer: AnyPeer | None, local_ae: str) -> Participant:
@@ -147,7 +133,7 @@ class AuditTrail:
         """Append one record as one line; False (logged, counted) when it cannot be written."""
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            PRIVATE.make_dir(self.path.parent)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 written = os.write(fd, line)

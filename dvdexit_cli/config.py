@@ -14,11 +14,13 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 import tomli_w
 
 from dvdexit_cli.errors import ConfigError, UnknownPeerError
+from dvdexit_cli.fsmode import PRIVATE
 
 __all__ = [
     "AUTH_KINDS",
@@ -36,6 +38,7 @@ __all__ = [
     "parse_host_port",
     "parse_rate",
     "resolve_paths",
+    "url_without_secrets",
     "validate_ae_title",
     "validate_dicomweb",
 ]
@@ -260,6 +263,8 @@ class FolderPeer:
 
     name: str
     path: str
+    group: str | None = None
+    """A group that may read the packages (files 0640, folders 2750); None: owner-only."""
 
     kind = "folder"
 
@@ -268,13 +273,30 @@ class FolderPeer:
         return self.path
 
     def to_toml(self) -> dict[str, object]:
-        return {"kind": self.kind, "path": self.path}
+        table: dict[str, object] = {"kind": self.kind, "path": self.path}
+        if self.group:
+            table["group"] = self.group
+        return table
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, **self.to_toml()}
 
 
 AnyPeer = DimsePeer | DicomWebPeer | FolderPeer
+
+
+def url_without_secrets(url: str) -> str:
+    """``url`` without user:password@ and without query or fragment (tokens live there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def validate_dicomweb(peer: DicomWebPeer, *, where: str = "") -> DicomWebPeer:
@@ -378,7 +400,9 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Any
         path = _text_field(table, "path", where)
         if path is None:
             raise ConfigError(f"{where}: missing key 'path'")
-        return FolderPeer(name=_validate_peer_name(name), path=path)
+        return FolderPeer(
+            name=_validate_peer_name(name), path=path, group=_text_field(table, "group", where)
+        )
     if kind != "dimse":
         raise ConfigError(
             f"{where}: unknown kind {kind!r}", hint="supported kinds: dimse, dicomweb, folder"
@@ -567,8 +591,8 @@ class PeerBook:
         document["peers"] = {p.name: p.to_toml() for p in self._peers.values()}
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as fh:
+            PRIVATE.make_dir(self.path.parent)
+            with PRIVATE.open_new(tmp) as fh:
                 tomli_w.dump(document, fh)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -292,7 +292,7 @@ def _refused_later(result: PullResult, study: str, sops: Sequence[str], exc: Pee
 def _scratch(store: InstanceStore) -> tempfile.TemporaryDirectory[str]:
     """A folder on the store's file system for copies not yet stored (removed after)."""
     try:
-        store.root.mkdir(parents=True, exist_ok=True)
+        store.make_root()
         return tempfile.TemporaryDirectory(prefix=".pull-", dir=store.root)
     except OSError as exc:
         raise InputError(f"cannot write to the store {store.root}: {exc.strerror}") from exc

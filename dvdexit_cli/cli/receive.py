@@ -17,7 +17,7 @@ from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.pull import pull_from
 from dvdexit_cli.cli.render import err, print_json
 from dvdexit_cli.config import DimsePeer, Paths, PeerBook, resolve_paths, validate_ae_title
-from dvdexit_cli.errors import UsageError
+from dvdexit_cli.errors import ConfigError, UsageError
 from dvdexit_cli.events import (
     AssociationRefused,
     Event,
@@ -27,6 +27,7 @@ from dvdexit_cli.events import (
     StudyForwarded,
 )
 from dvdexit_cli.exitcodes import ExitCode
+from dvdexit_cli.fsmode import PRIVATE, Access, group_access
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.package.watch import DropResult, process_drop_folder
 from dvdexit_cli.receive import ReceiveSettings, StorageServer
@@ -250,6 +251,15 @@ def receive_command(
             "Comprehensive SR) rendered as an Encapsulated PDF in its study.",
         ),
     ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            metavar="NAME",
+            help="Let this group read the store (files 0640, folders 2750) and the drop "
+            "folder's done/ and rejected/; without it they are owner-only.",
+        ),
+    ] = None,
     watch: Annotated[
         Path | None,
         typer.Option(
@@ -302,6 +312,12 @@ def receive_command(
             "--study, --list, --patient-id, --accession, --study-date and --move-dest "
             "apply only with --from PEER"
         )
+    group_name = _pick(group, table, "group", None)
+    access = (
+        group_access(str(group_name), where="--group" if group else "[receive] group")
+        if group_name
+        else PRIVATE
+    )
     hook = _pick(on_complete, table, "on_complete", None)
     if rerun_hooks:
         _rerun_hooks(home.journal_file, hook)
@@ -361,6 +377,7 @@ def receive_command(
             once=once,
             json_output=json_output,
             sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
+            access=access,
         )
         return
     if once:
@@ -408,6 +425,7 @@ def receive_command(
         staging=home.data_dir / "forward-staging",
         audit_file=audit_path(home),
         sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
+        access=access,
     )
     stop = threading.Event()
 
@@ -466,6 +484,7 @@ def _watch_drop_folder(
     once: bool,
     json_output: bool,
     sr_to_pdf: bool,
+    access: Access,
 ) -> None:
     """``receive --watch DIR``: import packages from a drop folder, once or until stopped."""
     if not drop.is_dir():
@@ -509,7 +528,14 @@ def _watch_drop_folder(
                 kind="import",
             ),
         )
-        instance_store = InstanceStore(store, fsync=fsync, layout=layout)
+        instance_store = InstanceStore(store, fsync=fsync, layout=layout, access=access)
+        try:
+            instance_store.make_root()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the store {store}: {exc.strerror}",
+                hint="choose another --store, or fix its permissions",
+            ) from exc
         if hooks is not None:
             hooks.start()
         if forwarder is not None:

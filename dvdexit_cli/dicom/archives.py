@@ -21,6 +21,7 @@ from pycdlib.pycdlib import PyCdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
 from dvdexit_cli.dicom.digest import CHUNK_SIZE
+from dvdexit_cli.fsmode import PRIVATE
 
 __all__ = ["ArchiveProblem", "archive_kind", "safe_member_parts", "unpack", "unpack_folder"]
 
@@ -75,14 +76,14 @@ def _member_path(archive: Path, name: str) -> Path:
 
 def _write(target: Path, parts: list[str], source: Any) -> None:
     dest = target.joinpath(*parts)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with dest.open("wb") as out:
+    PRIVATE.make_dir(dest.parent)
+    with PRIVATE.open_new(dest) as out:
         shutil.copyfileobj(source, out, CHUNK_SIZE)
 
 
 def unpack(archive: Path, kind: ArchiveKind, target: Path) -> list[ArchiveProblem]:
     """Unpack ``archive`` into ``target``; return the members (or archive) refused."""
-    target.mkdir(parents=True, exist_ok=True)
+    PRIVATE.make_dir(target)
     if kind == "zip":
         return _unpack_zip(archive, target)
     return _unpack_iso(archive, target)
@@ -165,8 +166,8 @@ def _unpack_iso(archive: Path, target: Path) -> list[ArchiveProblem]:
                         continue
                     dest = target.joinpath(*parts)
                     try:
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        with dest.open("wb") as out:
+                        PRIVATE.make_dir(dest.parent)
+                        with PRIVATE.open_new(dest) as out:
                             facade.get_file_from_iso_fp(out, iso_path)
                     except (PyCdlibException, ValueError, OSError) as exc:
                         problems.append(

@@ -27,6 +27,7 @@ from dvdexit_cli.dicom.reports import (
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.dicom.uids import is_valid_uid
 from dvdexit_cli.errors import InputError, UsageError
+from dvdexit_cli.fsmode import PRIVATE
 
 __all__ = ["Attachments", "ReportFile", "parse_report_option", "sr_as_encapsulated_pdf"]
 
@@ -155,7 +156,8 @@ class Attachments:
         if not jobs and not srs:
             return []
         try:
-            self.folder.mkdir(parents=True, exist_ok=False)
+            PRIVATE.make_dir(self.folder.parent)
+            PRIVATE.mkdir(self.folder)
         except OSError as exc:
             raise InputError(
                 f"cannot create {self.folder}: {exc.strerror or exc}",
@@ -203,7 +205,8 @@ class Attachments:
         try:
             for number, (kind, ds) in enumerate(made, 1):
                 target = self.folder / f"{number:03d}-{kind}.dcm"
-                ds.save_as(target, enforce_file_format=True)
+                with PRIVATE.open_new(target, exclusive=True) as out:
+                    ds.save_as(out, enforce_file_format=True)
                 written.append(target)
         except OSError as exc:
             raise InputError(

@@ -30,6 +30,7 @@ from dvdexit_cli.dicom.digest import (
 )
 from dvdexit_cli.dicom.uids import is_valid_uid
 from dvdexit_cli.errors import InputError
+from dvdexit_cli.fsmode import PRIVATE
 
 __all__ = ["Instance", "Rejected", "ScanResult", "UnsendableFile", "read_instance", "scan"]
 
@@ -413,6 +414,8 @@ def scan(
                 continue
             if unpack_dir is None:
                 unpack_dir = Path(tempfile.mkdtemp(prefix="dvdexit-unpacked-"))
+            PRIVATE.make_dir(unpack_dir)
+            PRIVATE.restrict(unpack_dir)  # an older version's unpacked/ was 0755
             target = unpack_folder(unpack_dir, archive)
             kind = archive_kind(archive)
             assert kind is not None

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from dvdexit_cli.dicom.scan import Instance, Rejected
 from dvdexit_cli.errors import JournalBusyError, JournalError
+from dvdexit_cli.fsmode import PRIVATE
 
 __all__ = ["ItemRecord", "Journal", "ReceivedStudy", "TransferSummary", "new_claim", "utc_now"]
 
@@ -309,6 +310,18 @@ def _translate(exc: sqlite3.Error, path: Path) -> JournalError:
     )
 
 
+def _restrict_journal(path: Path) -> None:
+    """Make the journal owner-only (notes, reasons, recipients): SQLite creates the file
+    with 0666 less the umask, and its -wal and -shm files with the journal's mode, so
+    setting the journal's mode before WAL mode is entered covers them; existing ones (an
+    older version's) are tightened too."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        try:
+            PRIVATE.restrict(path.with_name(name))
+        except FileNotFoundError:
+            continue
+
+
 class Journal:
     """The SQLite journal. Safe to share between the threads of one process."""
 
@@ -316,10 +329,11 @@ class Journal:
         self.path = path
         self._lock = threading.RLock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            PRIVATE.make_dir(path.parent)
             self._db = sqlite3.connect(
                 path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
+            _restrict_journal(path)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from dvdexit_cli.dicom.reports import clean_note_text
 from dvdexit_cli.dicom.scan import scan
+from dvdexit_cli.fsmode import Access
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.package.manifest import Manifest
 from dvdexit_cli.package.verify import is_package, verify_package
@@ -92,18 +93,20 @@ def newest_change(path: Path) -> float:
     return newest
 
 
-def _move(path: Path, folder: Path, *, reason: str | None = None) -> Path:
+def _move(path: Path, folder: Path, access: Access, *, reason: str | None = None) -> Path:
     """File ``path`` in ``folder``; with ``reason``, its ``NAME.reason.txt`` is written first.
 
     Reason first: a crash between the two leaves the package in the drop folder (taken
     again at the next pass), never filed under rejected/ without saying why.
     """
-    folder.mkdir(exist_ok=True)
+    if not folder.is_dir():  # with the store's modes: done/ and rejected/ hold patient data
+        access.make_dir(folder)
     target = folder / path.name
     if target.exists():  # a package of the same name was filed before: keep both
         target = folder / f"{path.name}.{secrets.token_hex(3)}"
     if reason is not None:
-        (folder / f"{target.name}.reason.txt").write_text(reason + "\n")
+        with access.open_new(folder / f"{target.name}.reason.txt") as out:
+            out.write((reason + "\n").encode())
     os.rename(path, target)
     return target
 
@@ -295,10 +298,10 @@ def process_drop_folder(
                     missing=missing,
                 )
         if reason is None:
-            _move(path, drop / DONE)
+            _move(path, drop / DONE, store.access)
             result.done.append(path.name)
         else:
-            _move(path, drop / REJECTED, reason=reason)
+            _move(path, drop / REJECTED, store.access, reason=reason)
             result.rejected.append((path.name, reason))
         if on_package is not None:
             on_package(path.name, REJECTED if reason else DONE, reason)

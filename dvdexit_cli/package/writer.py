@@ -21,6 +21,7 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from dvdexit_cli.dicom.digest import dataset_digest
 from dvdexit_cli.dicom.scan import Instance
+from dvdexit_cli.fsmode import PRIVATE, Access
 from dvdexit_cli.package.dicomdir import DicomdirError, plan_media, write_dicomdir
 from dvdexit_cli.package.manifest import (
     MANIFEST_DIGEST_NAME,
@@ -134,9 +135,11 @@ def write_package(
     manifest: Manifest,
     as_zip: bool = False,
     as_iso: bool = False,
+    access: Access = PRIVATE,
 ) -> PackageWritten:
     """Write ``instances`` as a package at ``target``: a folder, a .zip with ``as_zip``, or
-    an ISO 9660 image (a DVD image, ready to burn) with ``as_iso``.
+    an ISO 9660 image (a DVD image, ready to burn) with ``as_iso``. Its files and folders
+    get ``access``'s modes (owner-only by default).
 
     The package is built in a hidden folder beside the target and renamed into place only
     when complete and synced: a crash leaves no half package at the target name. Raises
@@ -146,7 +149,7 @@ def write_package(
         raise PackageWriteError(f"{target} already exists")
     work = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
     try:
-        work.mkdir(parents=True)
+        PRIVATE.make_dir(work)  # nobody else sees the package before it is complete
         tree = work / "media"
         _build_tree(instances, tree, manifest)
         if as_zip:
@@ -161,6 +164,7 @@ def write_package(
             _write_iso(tree, final_source)
         else:
             final_source = tree
+        access.restrict_tree(final_source)
         _fsync_tree(work)
         os.rename(final_source, target)
         fd = os.open(target.parent, os.O_RDONLY)

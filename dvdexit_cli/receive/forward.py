@@ -23,6 +23,7 @@ from dvdexit_cli.config import AnyPeer
 from dvdexit_cli.engine import SendSettings, send
 from dvdexit_cli.errors import DvdexitError
 from dvdexit_cli.events import Observer, StudyForwarded, ignore
+from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
 from dvdexit_cli.receive.reconcile import PatientMapping, reconcile_dataset
@@ -162,6 +163,7 @@ class Forwarder:
         for path, ds, local in datasets:
             reconcile_dataset(ds, local)
             out = target / path.name  # {sop} is in every file name: unique
-            out.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(out, enforce_file_format=True)
+            PRIVATE.make_dir(out.parent)
+            with PRIVATE.open_new(out) as fh:
+                ds.save_as(fh, enforce_file_format=True)
         return target

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dvdexit_cli.dicom.attach import sr_as_encapsulated_pdf
 from dvdexit_cli.dicom.reports import ENCAPSULATED_PDF, SR_CLASSES
+from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.receive.store import InstanceStore, PutResult
 
@@ -47,7 +48,8 @@ def render_sr_beside(
     try:
         sr = pydicom.dcmread(sr_path)
         pdf = sr_as_encapsulated_pdf(sr)
-        pdf.save_as(tmp, enforce_file_format=True)
+        with PRIVATE.open_new(tmp, exclusive=True) as out:
+            pdf.save_as(out, enforce_file_format=True)
         put = store.put(
             tmp,
             sop_class_uid=ENCAPSULATED_PDF,

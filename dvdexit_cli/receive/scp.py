@@ -36,6 +36,7 @@ from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, forward_auditor
 from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
+from dvdexit_cli.fsmode import PRIVATE, Access
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.receive.commitment import (
     COMMITMENT_CLASS,
@@ -108,6 +109,8 @@ class ReceiveSettings:
     audit_file: Path | None = None
     #: Store a received SR also rendered as an Encapsulated PDF (receive/render.py).
     sr_to_pdf: bool = False
+    #: Modes of the store's files and folders: owner-only unless ``[receive] group``.
+    access: Access = PRIVATE
 
 
 def sweep_store(store: Path) -> int:
@@ -147,7 +150,9 @@ class StorageServer:
         self.settings = settings
         self._journal = journal
         self._observer = observer
-        self._store = InstanceStore(settings.store, fsync=settings.fsync, layout=settings.layout)
+        self._store = InstanceStore(
+            settings.store, fsync=settings.fsync, layout=settings.layout, access=settings.access
+        )
         self._server: Any = None
         self._ae = AE(ae_title=settings.ae_title)
         self._ae.require_called_aet = True
@@ -224,9 +229,11 @@ class StorageServer:
                 hint="choose another --port, or stop the program that uses it",
             ) from exc
         try:
-            self.settings.store.mkdir(parents=True, exist_ok=True)
+            self._store.make_root()
             self.swept = sweep_store(self.settings.store)
-            (self.settings.store / SPOOL_DIR).mkdir(exist_ok=True)
+            spool = self.settings.store / SPOOL_DIR
+            self.settings.access.make_dir(spool)
+            self.settings.access.restrict(spool)
         except OSError as exc:
             self.stop()
             raise ConfigError(

@@ -48,6 +48,7 @@ RECEIVE_KEYS = frozenset(
         "forward_to",
         "reconcile",
         "sr_to_pdf",
+        "group",
     }
 )
 

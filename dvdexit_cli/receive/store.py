@@ -35,6 +35,7 @@ from dvdexit_cli.dicom.digest import (
     read_file_meta,
 )
 from dvdexit_cli.dicom.uids import is_valid_uid
+from dvdexit_cli.fsmode import PRIVATE, Access
 
 __all__ = [
     "DEFAULT_LAYOUT",
@@ -162,11 +163,29 @@ def _fsync_dir(path: Path) -> None:
 class InstanceStore:
     """Stores received instances durably under ``root``."""
 
-    def __init__(self, root: Path, *, fsync: bool = True, layout: str = DEFAULT_LAYOUT) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        layout: str = DEFAULT_LAYOUT,
+        access: Access = PRIVATE,
+    ) -> None:
         self.root = root
         self.fsync = fsync
         self.layout = validate_layout(layout)
+        self.access = access
+        """Modes of what the store creates: owner-only unless a group is configured."""
         self._lock = threading.Lock()
+
+    def make_root(self) -> None:
+        """Create the root (with its parents) or give an existing one the store's mode.
+
+        An older version left the root readable by every user; closing the root closes
+        everything below it. Raises OSError.
+        """
+        self.access.make_dir(self.root)
+        self.access.restrict(self.root)
 
     def path_for(
         self,
@@ -264,7 +283,7 @@ class InstanceStore:
             return
         self._ensure_dir(folder.parent)
         try:
-            folder.mkdir()
+            self.access.mkdir(folder)
         except FileExistsError:
             return  # another association created it meanwhile
         if self.fsync:
@@ -289,7 +308,7 @@ class InstanceStore:
     ) -> tuple[str, int]:
         meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
         sha = hashlib.sha256()
-        with tmp.open("xb") as out:
+        with self.access.open_new(tmp, exclusive=True) as out:
             out.write(meta)
             while chunk := src.read(CHUNK_SIZE):
                 sha.update(chunk)
@@ -309,7 +328,8 @@ class InstanceStore:
                 if existing == digest:
                     return PutResult("duplicate", final, digest, size, study, series)
                 conflicts = self.root / "conflicts"
-                conflicts.mkdir(exist_ok=True)
+                if not conflicts.is_dir():
+                    self.access.make_dir(conflicts)
                 aside = conflicts / f"{sop}.{digest[:16]}.dcm"
                 os.replace(tmp, aside)
                 if self.fsync:

@@ -32,6 +32,7 @@ from dvdexit_cli.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MIN_RATE, DEFAUL
 from dvdexit_cli.dicom.digest import CHUNK_SIZE
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.errors import InputError, PeerError, PeerUnreachableError
+from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.transport.base import BatchResult, StoreOutcome
 
 __all__ = [
@@ -461,7 +462,9 @@ def retrieve_instance(
             if response.status_code != 200:
                 raise PeerError(f"WADO-RS at {transport.name} answered HTTP {response.status_code}")
             boundary = boundary_of(response.headers.get("Content-Type", ""))
-            count = split_parts(response.iter_bytes(), boundary, lambda _index: dest.open("wb"))
+            count = split_parts(
+                response.iter_bytes(), boundary, lambda _index: PRIVATE.open_new(dest)
+            )
     except httpx.TransportError as exc:
         raise PeerUnreachableError(
             f"DICOMweb peer {transport.name} unreachable during WADO-RS: {type(exc).__name__}",

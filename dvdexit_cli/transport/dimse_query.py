@@ -45,6 +45,7 @@ from dvdexit_cli.errors import (
     PeerError,
     PeerUnreachableError,
 )
+from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.transport.dimse import guard_reactor, set_nodelay
 
 __all__ = [
@@ -360,7 +361,7 @@ class _GetReceiver:
                 meta.MediaStorageSOPClassUID = UID(sop_class)
                 meta.MediaStorageSOPInstanceUID = UID(sop_instance)
                 meta.TransferSyntaxUID = UID(syntax)
-                with target.open("wb") as fh:
+                with PRIVATE.open_new(target) as fh:
                     fh.write(b"\0" * 128 + b"DICM")
                     write_file_meta_info(fh, meta, enforce_standard=True)  # type: ignore[arg-type]
                     fh.write(request.DataSet.getvalue())

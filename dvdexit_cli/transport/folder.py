@@ -16,6 +16,7 @@ from pathlib import Path
 from dvdexit_cli.config import FolderPeer
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.errors import PeerUnreachableError
+from dvdexit_cli.fsmode import PRIVATE, group_access
 from dvdexit_cli.package import Manifest, write_package
 from dvdexit_cli.package.writer import PackageWriteError
 from dvdexit_cli.transport.base import StoreOutcome
@@ -67,6 +68,11 @@ class FolderTransport:
                 f"folder {folder} of peer {self.peer.name} does not exist or is not mounted",
                 hint="check the path with 'dvdexit peers show'",
             )
+        access = (
+            group_access(self.peer.group, where=f"peer {self.peer.name} group")
+            if self.peer.group
+            else PRIVATE
+        )
         now = datetime.now(UTC)
         name = f"DVDEXIT-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3).upper()}"
         target = folder / (name + (".zip" if self._as_zip else ".iso" if self._as_iso else ""))
@@ -78,7 +84,12 @@ class FolderTransport:
         while True:
             try:
                 written = write_package(
-                    rest, target, manifest=manifest, as_zip=self._as_zip, as_iso=self._as_iso
+                    rest,
+                    target,
+                    manifest=manifest,
+                    as_zip=self._as_zip,
+                    as_iso=self._as_iso,
+                    access=access,
                 )
                 break
             except PackageWriteError as exc:
