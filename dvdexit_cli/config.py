@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import platformdirs
 import tomli_w
 
+from dvdexit_cli.credentials import env_var_name
 from dvdexit_cli.errors import ConfigError, UnknownPeerError
 from dvdexit_cli.fsmode import PRIVATE
 
@@ -300,8 +301,25 @@ def url_without_secrets(url: str) -> str:
 
 
 def validate_dicomweb(peer: DicomWebPeer, *, where: str = "") -> DicomWebPeer:
-    """Check a DICOMweb peer's settings; ConfigError naming ``where`` and the field."""
+    """Check a DICOMweb peer's settings; ConfigError naming ``where`` and the field.
+
+    A URL with credentials (``https://user:secret@host/...``) is refused before anything
+    else, and no message repeats it whole: kept, the secret would end up in peers.toml,
+    the journal, ``peers list`` and logs.
+    """
     prefix = f"{where}: " if where else ""
+    try:
+        netloc = urlsplit(peer.url).netloc
+    except ValueError:  # e.g. an unclosed IPv6 bracket: the URL check below says so
+        netloc = ""
+    if "@" in netloc:
+        raise ConfigError(
+            f"{prefix}the URL {url_without_secrets(peer.url)} carries a user name or "
+            "password (USER:PASSWORD@); dvdexit never keeps credentials in a URL",
+            hint=f"give the URL without them, with --auth basic --user NAME, and store the "
+            f"password in the keyring: dvdexit peers login {peer.name} (or set "
+            f"{env_var_name(peer.name)} for cron)",
+        )
     if not re.match(r"^https?://[^/\s]+", peer.url):
         raise ConfigError(
             f"{prefix}url {peer.url!r} is not an http(s) URL",
