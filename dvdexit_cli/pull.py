@@ -40,6 +40,7 @@ from dvdexit_cli.errors import (
     UsageError,
 )
 from dvdexit_cli.exitcodes import ExitCode
+from dvdexit_cli.fsmode import PRIVATE, Access
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
 from dvdexit_cli.transport.dicomweb import (
@@ -98,6 +99,8 @@ class PullSettings:
     """C-MOVE to this AE title (our running receiver, known to the peer) instead of C-GET."""
     fsync: bool = True
     timeout: float = 60.0
+    access: Access = PRIVATE
+    """Modes of what is stored: owner-only unless ``[receive] group``."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,7 @@ def pull(
     """
     _check_uids(settings.studies)
     started = time.monotonic()
-    store = InstanceStore(settings.store, fsync=settings.fsync)
+    store = InstanceStore(settings.store, fsync=settings.fsync, access=settings.access)
     if isinstance(peer, DicomWebPeer):
         transport = transport_for(peer)
         assert isinstance(transport, DicomwebTransport)

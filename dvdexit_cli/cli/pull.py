@@ -10,6 +10,7 @@ from dvdexit_cli.audit import AuditTrail, audit_path, audit_pull
 from dvdexit_cli.cli.render import err, out, print_json
 from dvdexit_cli.config import Paths, PeerBook, validate_ae_title
 from dvdexit_cli.errors import UsageError
+from dvdexit_cli.fsmode import Access
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.pull import PullResult, PullSettings, StudyQuery, list_studies, pull
 from dvdexit_cli.transport.factory import transport_for
@@ -29,6 +30,7 @@ def pull_from(
     query: tuple[str | None, str | None, str | None],
     move_dest: str | None,
     json_output: bool,
+    access: Access,
 ) -> None:
     """Run ``receive --from``: list (``--list``) or pull (``--study``); exits with its code."""
     book = PeerBook(home.peers_file)
@@ -60,6 +62,7 @@ def pull_from(
         studies=studies,
         store=(Path(str(store)) if store else home.default_store).resolve(),
         move_dest=validate_ae_title(move_dest, what="--move-dest") if move_dest else None,
+        access=access,
     )
     with Journal(home.journal_file) as journal:
         result = pull(peer, settings, journal=journal, transport_for=transport_for)

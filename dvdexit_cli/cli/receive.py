@@ -295,6 +295,12 @@ def receive_command(
     or import packages from a drop folder (--watch)."""
     home = resolve_paths()
     table = load_receive_table(home.peers_file)
+    group_name = _pick(group, table, "group", None)
+    access = (
+        group_access(str(group_name), where="--group" if group else "[receive] group")
+        if group_name
+        else PRIVATE
+    )
     if from_peer is not None:
         pull_from(
             home,
@@ -305,6 +311,7 @@ def receive_command(
             query=(patient_id, accession, study_date),
             move_dest=move_dest,
             json_output=json_output,
+            access=access,
         )
         return
     if pull_study or list_only or patient_id or accession or study_date or move_dest:
@@ -312,12 +319,6 @@ def receive_command(
             "--study, --list, --patient-id, --accession, --study-date and --move-dest "
             "apply only with --from PEER"
         )
-    group_name = _pick(group, table, "group", None)
-    access = (
-        group_access(str(group_name), where="--group" if group else "[receive] group")
-        if group_name
-        else PRIVATE
-    )
     hook = _pick(on_complete, table, "on_complete", None)
     if rerun_hooks:
         _rerun_hooks(home.journal_file, hook)

@@ -160,10 +160,11 @@ class Forwarder:
                 raise _Held("no reconciliation mapping for the study's Patient ID (and issuer)")
             datasets.append((path, ds, local))
         shutil.rmtree(target, ignore_errors=True)
+        PRIVATE.make_dir(target)
+        PRIVATE.restrict(self._staging)  # an older version's was readable by every user
         for path, ds, local in datasets:
             reconcile_dataset(ds, local)
             out = target / path.name  # {sop} is in every file name: unique
-            PRIVATE.make_dir(out.parent)
             with PRIVATE.open_new(out) as fh:
                 ds.save_as(fh, enforce_file_format=True)
         return target
