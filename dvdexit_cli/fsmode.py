@@ -62,8 +62,11 @@ class Access:
                 # made meanwhile by another thread or process
 
     def open_new(self, path: Path, *, exclusive: bool = False) -> BinaryIO:
-        """Open ``path`` for writing (truncated, or new with ``exclusive``) with our mode."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        """Open ``path`` for writing (truncated, or new with ``exclusive``) with our mode.
+
+        Never through a symbolic link (OSError): patient data goes where it was meant to.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         flags |= os.O_EXCL if exclusive else os.O_TRUNC
         fd = os.open(path, flags, 0o600)
         try:
