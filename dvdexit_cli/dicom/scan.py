@@ -20,7 +20,7 @@ from typing import BinaryIO, Literal
 
 import pydicom
 
-from dvdexit_cli.dicom.archives import archive_kind, unpack, unpack_folder
+from dvdexit_cli.dicom.archives import ArchiveLimits, archive_kind, unpack, unpack_folder
 from dvdexit_cli.dicom.digest import (
     FileMeta,
     MalformedFileError,
@@ -434,11 +434,12 @@ def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]
                         yield f, True
                 if dicomdir is not None:
                     seen.add(dicomdir.resolve())
-            for f in _walk(path, roots, walked):
-                if isinstance(f, Rejected):
-                    if f.path not in refused:
-                        yield f
+            for entry in _walk(path, roots, walked):
+                if isinstance(entry, Rejected):
+                    if entry.path not in refused:
+                        yield entry
                     continue
+                f = entry
                 key = f.resolve()
                 if key in seen:
                     continue
@@ -468,7 +469,11 @@ _MAX_ARCHIVE_DEPTH = 3
 
 
 def scan(
-    paths: Sequence[Path], *, deduplicate: bool = True, unpack_dir: Path | None = None
+    paths: Sequence[Path],
+    *,
+    deduplicate: bool = True,
+    unpack_dir: Path | None = None,
+    archive_limits: ArchiveLimits | None = None,
 ) -> ScanResult:
     """Scan ``paths`` (files, folders, DICOMDIR media, zip files, ISO images) for instances.
 
@@ -480,7 +485,8 @@ def scan(
 
     Archives (found as inputs or inside folders) are unpacked member by member under
     ``unpack_dir`` (a temporary folder when None) and scanned like a folder there; the
-    folders made are listed in ``ScanResult.unpacked``.
+    folders made are listed in ``ScanResult.unpacked``. A member that would expand past
+    ``archive_limits`` (the documented defaults when None) fails on its own.
     """
     for path in paths:
         if not path.exists():
@@ -520,7 +526,7 @@ def scan(
             target = unpack_folder(unpack_dir, archive)
             kind = archive_kind(archive)
             assert kind is not None
-            for problem in unpack(archive, kind, target):
+            for problem in unpack(archive, kind, target, limits=archive_limits):
                 result.rejected.append(Rejected(problem.path, problem.reason, "failed"))
             result.unpacked.append(target)
             origins[target] = archive

@@ -254,3 +254,19 @@ def test_iso_rock_ridge_links_inside_the_image_are_followed_and_those_leaving_it
     failed = [r for r in result.rejected if r.disposition == "failed"]
     assert [str(r.path) for r in failed] == [f"{image}!/out.dcm"]
     assert "outside the archive" in failed[0].reason
+
+
+def test_an_archive_with_links_unpacked_a_second_time_gives_the_same_result(
+    tmp_path: Path,
+) -> None:
+    files = write_study(tmp_path / "study", n_instances=1, seed="zip-again")
+    archive = tmp_path / "again.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(files[0], "A/IM1")
+        _zip_link(zf, "LINKED", "A")
+
+    first = scan([archive], unpack_dir=tmp_path / "unpacked")
+    second = scan([archive], unpack_dir=tmp_path / "unpacked")
+
+    assert len(first.instances) == len(second.instances) == 1
+    assert first.rejected == second.rejected == []
