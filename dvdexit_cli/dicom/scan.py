@@ -250,7 +250,7 @@ def _inside(real: Path, roots: Sequence[Path]) -> bool:
 
 
 def _look(path: Path, roots: Sequence[Path]) -> tuple[Literal["file", "dir"], Path] | Rejected:
-    """What ``path`` is (a file or a folder, and its real path), found without opening it.
+    """What ``path`` is (a file or a folder, and a folder's real path), found without opening it.
 
     A link is followed only when its target lies inside ``roots`` (the real paths of the
     inputs). Any other link fails: it may hold part of a study, and reading beyond what
@@ -275,8 +275,10 @@ def _look(path: Path, roots: Sequence[Path]) -> tuple[Literal["file", "dir"], Pa
                     "failed",
                 )
             info = os.stat(real)
-        else:
+        elif stat.S_ISDIR(info.st_mode):
             real = path.resolve()
+        else:
+            real = path  # not needed for a file: spare the resolve
     except OSError as exc:
         return Rejected(path, f"cannot read: {exc.strerror or exc}", "failed")
     if stat.S_ISDIR(info.st_mode):
