@@ -396,6 +396,17 @@ def _dicomdir_references(
                 Rejected(found, "named by the DICOMDIR but a folder", "failed", uid_text)
             )
             continue
+        if not _inside(found.resolve(), roots):  # through a linked folder on its way
+            rejected.append(
+                Rejected(
+                    found,
+                    f"reached through a link to {found.resolve().parent}, outside the inputs "
+                    "given; not read (to send it, give that folder as an input too)",
+                    "failed",
+                    uid_text,
+                )
+            )
+            continue
         files.append(found)
     return files, rejected
 
@@ -419,7 +430,12 @@ def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]
         if found[0] == "dir":
             dicomdir = _resolve_case_insensitive(path, ["DICOMDIR"])
             named: set[Path] = set()
-            if dicomdir is not None and dicomdir.is_file():
+            looked = None if dicomdir is None else _look(dicomdir, roots)
+            if isinstance(looked, Rejected):  # e.g. a link out of the inputs: no index
+                yield looked
+                refused.add(looked.path)
+                dicomdir = None
+            elif dicomdir is not None and looked is not None and looked[0] == "file":
                 try:
                     files, refusals = _dicomdir_references(dicomdir, roots)
                 except _NotAnIndex:
@@ -438,8 +454,16 @@ def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]
                     seen.add(dicomdir.resolve())
             for entry in _walk(path, roots, walked):
                 if isinstance(entry, Rejected):
-                    if entry.path not in refused:
-                        yield entry
+                    if entry.path in refused:
+                        continue
+                    if dicomdir is not None and entry.disposition == "failed":
+                        # The DICOMDIR says what the medium holds: the rest is extras.
+                        entry = replace(
+                            entry,
+                            reason=f"not named by the medium's DICOMDIR; {entry.reason}",
+                            disposition="skipped",
+                        )
+                    yield entry
                     continue
                 f = entry
                 key = f.resolve()

@@ -270,3 +270,40 @@ def test_an_archive_with_links_unpacked_a_second_time_gives_the_same_result(
 
     assert len(first.instances) == len(second.instances) == 1
     assert first.rejected == second.rejected == []
+
+
+def test_a_dicomdir_file_id_reached_through_a_linked_folder_outside_the_inputs_fails(
+    tmp_path: Path,
+) -> None:
+    media = medium(tmp_path / "dvd")
+    ds = pydicom.dcmread(media / "DICOMDIR")
+    ids = [r.ReferencedFileID for r in ds.DirectoryRecordSequence if "ReferencedFileID" in r]
+    series = media.joinpath(*ids[0][:-1])
+    moved = tmp_path / "elsewhere"
+    series.rename(moved)
+    series.symlink_to(moved, target_is_directory=True)
+    in_series = [i for i in ids if media.joinpath(*i[:-1]) == series]
+
+    result = scan([media])
+
+    assert len(result.instances) == len(ids) - len(in_series)
+    failed = [r for r in result.rejected if r.disposition == "failed"]
+    assert sorted(str(r.path) for r in failed) == sorted(str(media.joinpath(*i)) for i in in_series)
+    assert all("outside the inputs" in r.reason for r in failed)
+
+
+def test_links_a_medium_s_dicomdir_does_not_name_are_skipped_like_its_other_extras(
+    tmp_path: Path,
+) -> None:
+    media = medium(tmp_path / "dvd")
+    (media / "VIEWER").mkdir()
+    (media / "VIEWER" / "libview.so").symlink_to("/usr/lib/nothing-here.so")
+    (media / "VIEWER" / "help").symlink_to(tmp_path, target_is_directory=True)
+
+    result = scan([media])
+
+    assert {r.path.name: r.disposition for r in result.rejected} == {
+        "libview.so": "skipped",
+        "help": "skipped",
+    }
+    assert all("not named by the medium's DICOMDIR" in r.reason for r in result.rejected)
