@@ -23,13 +23,13 @@ import pydicom
 from media_builders import medium
 from pycdlib.pycdlib import PyCdlib
 
-from dvdexit_cli.dicom.scan import scan
+from dvdexit_cli.dicom.scan import Rejected, scan
 from dvdexit_cli.samples import write_study
 
 
-def _by_path(result_rejected: list, path: Path | str) -> object:  # type: ignore[type-arg]
-    matches = [r for r in result_rejected if str(r.path) == str(path)]
-    assert len(matches) == 1, [(str(r.path), r.reason) for r in result_rejected]
+def _by_path(rejected: list[Rejected], path: Path | str) -> Rejected:
+    matches = [r for r in rejected if str(r.path) == str(path)]
+    assert len(matches) == 1, [(str(r.path), r.reason) for r in rejected]
     return matches[0]
 
 
@@ -49,9 +49,9 @@ def test_a_study_assembled_from_linked_series_kept_elsewhere_fails_for_each_link
     assert [i.path.parent.name for i in result.instances] == ["sc"]
     for name in ("ct", "extra.dcm"):
         refused = _by_path(result.rejected, study / name)
-        assert refused.disposition == "failed"  # type: ignore[attr-defined]
-        assert "outside the inputs" in refused.reason  # type: ignore[attr-defined]
-        assert "as an input" in refused.reason  # type: ignore[attr-defined]
+        assert refused.disposition == "failed"
+        assert "outside the inputs" in refused.reason
+        assert "as an input" in refused.reason
 
 
 def test_links_whose_target_is_among_the_inputs_are_followed_and_read_once(
@@ -93,8 +93,8 @@ def test_a_link_to_an_ancestor_folder_ends_instead_of_looping(tmp_path: Path) ->
     assert sorted(i.path.resolve() for i in result.instances) == sorted(files)
     for name in ("up", "me"):
         loop = _by_path(result.rejected, study / "ct" / name)
-        assert loop.disposition == "skipped"  # type: ignore[attr-defined]
-        assert "already read" in loop.reason  # type: ignore[attr-defined]
+        assert loop.disposition == "skipped"
+        assert "already read" in loop.reason
 
 
 def test_a_dangling_link_and_a_link_loop_fail_with_their_reason(tmp_path: Path) -> None:
@@ -109,8 +109,8 @@ def test_a_dangling_link_and_a_link_loop_fail_with_their_reason(tmp_path: Path) 
     assert len(result.instances) == 1
     for name in ("gone.dcm", "a", "b"):
         broken = _by_path(result.rejected, study / name)
-        assert broken.disposition == "failed"  # type: ignore[attr-defined]
-        assert "does not exist or loops" in broken.reason  # type: ignore[attr-defined]
+        assert broken.disposition == "failed"
+        assert "does not exist or loops" in broken.reason
 
 
 def test_a_path_given_on_the_command_line_that_is_a_link_is_followed(tmp_path: Path) -> None:
@@ -143,8 +143,8 @@ def test_a_dicomdir_file_id_that_is_a_link_out_of_the_inputs_fails_and_one_insid
 
     assert len(result.instances) == len(ids) - 1
     refused = _by_path(result.rejected, outside)
-    assert refused.disposition == "failed"  # type: ignore[attr-defined]
-    assert "outside the inputs" in refused.reason  # type: ignore[attr-defined]
+    assert refused.disposition == "failed"
+    assert "outside the inputs" in refused.reason
 
 
 @contextmanager
