@@ -10,6 +10,7 @@ so. Nothing here stops the scan of the other inputs.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,7 +20,7 @@ from typing import BinaryIO, Literal
 
 import pydicom
 
-from dvdexit_cli.dicom.archives import archive_kind, unpack, unpack_folder
+from dvdexit_cli.dicom.archives import ArchiveLimits, archive_kind, unpack, unpack_folder
 from dvdexit_cli.dicom.digest import (
     FileMeta,
     MalformedFileError,
@@ -232,11 +233,90 @@ def _check_identity(meta: FileMeta, header: pydicom.Dataset) -> str | None:
     return None
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath, name)
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _special_reason(mode: int) -> str:
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "not a file nor a folder")
+    return f"not a regular file ({kind}); not read"
+
+
+def _inside(real: Path, roots: Sequence[Path]) -> bool:
+    return any(real.is_relative_to(root) for root in roots)
+
+
+def _look(path: Path, roots: Sequence[Path]) -> tuple[Literal["file", "dir"], Path] | Rejected:
+    """What ``path`` is (a file or a folder, and a folder's real path), found without opening it.
+
+    A link is followed only when its target lies inside ``roots`` (the real paths of the
+    inputs). Any other link fails: it may hold part of a study, and reading beyond what
+    the user named could send a file nobody meant to send. A FIFO, socket or device is
+    skipped: opening one can block forever and none holds an instance.
+    """
+    try:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            shown = os.readlink(path)
+            try:
+                real = Path(os.path.realpath(path, strict=True))
+            except OSError:
+                return Rejected(
+                    path, f"a link to {shown}, which does not exist or loops; not read", "failed"
+                )
+            if not _inside(real, roots):
+                return Rejected(
+                    path,
+                    f"a link to {real}, outside the inputs given; not read (to send it, give "
+                    "its target as an input too)",
+                    "failed",
+                )
+            info = os.stat(real)
+        elif stat.S_ISDIR(info.st_mode):
+            real = path.resolve()
+        else:
+            real = path  # not needed for a file: spare the resolve
+    except OSError as exc:
+        return Rejected(path, f"cannot read: {exc.strerror or exc}", "failed")
+    if stat.S_ISDIR(info.st_mode):
+        return "dir", real
+    if stat.S_ISREG(info.st_mode):
+        return "file", real
+    return Rejected(path, _special_reason(info.st_mode), "skipped")
+
+
+def _walk(root: Path, roots: Sequence[Path], walked: set[Path]) -> Iterator[Path | Rejected]:
+    """The files under ``root`` (each folder's files, then its subfolders, by name).
+
+    ``walked`` holds the real folders entered so far: a link to one of them (a loop,
+    or a folder read already) is skipped instead of being read again.
+    """
+    walked.add(root.resolve())
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as exc:
+        yield Rejected(root, f"cannot list the folder: {exc.strerror or exc}", "failed")
+        return
+    folders: list[Path] = []
+    for name in names:
+        path = root / name
+        found = _look(path, roots)
+        if isinstance(found, Rejected):
+            yield found
+        elif found[0] == "file":
+            yield path
+        elif found[1] not in walked:
+            folders.append(path)
+        else:
+            yield Rejected(path, f"a link to {found[1]}, a folder already read", "skipped")
+    for folder in folders:
+        if folder.resolve() in walked:  # reached meanwhile through a link
+            continue
+        yield from _walk(folder, roots, walked)
 
 
 def _resolve_case_insensitive(root: Path, parts: Sequence[str]) -> Path | None:
@@ -267,10 +347,15 @@ _NOT_AN_INDEX = (
 )
 
 
-def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
-    """The files a DICOMDIR names, resolved inside its medium; refusals for the others."""
+def _dicomdir_references(
+    dicomdir: Path, roots: Sequence[Path]
+) -> tuple[list[Path], list[Rejected]]:
+    """The files a DICOMDIR names, resolved inside its medium; refusals for the others.
+
+    A file ID that is a link is followed by the rule of ``_look`` (inside ``roots``
+    only); a named file that is not a regular file fails, as the medium promised one.
+    """
     root = dicomdir.parent
-    real_root = root.resolve()
     try:
         ds = pydicom.dcmread(dicomdir)
     except Exception as exc:  # as above: a damaged DICOMDIR is a failure of the medium
@@ -303,9 +388,24 @@ def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
                 Rejected(root / shown, "file named by the DICOMDIR is missing", "failed", uid_text)
             )
             continue
-        if not found.resolve().is_relative_to(real_root):
+        looked = _look(found, roots)
+        if isinstance(looked, Rejected):
+            rejected.append(replace(looked, disposition="failed", sop_instance_uid=uid_text))
+            continue
+        if looked[0] != "file":
             rejected.append(
-                Rejected(found, "file named by the DICOMDIR lies outside the medium", "failed")
+                Rejected(found, "named by the DICOMDIR but a folder", "failed", uid_text)
+            )
+            continue
+        if not _inside(found.resolve(), roots):  # through a linked folder on its way
+            rejected.append(
+                Rejected(
+                    found,
+                    f"reached through a link to {found.resolve().parent}, outside the inputs "
+                    "given; not read (to send it, give that folder as an input too)",
+                    "failed",
+                    uid_text,
+                )
             )
             continue
         files.append(found)
@@ -313,20 +413,38 @@ def _dicomdir_references(dicomdir: Path) -> tuple[list[Path], list[Rejected]]:
 
 
 def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]:
-    """Yield (file, named_by_dicomdir) pairs and refusals, in a stable order."""
+    """Yield (file, named_by_dicomdir) pairs and refusals, in a stable order.
+
+    Only regular files are yielded, and links only when they lead inside ``paths``.
+    """
+    paths = list(paths)
+    # A path the user named is taken as it resolves (a link there is the user's choice).
+    roots = [path.resolve() for path in paths]
     seen: set[Path] = set()
+    walked: set[Path] = set()
+    refused: set[Path] = set()  # refused through a DICOMDIR: not again by the walk
     for path in paths:
-        if path.is_dir():
+        found = _look(path.resolve(), roots)
+        if isinstance(found, Rejected):
+            yield replace(found, path=path)
+            continue
+        if found[0] == "dir":
             dicomdir = _resolve_case_insensitive(path, ["DICOMDIR"])
             named: set[Path] = set()
-            if dicomdir is not None and dicomdir.is_file():
+            looked = None if dicomdir is None else _look(dicomdir, roots)
+            if isinstance(looked, Rejected):  # e.g. a link out of the inputs: no index
+                yield looked
+                refused.add(looked.path)
+                dicomdir = None
+            elif dicomdir is not None and looked is not None and looked[0] == "file":
                 try:
-                    files, refusals = _dicomdir_references(dicomdir)
+                    files, refusals = _dicomdir_references(dicomdir, roots)
                 except _NotAnIndex:
                     yield Rejected(dicomdir, _NOT_AN_INDEX, "failed")
                     seen.add(dicomdir.resolve())
                     dicomdir, files, refusals = None, [], []
                 yield from refusals
+                refused.update(r.path for r in refusals)
                 for f in files:
                     key = f.resolve()
                     named.add(key)
@@ -335,7 +453,20 @@ def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool] | Rejected]
                         yield f, True
                 if dicomdir is not None:
                     seen.add(dicomdir.resolve())
-            for f in _walk(path):
+            for entry in _walk(path, roots, walked):
+                if isinstance(entry, Rejected):
+                    if entry.path in refused:
+                        continue
+                    if dicomdir is not None and entry.disposition == "failed":
+                        # The DICOMDIR says what the medium holds: the rest is extras.
+                        entry = replace(
+                            entry,
+                            reason=f"not named by the medium's DICOMDIR; {entry.reason}",
+                            disposition="skipped",
+                        )
+                    yield entry
+                    continue
+                f = entry
                 key = f.resolve()
                 if key in seen:
                     continue
@@ -365,7 +496,11 @@ _MAX_ARCHIVE_DEPTH = 3
 
 
 def scan(
-    paths: Sequence[Path], *, deduplicate: bool = True, unpack_dir: Path | None = None
+    paths: Sequence[Path],
+    *,
+    deduplicate: bool = True,
+    unpack_dir: Path | None = None,
+    archive_limits: ArchiveLimits | None = None,
 ) -> ScanResult:
     """Scan ``paths`` (files, folders, DICOMDIR media, zip files, ISO images) for instances.
 
@@ -377,7 +512,8 @@ def scan(
 
     Archives (found as inputs or inside folders) are unpacked member by member under
     ``unpack_dir`` (a temporary folder when None) and scanned like a folder there; the
-    folders made are listed in ``ScanResult.unpacked``.
+    folders made are listed in ``ScanResult.unpacked``. A member that would expand past
+    ``archive_limits`` (the documented defaults when None) fails on its own.
     """
     for path in paths:
         if not path.exists():
@@ -419,7 +555,7 @@ def scan(
             target = unpack_folder(unpack_dir, archive)
             kind = archive_kind(archive)
             assert kind is not None
-            for problem in unpack(archive, kind, target):
+            for problem in unpack(archive, kind, target, limits=archive_limits):
                 result.rejected.append(Rejected(problem.path, problem.reason, "failed"))
             result.unpacked.append(target)
             origins[target] = archive

@@ -8,6 +8,7 @@ its own, and the rest of the archive must still be found.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -157,3 +158,97 @@ def test_hostile_zip_files_never_crash_the_scan_nor_escape_and_every_member_is_a
         )
         refused = [r for r in result.rejected if "leaves the archive" in r.reason]
         assert len(refused) == hostile
+
+
+# -- archives that expand without limit (docs/security.md, "zip bombs") ------------------
+
+
+def _zip_with_bomb(tmp_path: Path, bomb_size: int) -> Path:
+    files = write_study(tmp_path / "study", n_instances=2, seed="bomb")
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(files[0], "A/IM1")
+        with zf.open("A/BOMB", "w") as member:
+            zeros = bytes(1 << 20)
+            for _ in range(bomb_size >> 20):
+                member.write(zeros)
+        zf.write(files[1], "A/IM2")
+    return archive
+
+
+def test_a_zip_bomb_member_is_refused_and_the_other_members_are_found(tmp_path: Path) -> None:
+    archive = _zip_with_bomb(tmp_path, 64 << 20)
+    assert archive.stat().st_size < 1 << 20
+
+    result = scan([archive], unpack_dir=tmp_path / "unpacked")
+
+    assert sorted(i.path.name for i in result.instances) == ["IM1", "IM2"]
+    (refused,) = result.rejected
+    assert str(refused.path) == f"{archive}!/A/BOMB"
+    assert refused.disposition == "failed"
+    assert "times its compressed size" in refused.reason
+    assert not [p for p in (tmp_path / "unpacked").rglob("BOMB*")]
+
+
+def _lie_about_size(archive: Path, name: str, declared: int) -> None:
+    """Make the local and central headers of ``name`` declare ``declared`` bytes."""
+    data = bytearray(archive.read_bytes())
+    encoded = name.encode()
+    for signature, size_at, name_at in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            if data[start + name_at : start + name_at + len(encoded)] == encoded:
+                data[start + size_at : start + size_at + 4] = declared.to_bytes(4, "little")
+            start += 4
+    archive.write_bytes(bytes(data))
+
+
+def test_a_member_larger_than_its_header_says_is_refused_and_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    files = write_study(tmp_path / "study", n_instances=2, seed="liar")
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(files[0], "IM1")
+        zf.writestr("LIAR", os.urandom(1 << 20))
+        zf.write(files[1], "IM2")
+    _lie_about_size(archive, "LIAR", 1000)
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.getinfo("LIAR").file_size == 1000
+
+    result = scan([archive], unpack_dir=tmp_path / "unpacked")
+
+    assert sorted(i.path.name for i in result.instances) == ["IM1", "IM2"]
+    (refused,) = result.rejected
+    assert str(refused.path) == f"{archive}!/LIAR"
+    assert refused.disposition == "failed"
+    assert "declared size" in refused.reason
+    assert not [p for p in (tmp_path / "unpacked").rglob("LIAR*")]
+
+
+def test_members_are_refused_when_the_disk_would_be_left_without_its_margin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = write_study(tmp_path / "study", n_instances=2, seed="full")
+    archive = tmp_path / "full.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f.name)
+    image = tmp_path / "full.iso"
+    build_iso(tmp_path / "study", image)
+    real_usage = shutil.disk_usage
+
+    def nearly_full(path: str | os.PathLike[str]) -> object:
+        usage = real_usage(path)
+        return usage._replace(free=64 << 20)  # below the margin kept for the journal
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+
+    result = scan([archive, image], unpack_dir=tmp_path / "unpacked")
+
+    assert result.instances == []
+    assert len(result.rejected) == 2 * len(files)
+    for refused in result.rejected:
+        assert refused.disposition == "failed"
+        assert "free" in refused.reason and "not unpacked" in refused.reason
+    assert not [p for p in (tmp_path / "unpacked").rglob("*") if p.is_file()]
