@@ -18,16 +18,17 @@ import os
 import secrets
 import socket
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dvdexit_cli.dicom.scan import Instance, Rejected
-from dvdexit_cli.errors import JournalBusyError, JournalError
+from dvdexit_cli.errors import JournalBusyError, JournalDamagedError, JournalError
 
 __all__ = ["ItemRecord", "Journal", "ReceivedStudy", "TransferSummary", "new_claim", "utc_now"]
 
@@ -170,6 +171,14 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE transfers ADD COLUMN recipient TEXT;
     """,
+    # 7: reserved (abandoned items, another branch of issue 11; the lead renumbers on merge)
+    "",
+    # 8: which receiver a study belongs to (its completion, hook and forward); NULL for
+    # studies journaled before receivers were told apart: the first receiver adopts them
+    """
+    ALTER TABLE studies ADD COLUMN receiver TEXT;
+    CREATE INDEX studies_by_receiver ON studies(receiver, state);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -296,6 +305,20 @@ def _study(row: sqlite3.Row) -> ReceivedStudy:
     )
 
 
+_RECOVERY_HINT = (
+    "the journal held what is not yet sent and what was received: move it aside "
+    "(mv {path} {path}.damaged) and restore it from a backup, or try "
+    "'sqlite3 {path}.damaged .recover | sqlite3 {path}'; only then will dvdexit start a "
+    "new journal (items of the damaged one are not resent from it)"
+)
+
+
+def _damaged(path: Path, why: str) -> JournalDamagedError:
+    return JournalDamagedError(
+        f"journal {path} is damaged: {why}", hint=_RECOVERY_HINT.format(path=path)
+    )
+
+
 def _translate(exc: sqlite3.Error, path: Path) -> JournalError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
@@ -303,32 +326,138 @@ def _translate(exc: sqlite3.Error, path: Path) -> JournalError:
             f"journal {path} is locked by another process",
             hint="wait for the other dvdexit process to finish, then retry",
         )
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text or "corrupt" in text
+    ):
+        return _damaged(path, text)
     return JournalError(
         f"journal {path} cannot be used: {text}",
         hint="check the disk and permissions; a damaged journal can be moved aside",
     )
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_file(path: Path) -> None:
+    """Refuse a journal file that is plainly damaged, before SQLite takes it for new.
+
+    SQLite treats an empty file as a new database, and reads a file cut short at a page
+    boundary (where its header's page count is not checked) as if the rest were never
+    there. A journal is never empty (see ``Journal._create``) and always whole pages.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise _damaged(path, "the file is empty (0 bytes)")
+    with path.open("rb") as fh:
+        header = fh.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise _damaged(path, "the file is not an SQLite database")
+    (page_size,) = struct.unpack(">H", header[16:18])
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or size % page_size:
+        raise _damaged(path, f"the file is cut short ({size} bytes, not whole pages)")
+    (pages,) = struct.unpack(">I", header[28:32])
+    counter_valid = header[24:28] == header[92:96]
+    wal = path.with_name(path.name + "-wal")
+    wal_in_use = wal.exists() and wal.stat().st_size > 0
+    # With a WAL in use, the file may lag its header until the next checkpoint.
+    if counter_valid and not wal_in_use and size < pages * page_size:
+        raise _damaged(path, f"the file is cut short ({size} bytes of {pages * page_size})")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+def _apply_migrations(db: sqlite3.Connection, version: int) -> None:
+    for number in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have applied it while this one waited for the lock.
+            if db.execute("PRAGMA user_version").fetchone()[0] > number:
+                db.execute("ROLLBACK")
+                continue
+            for statement in _MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
 class Journal:
-    """The SQLite journal. Safe to share between the threads of one process."""
+    """The SQLite journal. Safe to share between the threads of one process.
+
+    A journal that does not exist is created, whole (see ``_create``); a file that is
+    there but empty, cut short or not a journal is damaged: JournalDamagedError, never
+    silently taken for a new journal (that would forget every unsent item).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            if not path.exists():
+                self._create(path)
+            _check_file(path)
+            self._db = _connect(path)
             self._migrate()
         except sqlite3.Error as exc:
             raise _translate(exc, path) from exc
         except OSError as exc:
             raise JournalError(f"cannot create journal {path}: {exc.strerror}") from exc
+
+    @staticmethod
+    def _create(path: Path) -> None:
+        """Create a new journal at ``path`` so that no one ever sees it half made.
+
+        SQLite creates a database file empty and writes its first page later: a journal
+        seen in between would be 0 bytes, which must mean "damaged". So the journal is
+        made under a temporary name (in WAL mode, schema migrated, closed), then linked
+        into place: ``os.link`` fails if another process created the journal meanwhile,
+        and then that one is used.
+        """
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.new")
+        try:
+            db = _connect(tmp)
+            try:
+                _apply_migrations(db, 0)
+            finally:
+                db.close()
+            with suppress(FileExistsError):  # another process made it first: use that one
+                os.link(tmp, path)
+        finally:
+            for leftover in (
+                tmp,
+                tmp.with_name(tmp.name + "-wal"),
+                tmp.with_name(tmp.name + "-shm"),
+            ):
+                leftover.unlink(missing_ok=True)
+
+    def sync_every_commit(self) -> None:
+        """Make every commit durable (``synchronous=FULL``): for a receiver that fsyncs
+        each instance before answering success, so that the journal row of an instance
+        answered as stored survives a power cut as the file does."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
+
+    @property
+    def synchronous(self) -> str:
+        """The SQLite ``synchronous`` level in use: ``normal`` or ``full``."""
+        (level,) = self._read("PRAGMA synchronous")[0]
+        return {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(int(level), str(level))
 
     def close(self) -> None:
         with self._lock:
@@ -369,17 +498,12 @@ class Journal:
                 f"understands ({SCHEMA_VERSION})",
                 hint="upgrade dvdexit",
             )
-        for number in range(version, SCHEMA_VERSION):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {number + 1}")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        if version == 0 and self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            raise _damaged(self.path, "it holds tables but no schema version")
+        if version == 0:
+            # Made by _create, so never empty: an empty database here lost its content.
+            raise _damaged(self.path, "it holds no journal")
+        _apply_migrations(self._db, version)
 
     # -- sending -------------------------------------------------------------------
 
