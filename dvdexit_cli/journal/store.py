@@ -289,6 +289,8 @@ class ReceivedStudy:
     commit_requested: bool
     completed_by: str | None
     instances: int
+    #: The receiver the study belongs to (``StorageServer.receiver_id``), None if unknown.
+    receiver: str | None = None
 
 
 def _study(row: sqlite3.Row) -> ReceivedStudy:
@@ -302,6 +304,7 @@ def _study(row: sqlite3.Row) -> ReceivedStudy:
         commit_requested=bool(row["commit_requested"]),
         completed_by=row["completed_by"],
         instances=int(row["instances"]),
+        receiver=row["receiver"],
     )
 
 
@@ -316,6 +319,29 @@ _RECOVERY_HINT = (
 def _damaged(path: Path, why: str) -> JournalDamagedError:
     return JournalDamagedError(
         f"journal {path} is damaged: {why}", hint=_RECOVERY_HINT.format(path=path)
+    )
+
+
+def _note_activity(
+    db: sqlite3.Connection,
+    *,
+    study_uid: str,
+    calling_ae: str,
+    peer_address: str,
+    folder: str,
+    new: bool,
+    receiver: str | None,
+) -> None:
+    now = utc_now()
+    db.execute(
+        "INSERT INTO studies (study_uid, calling_ae, peer_address, folder, first_at,"
+        " last_at, state, receiver) VALUES (?, ?, ?, ?, ?, ?, 'receiving', ?)"
+        " ON CONFLICT(study_uid) DO UPDATE SET last_at = excluded.last_at,"
+        " calling_ae = excluded.calling_ae, peer_address = excluded.peer_address,"
+        " state = CASE WHEN ? THEN 'receiving' ELSE state END,"
+        " completed_by = CASE WHEN ? THEN NULL ELSE completed_by END,"
+        " receiver = CASE WHEN ? THEN COALESCE(excluded.receiver, receiver) ELSE receiver END",
+        (study_uid, calling_ae, peer_address, folder, now, now, receiver, new, new, new),
     )
 
 
@@ -1003,9 +1029,27 @@ class Journal:
         outcome: str,
         status: int,
         reason: str | None,
-    ) -> None:
-        """Record what the receiver did with one incoming instance."""
+        study_folder: str | None = None,
+        receiver: str | None = None,
+    ) -> str:
+        """Record what the receiver did with one incoming instance; return the outcome recorded.
+
+        A ``duplicate`` of an instance this journal never recorded as stored is recorded
+        as ``stored``: its file was written by a receiver stopped (or refused by a
+        journal error) before it journaled it, and was never answered as stored.
+        With ``study_folder``, a stored or duplicate instance also counts as activity of
+        its study (``note_study_activity``, for ``receiver``) in the same transaction, so
+        the instance and its study are journaled together or not at all.
+        """
         with self._write() as db:
+            if outcome == "duplicate" and sop_instance_uid:
+                known = db.execute(
+                    "SELECT 1 FROM received WHERE sop_instance_uid = ? AND outcome IN"
+                    " ('stored', 'duplicate') LIMIT 1",
+                    (sop_instance_uid,),
+                ).fetchone()
+                if known is None:
+                    outcome = "stored"
             db.execute(
                 "INSERT INTO received (received_at, calling_ae, peer_address, sop_class_uid,"
                 " sop_instance_uid, study_uid, series_uid, transfer_syntax, size, digest, path,"
@@ -1027,6 +1071,17 @@ class Journal:
                     reason,
                 ),
             )
+            if study_folder is not None and study_uid and outcome in ("stored", "duplicate"):
+                _note_activity(
+                    db,
+                    study_uid=study_uid,
+                    calling_ae=calling_ae,
+                    peer_address=peer_address,
+                    folder=study_folder,
+                    new=outcome == "stored",
+                    receiver=receiver,
+                )
+        return outcome
 
     def received_summary(self, *, limit: int = 20) -> list[dict[str, object]]:
         """Per study received: instance counts by outcome, calling AE, first and last time."""
@@ -1056,59 +1111,91 @@ class Journal:
     # -- received studies: completeness and hooks -------------------------------------
 
     def note_study_activity(
-        self, *, study_uid: str, calling_ae: str, peer_address: str, folder: str, new: bool
+        self,
+        *,
+        study_uid: str,
+        calling_ae: str,
+        peer_address: str,
+        folder: str,
+        new: bool,
+        receiver: str | None = None,
     ) -> None:
-        """Record that an instance of ``study_uid`` arrived.
+        """Record that an instance of ``study_uid`` arrived at ``receiver``.
 
         A ``new`` instance (stored, not a duplicate) re-opens a study already complete,
-        so that it completes again with its new content.
+        so that it completes again with its new content, and makes ``receiver`` the
+        study's receiver: the one that completes it, runs its hook and forwards it.
+        A duplicate changes neither.
         """
-        now = utc_now()
         with self._write() as db:
-            db.execute(
-                "INSERT INTO studies (study_uid, calling_ae, peer_address, folder, first_at,"
-                " last_at, state) VALUES (?, ?, ?, ?, ?, ?, 'receiving')"
-                " ON CONFLICT(study_uid) DO UPDATE SET last_at = excluded.last_at,"
-                " calling_ae = excluded.calling_ae, peer_address = excluded.peer_address,"
-                " state = CASE WHEN ? THEN 'receiving' ELSE state END,"
-                " completed_by = CASE WHEN ? THEN NULL ELSE completed_by END",
-                (study_uid, calling_ae, peer_address, folder, now, now, new, new),
+            _note_activity(
+                db,
+                study_uid=study_uid,
+                calling_ae=calling_ae,
+                peer_address=peer_address,
+                folder=folder,
+                new=new,
+                receiver=receiver,
             )
 
-    def mark_commit_requested(self, study_uids: Iterable[str]) -> None:
-        """Studies named in a Storage Commitment request complete only by commitment."""
+    def mark_commit_requested(self, study_uids: Iterable[str], *, receiver: str | None) -> None:
+        """Studies named in a Storage Commitment request complete only by commitment.
+
+        The receiver asked takes the studies over: its sender said the set is complete.
+        """
         with self._write() as db:
             db.executemany(
-                "UPDATE studies SET commit_requested = 1 WHERE study_uid = ?",
-                [(uid,) for uid in study_uids],
+                "UPDATE studies SET commit_requested = 1, receiver = COALESCE(?, receiver)"
+                " WHERE study_uid = ?",
+                [(receiver, uid) for uid in study_uids],
             )
 
-    def studies(self, *, state: str | None = None) -> list[ReceivedStudy]:
-        """Received studies, all or those in ``state`` (receiving, complete)."""
-        if state is None:
-            rows = self._read("SELECT * FROM studies ORDER BY last_at")
-        else:
-            rows = self._read("SELECT * FROM studies WHERE state = ? ORDER BY last_at", (state,))
-        return [_study(r) for r in rows]
+    def studies(
+        self, *, state: str | None = None, receiver: str | None = None
+    ) -> list[ReceivedStudy]:
+        """Received studies, all or those in ``state`` (receiving, complete).
+
+        With ``receiver``, only that receiver's studies (and those journaled before
+        studies had a receiver, which any receiver may adopt).
+        """
+        sql = "SELECT * FROM studies WHERE 1"
+        params: list[object] = []
+        if state is not None:
+            sql += " AND state = ?"
+            params.append(state)
+        if receiver is not None:
+            sql += " AND (receiver = ? OR receiver IS NULL)"
+            params.append(receiver)
+        return [_study(r) for r in self._read(sql + " ORDER BY last_at", params)]
 
     def study(self, study_uid: str) -> ReceivedStudy | None:
         rows = self._read("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
         return _study(rows[0]) if rows else None
 
-    def complete_study(self, study_uid: str, *, completed_by: str) -> ReceivedStudy | None:
-        """Mark a receiving study complete; None when it was not receiving (already done)."""
+    def complete_study(
+        self, study_uid: str, *, completed_by: str, receiver: str | None = None
+    ) -> ReceivedStudy | None:
+        """Mark a receiving study complete; None when it was not receiving (already done).
+
+        With ``receiver``, only a study of that receiver (or of none) is completed: a
+        receiver never completes, hooks or forwards another receiver's study.
+        """
+        sql = (
+            "UPDATE studies SET state = 'complete', completed_by = ?, completed_at = ?,"
+            " instances = ?, receiver = COALESCE(?, receiver)"
+            " WHERE study_uid = ? AND state = 'receiving'"
+        )
         with self._write() as db:
             (count,) = db.execute(
                 "SELECT COUNT(DISTINCT sop_instance_uid) FROM received WHERE study_uid = ?"
                 " AND outcome IN ('stored', 'duplicate')",
                 (study_uid,),
             ).fetchone()
-            changed = db.execute(
-                "UPDATE studies SET state = 'complete', completed_by = ?, completed_at = ?,"
-                " instances = ? WHERE study_uid = ? AND state = 'receiving'",
-                (completed_by, utc_now(), count, study_uid),
-            ).rowcount
-            if not changed:
+            params: list[object] = [completed_by, utc_now(), count, receiver, study_uid]
+            if receiver is not None:
+                sql += " AND (receiver = ? OR receiver IS NULL)"
+                params.append(receiver)
+            if not db.execute(sql, params).rowcount:
                 return None
             row = db.execute("SELECT * FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
         return _study(row)
@@ -1190,13 +1277,19 @@ class Journal:
         rows = self._read("SELECT * FROM hook_runs WHERE study_uid = ? ORDER BY id", (study_uid,))
         return [dict(r) for r in rows]
 
-    def studies_with_failed_hooks(self) -> list[ReceivedStudy]:
-        """Complete studies whose latest hook run failed or was cut off (still 'running')."""
+    def studies_with_failed_hooks(self, *, receiver: str | None = None) -> list[ReceivedStudy]:
+        """Complete studies whose latest hook run failed or was cut off (still 'running').
+
+        With ``receiver``, only that receiver's studies (and those of no receiver).
+        """
+        mine = "" if receiver is None else " AND (s.receiver = ? OR s.receiver IS NULL)"
         rows = self._read(
             "SELECT s.* FROM studies s JOIN hook_runs h ON h.study_uid = s.study_uid"
             " WHERE s.state = 'complete' AND h.id = (SELECT MAX(id) FROM hook_runs"
             " WHERE study_uid = s.study_uid) AND h.outcome IN ('failed', 'running')"
-            " ORDER BY s.completed_at"
+            + mine
+            + " ORDER BY s.completed_at",
+            () if receiver is None else (receiver,),
         )
         return [_study(r) for r in rows]
 
@@ -1219,13 +1312,20 @@ class Journal:
                 (utc_now(), outcome, transfer_id, reason, forward_id),
             )
 
-    def pending_forwards(self, peer: str) -> list[tuple[int, ReceivedStudy]]:
-        """Forwards to ``peer`` queued but never finished (the receiver stopped first)."""
+    def pending_forwards(
+        self, peer: str, *, receiver: str | None = None
+    ) -> list[tuple[int, ReceivedStudy]]:
+        """Forwards to ``peer`` queued but never finished (the receiver stopped first).
+
+        With ``receiver``, only forwards of that receiver's studies (and of no receiver's).
+        """
+        mine = "" if receiver is None else " AND (s.receiver = ? OR s.receiver IS NULL)"
         rows = self._read(
             "SELECT f.id AS forward_id, s.* FROM forwards f JOIN studies s"
             " ON s.study_uid = f.study_uid WHERE f.peer = ? AND f.outcome = 'pending'"
-            " ORDER BY f.id",
-            (peer,),
+            + mine
+            + " ORDER BY f.id",
+            (peer,) if receiver is None else (peer, receiver),
         )
         return [(int(r["forward_id"]), _study(r)) for r in rows]
 
