@@ -1138,7 +1138,9 @@ class Journal:
                 receiver=receiver,
             )
 
-    def mark_commit_requested(self, study_uids: Iterable[str], *, receiver: str | None) -> None:
+    def mark_commit_requested(
+        self, study_uids: Iterable[str], *, receiver: str | None = None
+    ) -> None:
         """Studies named in a Storage Commitment request complete only by commitment.
 
         The receiver asked takes the studies over: its sender said the set is complete.

@@ -308,6 +308,9 @@ def process_drop_folder(
                     journal, tracker, path, studies, new, check.manifest, receiver
                 )
                 result.studies.extend(completed)
+                # Studies of the package this import did not complete (nothing of them
+                # stored, or only copies of what a receiver holds) are audited all the same.
+                left = sorted(touched - set(completed))
                 if conflicts:
                     # The other instances are stored, but the package did not fully arrive.
                     reason = (
@@ -315,8 +318,15 @@ def process_drop_folder(
                         "stored under the same SOP Instance UID and were not stored (the "
                         "package's other instances are)"
                     )
-                    # A study of which nothing was stored is not completed, but audited.
-                    _audit_unfinished(tracker, path, sorted(touched - set(studies)), detail=reason)
+                    _audit_unfinished(tracker, path, left, detail=reason)
+                elif left:
+                    _audit_unfinished(
+                        tracker,
+                        path,
+                        left,
+                        detail=f"package {path.name}: every instance of the study was already "
+                        "stored; its completion is unchanged",
+                    )
             elif touched:
                 # Stored in part: the store and the audit say so; the studies stay open.
                 _audit_unfinished(
@@ -348,9 +358,10 @@ def _complete(
 ) -> list[str]:
     """Record the imported studies (with the manifest's note) and complete them.
 
-    Returns the studies this import completed: those it brought a new instance to, and
-    those of nobody else (a study another receiver received and completed keeps its
-    completion, hook and forward when the package holds only copies of its instances).
+    Returns the studies this import completes: those it brought a new instance to, and
+    open ones of nobody else (a study another receiver received, or one already complete,
+    keeps its completion, hook and forward when the package holds only copies of its
+    instances).
     """
     for study_uid, folder in sorted(studies.items()):
         journal.note_study_activity(
@@ -374,6 +385,7 @@ def _complete(
         uid
         for uid in sorted(studies)
         if (study := journal.study(uid)) is not None
+        and study.state == "receiving"
         and (receiver is None or study.receiver in (None, receiver))
     ]
     if tracker is not None:

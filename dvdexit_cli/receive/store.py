@@ -305,7 +305,12 @@ class InstanceStore:
             else:
                 check_structure(src, meta, size)
         except MalformedFileError as exc:
-            raise RefusedInstance(f"dataset {exc}".replace("file is ", "is ", 1)) from exc
+            why = str(exc)  # the walk speaks of a file; here it is what arrived
+            raise RefusedInstance(
+                "dataset " + why.removeprefix("file ")
+                if why.startswith("file is ")
+                else f"dataset cannot be stored: {why}"
+            ) from exc
 
     @staticmethod
     def _header(src: BinaryIO) -> pydicom.Dataset:
