@@ -7,6 +7,12 @@ exactly which items are done, which are not, and which one was in flight (``send
 unknown whether the peer got it). WAL with ``synchronous=NORMAL`` survives a killed
 process; a power cut may lose the last few state changes, which then read as not yet
 sent and are sent again (the receiver treats an identical resend as a duplicate).
+A receiver that fsyncs each instance before answering success commits with
+``synchronous=FULL`` instead (``sync_every_commit``): what it answered as stored stays
+journaled through a power cut.
+
+A journal is created whole or not at all; an existing file that is empty, cut short
+or not a journal is damaged (JournalDamagedError), never taken for a new journal.
 
 Schema changes are numbered migrations applied in order (``PRAGMA user_version``).
 """
@@ -22,7 +28,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -379,16 +385,17 @@ def _check_file(path: Path) -> None:
         header = fh.read(100)
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
         raise _damaged(path, "the file is not an SQLite database")
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        # In use (or left by a killed process): a checkpoint may be writing the file
+        # now, and its header may lag; SQLite itself judges the pair.
+        return
     (page_size,) = struct.unpack(">H", header[16:18])
     page_size = 65536 if page_size == 1 else page_size
     if page_size < 512 or size % page_size:
         raise _damaged(path, f"the file is cut short ({size} bytes, not whole pages)")
     (pages,) = struct.unpack(">I", header[28:32])
-    counter_valid = header[24:28] == header[92:96]
-    wal = path.with_name(path.name + "-wal")
-    wal_in_use = wal.exists() and wal.stat().st_size > 0
-    # With a WAL in use, the file may lag its header until the next checkpoint.
-    if counter_valid and not wal_in_use and size < pages * page_size:
+    if header[24:28] == header[92:96] and size < pages * page_size:
         raise _damaged(path, f"the file is cut short ({size} bytes of {pages * page_size})")
 
 
@@ -459,8 +466,14 @@ class Journal:
                 _apply_migrations(db, 0)
             finally:
                 db.close()
-            with suppress(FileExistsError):  # another process made it first: use that one
+            try:
                 os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process made it first: that one is used
+            except OSError:
+                # A filesystem without hard links: a rename is as whole, only not
+                # exclusive (a journal made meanwhile by another process is replaced).
+                os.replace(tmp, path)
         finally:
             for leftover in (
                 tmp,
