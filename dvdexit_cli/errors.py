@@ -13,7 +13,8 @@
     │   └── AssociationRejectedError        (A-ASSOCIATE-RJ, A-ABORT during negotiation)
     ├── VerificationError         exit 7
     └── JournalError              exit 8
-        └── JournalBusyError               retryable
+        ├── JournalBusyError               retryable
+        └── JournalDamagedError            (empty, cut short, not a journal)
 
 Foreign exceptions (``OSError``, ``sqlite3.Error``, pynetdicom's) are translated into these
 at the layer that met them, raised ``from`` the original.
@@ -31,6 +32,7 @@ __all__ = [
     "DvdexitError",
     "InputError",
     "JournalBusyError",
+    "JournalDamagedError",
     "JournalError",
     "NoDicomFoundError",
     "PeerError",
@@ -110,3 +112,11 @@ class JournalBusyError(JournalError):
     """Another process holds the journal's write lock for too long."""
 
     retryable = True
+
+
+class JournalDamagedError(JournalError):
+    """The journal file exists but is empty, cut short or not a journal at all.
+
+    Never taken for a new journal: its items would be forgotten. The hint says how to
+    move it aside and recover.
+    """

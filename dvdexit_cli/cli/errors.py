@@ -31,6 +31,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], str], ...] = (
     (errors.PeerError, "retry later; the journal keeps what was not sent"),
     (errors.VerificationError, "see the list of instances above"),
     (errors.JournalBusyError, "another dvdexit process is using the journal; retry later"),
+    (errors.JournalDamagedError, "move the damaged journal aside and restore a backup"),
     (errors.JournalError, "check the disk; move a damaged journal aside"),
     (errors.UsageError, "see --help"),
 )

@@ -503,7 +503,11 @@ def _watch_drop_folder(
         )
 
     total = DropResult()
+    # This importer in the journal, as a listener is AE@HOST:PORT STORE (receive/scp.py).
+    receiver = f"{ae_title}@watch:{drop.resolve()} {store}"
     with Journal(home.journal_file) as journal:
+        if fsync:
+            journal.sync_every_commit()  # as durable as the fsynced instances it records
         hooks = HookRunner(hook, journal=journal, observer=log) if hook else None
         forwarder = (
             Forwarder(
@@ -528,6 +532,7 @@ def _watch_drop_folder(
                 local_ae=ae_title,
                 kind="import",
             ),
+            receiver=receiver,
         )
         instance_store = InstanceStore(store, fsync=fsync, layout=layout, access=access)
         try:
@@ -540,7 +545,7 @@ def _watch_drop_folder(
         if hooks is not None:
             hooks.start()
         if forwarder is not None:
-            forwarder.start()
+            forwarder.start(receiver=receiver)
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if not once:
@@ -558,6 +563,7 @@ def _watch_drop_folder(
                     settle=settle,
                     tracker=tracker,
                     sr_to_pdf=sr_to_pdf,
+                    receiver=receiver,
                 )
                 _merge(total, result)
                 if once or stop.wait(interval):

@@ -298,6 +298,7 @@ def _completeness(journal: Journal, study_uid: str) -> dict[str, object]:
     return {
         "state": study.state if study else None,
         "completed_by": study.completed_by if study else None,
+        "receiver": study.receiver if study else None,
         "hook": hooks[-1]["outcome"] if hooks else None,
         "forward": forwards[-1]["outcome"] if forwards else None,
         "sender_note": journal.study_note(study_uid),

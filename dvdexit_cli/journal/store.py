@@ -7,6 +7,12 @@ exactly which items are done, which are not, and which one was in flight (``send
 unknown whether the peer got it). WAL with ``synchronous=NORMAL`` survives a killed
 process; a power cut may lose the last few state changes, which then read as not yet
 sent and are sent again (the receiver treats an identical resend as a duplicate).
+A receiver that fsyncs each instance before answering success commits with
+``synchronous=FULL`` instead (``sync_every_commit``): what it answered as stored stays
+journaled through a power cut.
+
+A journal is created whole or not at all; an existing file that is empty, cut short
+or not a journal is damaged (JournalDamagedError), never taken for a new journal.
 
 Schema changes are numbered migrations applied in order (``PRAGMA user_version``).
 """
@@ -18,6 +24,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dvdexit_cli.dicom.scan import Instance, Rejected
-from dvdexit_cli.errors import JournalBusyError, JournalError
+from dvdexit_cli.errors import JournalBusyError, JournalDamagedError, JournalError
 from dvdexit_cli.fsmode import PRIVATE
 
 __all__ = ["ItemRecord", "Journal", "ReceivedStudy", "TransferSummary", "new_claim", "utc_now"]
@@ -171,6 +178,14 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE transfers ADD COLUMN recipient TEXT;
     """,
+    # 7: reserved (abandoned items, another branch of issue 11; the lead renumbers on merge)
+    "",
+    # 8: which receiver a study belongs to (its completion, hook and forward); NULL for
+    # studies journaled before receivers were told apart: the first receiver adopts them
+    """
+    ALTER TABLE studies ADD COLUMN receiver TEXT;
+    CREATE INDEX studies_by_receiver ON studies(receiver, state);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -281,6 +296,8 @@ class ReceivedStudy:
     commit_requested: bool
     completed_by: str | None
     instances: int
+    #: The receiver the study belongs to (``StorageServer.receiver_id``), None if unknown.
+    receiver: str | None = None
 
 
 def _study(row: sqlite3.Row) -> ReceivedStudy:
@@ -294,6 +311,44 @@ def _study(row: sqlite3.Row) -> ReceivedStudy:
         commit_requested=bool(row["commit_requested"]),
         completed_by=row["completed_by"],
         instances=int(row["instances"]),
+        receiver=row["receiver"],
+    )
+
+
+_RECOVERY_HINT = (
+    "the journal held what is not yet sent and what was received: move it aside "
+    "(mv {path} {path}.damaged) and restore it from a backup, or try "
+    "'sqlite3 {path}.damaged .recover | sqlite3 {path}'; only then will dvdexit start a "
+    "new journal (items of the damaged one are not resent from it)"
+)
+
+
+def _damaged(path: Path, why: str) -> JournalDamagedError:
+    return JournalDamagedError(
+        f"journal {path} is damaged: {why}", hint=_RECOVERY_HINT.format(path=path)
+    )
+
+
+def _note_activity(
+    db: sqlite3.Connection,
+    *,
+    study_uid: str,
+    calling_ae: str,
+    peer_address: str,
+    folder: str,
+    new: bool,
+    receiver: str | None,
+) -> None:
+    now = utc_now()
+    db.execute(
+        "INSERT INTO studies (study_uid, calling_ae, peer_address, folder, first_at,"
+        " last_at, state, receiver) VALUES (?, ?, ?, ?, ?, ?, 'receiving', ?)"
+        " ON CONFLICT(study_uid) DO UPDATE SET last_at = excluded.last_at,"
+        " calling_ae = excluded.calling_ae, peer_address = excluded.peer_address,"
+        " state = CASE WHEN ? THEN 'receiving' ELSE state END,"
+        " completed_by = CASE WHEN ? THEN NULL ELSE completed_by END,"
+        " receiver = CASE WHEN ? THEN COALESCE(excluded.receiver, receiver) ELSE receiver END",
+        (study_uid, calling_ae, peer_address, folder, now, now, receiver, new, new, new),
     )
 
 
@@ -304,6 +359,10 @@ def _translate(exc: sqlite3.Error, path: Path) -> JournalError:
             f"journal {path} is locked by another process",
             hint="wait for the other dvdexit process to finish, then retry",
         )
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text or "corrupt" in text
+    ):
+        return _damaged(path, text)
     return JournalError(
         f"journal {path} cannot be used: {text}",
         hint="check the disk and permissions; a damaged journal can be moved aside",
@@ -322,27 +381,138 @@ def _restrict_journal(path: Path) -> None:
             continue
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_file(path: Path) -> None:
+    """Refuse a journal file that is plainly damaged, before SQLite takes it for new.
+
+    SQLite treats an empty file as a new database, and reads a file cut short at a page
+    boundary (where its header's page count is not checked) as if the rest were never
+    there. A journal is never empty (see ``Journal._create``) and always whole pages.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise _damaged(path, "the file is empty (0 bytes)")
+    with path.open("rb") as fh:
+        header = fh.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise _damaged(path, "the file is not an SQLite database")
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        # In use (or left by a killed process): a checkpoint may be writing the file
+        # now, and its header may lag; SQLite itself judges the pair.
+        return
+    (page_size,) = struct.unpack(">H", header[16:18])
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or size % page_size:
+        raise _damaged(path, f"the file is cut short ({size} bytes, not whole pages)")
+    (pages,) = struct.unpack(">I", header[28:32])
+    if header[24:28] == header[92:96] and size < pages * page_size:
+        raise _damaged(path, f"the file is cut short ({size} bytes of {pages * page_size})")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+def _apply_migrations(db: sqlite3.Connection, version: int) -> None:
+    for number in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have applied it while this one waited for the lock.
+            if db.execute("PRAGMA user_version").fetchone()[0] > number:
+                db.execute("ROLLBACK")
+                continue
+            for statement in _MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
 class Journal:
-    """The SQLite journal. Safe to share between the threads of one process."""
+    """The SQLite journal. Safe to share between the threads of one process.
+
+    A journal that does not exist is created, whole (see ``_create``); a file that is
+    there but empty, cut short or not a journal is damaged: JournalDamagedError, never
+    silently taken for a new journal (that would forget every unsent item).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
         try:
             PRIVATE.make_dir(path.parent)
-            self._db = sqlite3.connect(
-                path, timeout=10.0, isolation_level=None, check_same_thread=False
-            )
+            if not path.exists():
+                self._create(path)
+            _check_file(path)
             _restrict_journal(path)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db = _connect(path)
             self._migrate()
         except sqlite3.Error as exc:
             raise _translate(exc, path) from exc
         except OSError as exc:
             raise JournalError(f"cannot create journal {path}: {exc.strerror}") from exc
+
+    @staticmethod
+    def _create(path: Path) -> None:
+        """Create a new journal at ``path`` so that no one ever sees it half made.
+
+        SQLite creates a database file empty and writes its first page later: a journal
+        seen in between would be 0 bytes, which must mean "damaged". So the journal is
+        made under a temporary name (in WAL mode, schema migrated, closed), then linked
+        into place: ``os.link`` fails if another process created the journal meanwhile,
+        and then that one is used.
+        """
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.new")
+        try:
+            # Owner-only from the start: SQLite gives -wal and -shm the journal's mode.
+            PRIVATE.open_new(tmp, exclusive=True).close()
+            db = _connect(tmp)
+            try:
+                _apply_migrations(db, 0)
+            finally:
+                db.close()
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process made it first: that one is used
+            except OSError:
+                # A filesystem without hard links: a rename is as whole, only not
+                # exclusive (a journal made meanwhile by another process is replaced).
+                os.replace(tmp, path)
+        finally:
+            for leftover in (
+                tmp,
+                tmp.with_name(tmp.name + "-wal"),
+                tmp.with_name(tmp.name + "-shm"),
+            ):
+                leftover.unlink(missing_ok=True)
+
+    def sync_every_commit(self) -> None:
+        """Make every commit durable (``synchronous=FULL``): for a receiver that fsyncs
+        each instance before answering success, so that the journal row of an instance
+        answered as stored survives a power cut as the file does."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
+
+    @property
+    def synchronous(self) -> str:
+        """The SQLite ``synchronous`` level in use: ``normal`` or ``full``."""
+        (level,) = self._read("PRAGMA synchronous")[0]
+        return {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(int(level), str(level))
 
     def close(self) -> None:
         with self._lock:
@@ -383,17 +553,12 @@ class Journal:
                 f"understands ({SCHEMA_VERSION})",
                 hint="upgrade dvdexit",
             )
-        for number in range(version, SCHEMA_VERSION):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {number + 1}")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        if version == 0 and self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            raise _damaged(self.path, "it holds tables but no schema version")
+        if version == 0:
+            # Made by _create, so never empty: an empty database here lost its content.
+            raise _damaged(self.path, "it holds no journal")
+        _apply_migrations(self._db, version)
 
     # -- sending -------------------------------------------------------------------
 
@@ -893,9 +1058,27 @@ class Journal:
         outcome: str,
         status: int,
         reason: str | None,
-    ) -> None:
-        """Record what the receiver did with one incoming instance."""
+        study_folder: str | None = None,
+        receiver: str | None = None,
+    ) -> str:
+        """Record what the receiver did with one incoming instance; return the outcome recorded.
+
+        A ``duplicate`` of an instance this journal never recorded as stored is recorded
+        as ``stored``: its file was written by a receiver stopped (or refused by a
+        journal error) before it journaled it, and was never answered as stored.
+        With ``study_folder``, a stored or duplicate instance also counts as activity of
+        its study (``note_study_activity``, for ``receiver``) in the same transaction, so
+        the instance and its study are journaled together or not at all.
+        """
         with self._write() as db:
+            if outcome == "duplicate" and sop_instance_uid:
+                known = db.execute(
+                    "SELECT 1 FROM received WHERE sop_instance_uid = ? AND outcome IN"
+                    " ('stored', 'duplicate') LIMIT 1",
+                    (sop_instance_uid,),
+                ).fetchone()
+                if known is None:
+                    outcome = "stored"
             db.execute(
                 "INSERT INTO received (received_at, calling_ae, peer_address, sop_class_uid,"
                 " sop_instance_uid, study_uid, series_uid, transfer_syntax, size, digest, path,"
@@ -917,6 +1100,17 @@ class Journal:
                     reason,
                 ),
             )
+            if study_folder is not None and study_uid and outcome in ("stored", "duplicate"):
+                _note_activity(
+                    db,
+                    study_uid=study_uid,
+                    calling_ae=calling_ae,
+                    peer_address=peer_address,
+                    folder=study_folder,
+                    new=outcome == "stored",
+                    receiver=receiver,
+                )
+        return outcome
 
     def received_summary(self, *, limit: int = 20) -> list[dict[str, object]]:
         """Per study received: instance counts by outcome, calling AE, first and last time."""
@@ -946,59 +1140,93 @@ class Journal:
     # -- received studies: completeness and hooks -------------------------------------
 
     def note_study_activity(
-        self, *, study_uid: str, calling_ae: str, peer_address: str, folder: str, new: bool
+        self,
+        *,
+        study_uid: str,
+        calling_ae: str,
+        peer_address: str,
+        folder: str,
+        new: bool,
+        receiver: str | None = None,
     ) -> None:
-        """Record that an instance of ``study_uid`` arrived.
+        """Record that an instance of ``study_uid`` arrived at ``receiver``.
 
         A ``new`` instance (stored, not a duplicate) re-opens a study already complete,
-        so that it completes again with its new content.
+        so that it completes again with its new content, and makes ``receiver`` the
+        study's receiver: the one that completes it, runs its hook and forwards it.
+        A duplicate changes neither.
         """
-        now = utc_now()
         with self._write() as db:
-            db.execute(
-                "INSERT INTO studies (study_uid, calling_ae, peer_address, folder, first_at,"
-                " last_at, state) VALUES (?, ?, ?, ?, ?, ?, 'receiving')"
-                " ON CONFLICT(study_uid) DO UPDATE SET last_at = excluded.last_at,"
-                " calling_ae = excluded.calling_ae, peer_address = excluded.peer_address,"
-                " state = CASE WHEN ? THEN 'receiving' ELSE state END,"
-                " completed_by = CASE WHEN ? THEN NULL ELSE completed_by END",
-                (study_uid, calling_ae, peer_address, folder, now, now, new, new),
+            _note_activity(
+                db,
+                study_uid=study_uid,
+                calling_ae=calling_ae,
+                peer_address=peer_address,
+                folder=folder,
+                new=new,
+                receiver=receiver,
             )
 
-    def mark_commit_requested(self, study_uids: Iterable[str]) -> None:
-        """Studies named in a Storage Commitment request complete only by commitment."""
+    def mark_commit_requested(
+        self, study_uids: Iterable[str], *, receiver: str | None = None
+    ) -> None:
+        """Studies named in a Storage Commitment request complete only by commitment.
+
+        The receiver asked takes the studies over: its sender said the set is complete.
+        """
         with self._write() as db:
             db.executemany(
-                "UPDATE studies SET commit_requested = 1 WHERE study_uid = ?",
-                [(uid,) for uid in study_uids],
+                "UPDATE studies SET commit_requested = 1, receiver = COALESCE(?, receiver)"
+                " WHERE study_uid = ?",
+                [(receiver, uid) for uid in study_uids],
             )
 
-    def studies(self, *, state: str | None = None) -> list[ReceivedStudy]:
-        """Received studies, all or those in ``state`` (receiving, complete)."""
-        if state is None:
-            rows = self._read("SELECT * FROM studies ORDER BY last_at")
-        else:
-            rows = self._read("SELECT * FROM studies WHERE state = ? ORDER BY last_at", (state,))
-        return [_study(r) for r in rows]
+    def studies(
+        self, *, state: str | None = None, receiver: str | None = None
+    ) -> list[ReceivedStudy]:
+        """Received studies, all or those in ``state`` (receiving, complete).
+
+        With ``receiver``, only that receiver's studies (and those journaled before
+        studies had a receiver, which any receiver may adopt).
+        """
+        sql = "SELECT * FROM studies WHERE 1"
+        params: list[object] = []
+        if state is not None:
+            sql += " AND state = ?"
+            params.append(state)
+        if receiver is not None:
+            sql += " AND (receiver = ? OR receiver IS NULL)"
+            params.append(receiver)
+        return [_study(r) for r in self._read(sql + " ORDER BY last_at", params)]
 
     def study(self, study_uid: str) -> ReceivedStudy | None:
         rows = self._read("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
         return _study(rows[0]) if rows else None
 
-    def complete_study(self, study_uid: str, *, completed_by: str) -> ReceivedStudy | None:
-        """Mark a receiving study complete; None when it was not receiving (already done)."""
+    def complete_study(
+        self, study_uid: str, *, completed_by: str, receiver: str | None = None
+    ) -> ReceivedStudy | None:
+        """Mark a receiving study complete; None when it was not receiving (already done).
+
+        With ``receiver``, only a study of that receiver (or of none) is completed: a
+        receiver never completes, hooks or forwards another receiver's study.
+        """
+        sql = (
+            "UPDATE studies SET state = 'complete', completed_by = ?, completed_at = ?,"
+            " instances = ?, receiver = COALESCE(?, receiver)"
+            " WHERE study_uid = ? AND state = 'receiving'"
+        )
         with self._write() as db:
             (count,) = db.execute(
                 "SELECT COUNT(DISTINCT sop_instance_uid) FROM received WHERE study_uid = ?"
                 " AND outcome IN ('stored', 'duplicate')",
                 (study_uid,),
             ).fetchone()
-            changed = db.execute(
-                "UPDATE studies SET state = 'complete', completed_by = ?, completed_at = ?,"
-                " instances = ? WHERE study_uid = ? AND state = 'receiving'",
-                (completed_by, utc_now(), count, study_uid),
-            ).rowcount
-            if not changed:
+            params: list[object] = [completed_by, utc_now(), count, receiver, study_uid]
+            if receiver is not None:
+                sql += " AND (receiver = ? OR receiver IS NULL)"
+                params.append(receiver)
+            if not db.execute(sql, params).rowcount:
                 return None
             row = db.execute("SELECT * FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
         return _study(row)
@@ -1080,13 +1308,19 @@ class Journal:
         rows = self._read("SELECT * FROM hook_runs WHERE study_uid = ? ORDER BY id", (study_uid,))
         return [dict(r) for r in rows]
 
-    def studies_with_failed_hooks(self) -> list[ReceivedStudy]:
-        """Complete studies whose latest hook run failed or was cut off (still 'running')."""
+    def studies_with_failed_hooks(self, *, receiver: str | None = None) -> list[ReceivedStudy]:
+        """Complete studies whose latest hook run failed or was cut off (still 'running').
+
+        With ``receiver``, only that receiver's studies (and those of no receiver).
+        """
+        mine = "" if receiver is None else " AND (s.receiver = ? OR s.receiver IS NULL)"
         rows = self._read(
             "SELECT s.* FROM studies s JOIN hook_runs h ON h.study_uid = s.study_uid"
             " WHERE s.state = 'complete' AND h.id = (SELECT MAX(id) FROM hook_runs"
             " WHERE study_uid = s.study_uid) AND h.outcome IN ('failed', 'running')"
-            " ORDER BY s.completed_at"
+            + mine
+            + " ORDER BY s.completed_at",
+            () if receiver is None else (receiver,),
         )
         return [_study(r) for r in rows]
 
@@ -1109,13 +1343,20 @@ class Journal:
                 (utc_now(), outcome, transfer_id, reason, forward_id),
             )
 
-    def pending_forwards(self, peer: str) -> list[tuple[int, ReceivedStudy]]:
-        """Forwards to ``peer`` queued but never finished (the receiver stopped first)."""
+    def pending_forwards(
+        self, peer: str, *, receiver: str | None = None
+    ) -> list[tuple[int, ReceivedStudy]]:
+        """Forwards to ``peer`` queued but never finished (the receiver stopped first).
+
+        With ``receiver``, only forwards of that receiver's studies (and of no receiver's).
+        """
+        mine = "" if receiver is None else " AND (s.receiver = ? OR s.receiver IS NULL)"
         rows = self._read(
             "SELECT f.id AS forward_id, s.* FROM forwards f JOIN studies s"
             " ON s.study_uid = f.study_uid WHERE f.peer = ? AND f.outcome = 'pending'"
-            " ORDER BY f.id",
-            (peer,),
+            + mine
+            + " ORDER BY f.id",
+            (peer,) if receiver is None else (peer, receiver),
         )
         return [(int(r["forward_id"]), _study(r)) for r in rows]
 

@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvdexit_cli.dicom.reports import clean_note_text
-from dvdexit_cli.dicom.scan import scan
+from dvdexit_cli.dicom.scan import Instance, scan
 from dvdexit_cli.fsmode import Access
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.package.manifest import Manifest
 from dvdexit_cli.package.verify import is_package, verify_package
 from dvdexit_cli.receive.completeness import CompletenessTracker
 from dvdexit_cli.receive.render import render_sr_beside
-from dvdexit_cli.receive.store import InstanceStore, RefusedInstance, StoreWriteError
+from dvdexit_cli.receive.store import InstanceStore, PutResult, RefusedInstance, StoreWriteError
 
 __all__ = ["DropResult", "process_drop_folder"]
 
@@ -138,11 +138,13 @@ def _import(
     studies: dict[str, str],
     touched: set[str],
     missing: Counter[str],
+    new: set[str],
     sr_to_pdf: bool = False,
 ) -> str | None:
     """Store every instance of an intact package; return why it failed, or None.
 
-    ``studies`` gets each stored study's UID -> its folder in the store; ``touched`` every
+    ``studies`` gets each stored study's UID -> its folder in the store; ``new`` the
+    studies of which an instance was new to the store (not a duplicate); ``touched`` every
     study with an instance journaled (stored, duplicate, conflict or refused) or left
     unimported by a failure, ``missing`` the number of those left per study.
     """
@@ -151,6 +153,33 @@ def _import(
     if failed:
         return f"{failed[0].path}: {failed[0].reason}"
     for number, inst in enumerate(found.instances, start=1):
+        outcomes: list[str] = []
+
+        def journal_it(
+            put: PutResult, inst: Instance = inst, outcomes: list[str] = outcomes
+        ) -> None:
+            # In the store's hands: an instance that cannot be journaled is not kept.
+            conflict = put.outcome == "conflict"
+            outcomes.append(
+                journal.record_received(
+                    calling_ae=CALLING_AE,
+                    peer_address=str(package),
+                    sop_class_uid=inst.sop_class_uid,
+                    sop_instance_uid=inst.sop_instance_uid,
+                    study_uid=put.study_uid,
+                    series_uid=put.series_uid,
+                    transfer_syntax=inst.transfer_syntax,
+                    size=put.size,
+                    digest=put.digest,
+                    path=str(put.path),
+                    outcome=put.outcome,
+                    status=_CONFLICT if conflict else 0,
+                    reason="conflict: this SOP Instance UID is stored with other content"
+                    if conflict
+                    else None,
+                )
+            )
+
         try:
             put = store.put(
                 inst.path,
@@ -158,6 +187,7 @@ def _import(
                 sop_instance_uid=inst.sop_instance_uid,
                 transfer_syntax=inst.transfer_syntax,
                 calling_ae=CALLING_AE,
+                record=journal_it,
             )
         except (RefusedInstance, StoreWriteError) as exc:
             # Journaled as a refusal, so that the audit record of the study counts it.
@@ -188,26 +218,11 @@ def _import(
             return f"{inst.path.name}: {exc}" + (
                 f" ({left} later instance(s) of the package not imported)" if left else ""
             )
-        conflict = put.outcome == "conflict"
-        journal.record_received(
-            calling_ae=CALLING_AE,
-            peer_address=str(package),
-            sop_class_uid=inst.sop_class_uid,
-            sop_instance_uid=inst.sop_instance_uid,
-            study_uid=put.study_uid,
-            series_uid=put.series_uid,
-            transfer_syntax=inst.transfer_syntax,
-            size=put.size,
-            digest=put.digest,
-            path=str(put.path),
-            outcome=put.outcome,
-            status=_CONFLICT if conflict else 0,
-            reason="conflict: this SOP Instance UID is stored with other content"
-            if conflict
-            else None,
-        )
+        (outcome,) = outcomes
         touched.add(put.study_uid)
-        if put.outcome == "stored" and sr_to_pdf:
+        if outcome == "stored":
+            new.add(put.study_uid)
+        if outcome == "stored" and sr_to_pdf:
             render_sr_beside(
                 store,
                 journal,
@@ -216,11 +231,11 @@ def _import(
                 calling_ae=CALLING_AE,
                 spool=unpack,
             )
-        if put.outcome in ("stored", "duplicate"):
+        if outcome in ("stored", "duplicate"):
             studies.setdefault(put.study_uid, str(store.study_folder(put.path, put.study_uid)))
-        result.stored += put.outcome == "stored"
-        result.duplicates += put.outcome == "duplicate"
-        result.conflicts += put.outcome == "conflict"
+        result.stored += outcome == "stored"
+        result.duplicates += outcome == "duplicate"
+        result.conflicts += outcome == "conflict"
     return None
 
 
@@ -233,6 +248,7 @@ def process_drop_folder(
     settle: float = 0.0,
     tracker: CompletenessTracker | None = None,
     sr_to_pdf: bool = False,
+    receiver: str | None = None,
 ) -> DropResult:
     """One pass over ``drop``: import intact packages, file each under done/ or rejected/.
 
@@ -240,6 +256,10 @@ def process_drop_folder(
     A package changed less than ``settle`` seconds ago is left for a later pass. With a
     ``tracker``, the studies of an imported package are completed (hook, forward, audit).
     With ``sr_to_pdf``, each new SR is also stored rendered as an Encapsulated PDF.
+    ``receiver`` names this importer in the journal (like a listening receiver): a
+    package's study becomes its study only through an instance new to the store, so an
+    import of instances already stored never completes (or re-completes) a study that
+    another receiver received.
     """
     result = DropResult()
     for path in sorted(drop.iterdir()):
@@ -257,6 +277,7 @@ def process_drop_folder(
         reason: str | None
         studies: dict[str, str] = {}
         touched: set[str] = set()
+        new: set[str] = set()
         missing: Counter[str] = Counter()
         conflicts_before = result.conflicts
         if check.verdict != "intact":
@@ -270,15 +291,29 @@ def process_drop_folder(
         else:
             with tempfile.TemporaryDirectory(prefix="dvdexit-drop-") as tmp:
                 reason = _import(
-                    path, store, journal, result, Path(tmp), studies, touched, missing, sr_to_pdf
+                    path,
+                    store,
+                    journal,
+                    result,
+                    Path(tmp),
+                    studies,
+                    touched,
+                    missing,
+                    new,
+                    sr_to_pdf,
                 )
             conflicts = result.conflicts - conflicts_before
             if reason is None:
                 # Completed (journaled, audited, hook and forward queued) before the package
                 # is filed: a crash in between leaves it in the drop folder, imported again
                 # (as duplicates) at the next pass, never in done/ without its completion.
-                _complete(journal, tracker, path, studies, check.manifest)
-                result.studies.extend(sorted(studies))
+                completed = _complete(
+                    journal, tracker, path, studies, new, check.manifest, receiver
+                )
+                result.studies.extend(completed)
+                # Studies of the package this import did not complete (nothing of them
+                # stored, or only copies of what a receiver holds) are audited all the same.
+                left = sorted(touched - set(completed))
                 if conflicts:
                     # The other instances are stored, but the package did not fully arrive.
                     reason = (
@@ -286,8 +321,15 @@ def process_drop_folder(
                         "stored under the same SOP Instance UID and were not stored (the "
                         "package's other instances are)"
                     )
-                    # A study of which nothing was stored is not completed, but audited.
-                    _audit_unfinished(tracker, path, sorted(touched - set(studies)), detail=reason)
+                    _audit_unfinished(tracker, path, left, detail=reason)
+                elif left:
+                    _audit_unfinished(
+                        tracker,
+                        path,
+                        left,
+                        detail=f"package {path.name}: every instance of the study was already "
+                        "stored; its completion is unchanged",
+                    )
             elif touched:
                 # Stored in part: the store and the audit say so; the studies stay open.
                 _audit_unfinished(
@@ -313,16 +355,25 @@ def _complete(
     tracker: CompletenessTracker | None,
     package: Path,
     studies: dict[str, str],
+    new: set[str],
     manifest: Manifest | None,
-) -> None:
-    """Record the imported studies (with the manifest's note) and complete them."""
+    receiver: str | None,
+) -> list[str]:
+    """Record the imported studies (with the manifest's note) and complete them.
+
+    Returns the studies this import completes: those it brought a new instance to, and
+    open ones of nobody else (a study another receiver received, or one already complete,
+    keeps its completion, hook and forward when the package holds only copies of its
+    instances).
+    """
     for study_uid, folder in sorted(studies.items()):
         journal.note_study_activity(
             study_uid=study_uid,
             calling_ae=CALLING_AE,
             peer_address=str(package),
             folder=folder,
-            new=True,
+            new=study_uid in new,
+            receiver=receiver,
         )
         if manifest is not None and (manifest.note or manifest.reason or manifest.recipient):
             journal.set_study_note(
@@ -333,8 +384,16 @@ def _complete(
                 source="manifest",
                 sender_ae=manifest.sender_ae or None,
             )
+    ours = [
+        uid
+        for uid in sorted(studies)
+        if (study := journal.study(uid)) is not None
+        and study.state == "receiving"
+        and (receiver is None or study.receiver in (None, receiver))
+    ]
     if tracker is not None:
-        tracker.complete(sorted(studies), completed_by="package")
+        tracker.complete(ours, completed_by="package")
+    return ours
 
 
 def _clean(text: object) -> str | None:

@@ -5,6 +5,10 @@ answered with no failure at all; such a study is never completed by the idle tim
 sender told us what the set is). Any other study is complete when no new instance of it
 arrived for ``idle_timeout`` seconds. A new instance arriving after completion re-opens
 the study, which then completes (and runs its hook) again.
+
+Several receivers may share one journal. A study belongs to the receiver that stored
+its latest new instance (``receiver``); a tracker completes only its own studies, with
+its own idle timeout, hook and forward.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ class CompletenessTracker:
         forwarder: Forwarder | None = None,
         observer: Observer = ignore,
         audit: ReceiveAuditor | None = None,
+        receiver: str | None = None,
     ) -> None:
+        #: Which receiver's studies this tracker completes (None: any, for tools).
+        self.receiver = receiver
         self._audit = audit
         self._forwarder = forwarder
         self._journal = journal
@@ -60,9 +67,11 @@ class CompletenessTracker:
 
     def complete(self, study_uids: Iterable[str], *, completed_by: str) -> None:
         for uid in study_uids:
-            study = self._journal.complete_study(uid, completed_by=completed_by)
+            study = self._journal.complete_study(
+                uid, completed_by=completed_by, receiver=self.receiver
+            )
             if study is None:
-                continue  # already complete: its hook ran (or is queued) once
+                continue  # already complete (its hook ran or is queued), or not ours
             log.info("study %s complete (%s): %d instances", uid, completed_by, study.instances)
             self._observer(
                 StudyCompleted(study_uid=uid, instances=study.instances, completed_by=completed_by)
@@ -140,7 +149,7 @@ class CompletenessTracker:
         now = now or datetime.now(UTC)
         idle = [
             s.study_uid
-            for s in self._journal.studies(state="receiving")
+            for s in self._journal.studies(state="receiving", receiver=self.receiver)
             if not s.commit_requested
             and (now - datetime.fromisoformat(s.last_at)).total_seconds() >= self._idle
         ]

@@ -60,9 +60,13 @@ class Forwarder:
         self._queue: queue.Queue[tuple[ReceivedStudy, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the worker; forwards a stopped receiver left pending are queued first."""
-        for forward_id, study in self._journal.pending_forwards(self.peer.name):
+    def start(self, *, receiver: str | None = None) -> None:
+        """Start the worker; forwards a stopped receiver left pending are queued first.
+
+        With ``receiver``, only forwards of that receiver's studies: another receiver
+        on the same journal forwards its own.
+        """
+        for forward_id, study in self._journal.pending_forwards(self.peer.name, receiver=receiver):
             self._queue.put((study, forward_id))
         self._thread = threading.Thread(target=self._work, name="dvdexit-forward", daemon=True)
         self._thread.start()

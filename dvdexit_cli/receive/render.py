@@ -50,31 +50,41 @@ def render_sr_beside(
         pdf = sr_as_encapsulated_pdf(sr)
         with PRIVATE.open_new(tmp, exclusive=True) as out:
             pdf.save_as(out, enforce_file_format=True)
+    except Exception as exc:  # rendering is a courtesy: never fail the received SR for it
+        tmp.unlink(missing_ok=True)
+        log.error("could not render SR %s as PDF: %s", sr_path.name, exc)
+        return None
+
+    def journal_it(put: PutResult) -> None:
+        # In the store's hands: a PDF that cannot be journaled is not kept.
+        journal.record_received(
+            calling_ae=calling_ae,
+            peer_address=RENDERED_BY,
+            sop_class_uid=ENCAPSULATED_PDF,
+            sop_instance_uid=str(pdf.SOPInstanceUID),
+            study_uid=put.study_uid,
+            series_uid=put.series_uid,
+            transfer_syntax=ExplicitVRLittleEndian,
+            size=put.size,
+            digest=put.digest,
+            path=str(put.path),
+            outcome=put.outcome,
+            status=0,
+            reason="rendered from SR " + str(sr.SOPInstanceUID),
+        )
+
+    try:
         put = store.put(
             tmp,
             sop_class_uid=ENCAPSULATED_PDF,
             sop_instance_uid=str(pdf.SOPInstanceUID),
             transfer_syntax=ExplicitVRLittleEndian,
             calling_ae=calling_ae,
+            record=journal_it,
         )
-    except Exception as exc:  # rendering is a courtesy: never fail the received SR for it
-        log.error("could not render SR %s as PDF: %s", sr_path.name, exc)
+    except Exception as exc:  # journal or store trouble: the PDF is not kept, the SR is
+        log.error("could not store SR %s rendered as PDF: %s", sr_path.name, exc)
         return None
     finally:
         tmp.unlink(missing_ok=True)
-    journal.record_received(
-        calling_ae=calling_ae,
-        peer_address=RENDERED_BY,
-        sop_class_uid=ENCAPSULATED_PDF,
-        sop_instance_uid=str(pdf.SOPInstanceUID),
-        study_uid=put.study_uid,
-        series_uid=put.series_uid,
-        transfer_syntax=ExplicitVRLittleEndian,
-        size=put.size,
-        digest=put.digest,
-        path=str(put.path),
-        outcome=put.outcome,
-        status=0,
-        reason="rendered from SR " + str(sr.SOPInstanceUID),
-    )
     return put

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
 from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, forward_auditor
 from dvdexit_cli.config import DimsePeer
-from dvdexit_cli.errors import ConfigError
+from dvdexit_cli.errors import ConfigError, JournalError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
 from dvdexit_cli.fsmode import PRIVATE, Access
 from dvdexit_cli.journal import Journal
@@ -52,6 +53,7 @@ from dvdexit_cli.receive.render import render_sr_beside
 from dvdexit_cli.receive.store import (
     DEFAULT_LAYOUT,
     InstanceStore,
+    PutResult,
     RefusedInstance,
     StoreWriteError,
 )
@@ -113,16 +115,36 @@ class ReceiveSettings:
     access: Access = PRIVATE
 
 
+def _spool_prefix(pid: int) -> str:
+    """How a receiving process names its spool files: ``.spool-PID-``."""
+    return f".spool-{pid}-"
+
+
+def _spooled_by_another_live_process(name: str) -> bool:
+    """True for ``.spool-PID-...`` of a running process other than this one."""
+    pid_text = name.removeprefix(".spool-").partition("-")[0]
+    if not name.startswith(".spool-") or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_store(store: Path) -> int:
     """Remove what a killed receiver left: the spool, and dot-prefixed ``.tmp`` files.
 
-    Only names the store itself creates are removed; returns how many files went.
+    Only names the store itself creates are removed, and never the spool files of
+    another receiver running on the same store; returns how many files went.
     """
     removed = 0
     spool = store / SPOOL_DIR
     if spool.is_dir():
         for path in spool.iterdir():
-            if path.is_file():
+            if path.is_file() and not _spooled_by_another_live_process(path.name):
                 path.unlink(missing_ok=True)
                 removed += 1
     for path in store.rglob(".*.tmp"):
@@ -153,6 +175,10 @@ class StorageServer:
         self._store = InstanceStore(
             settings.store, fsync=settings.fsync, layout=settings.layout, access=settings.access
         )
+        if settings.fsync:
+            # An instance answered as stored must keep its journal row through a power cut
+            # as its fsynced file does (WAL with synchronous=NORMAL may lose the last rows).
+            journal.sync_every_commit()
         self._server: Any = None
         self._ae = AE(ae_title=settings.ae_title)
         self._ae.require_called_aet = True
@@ -208,6 +234,16 @@ class StorageServer:
     def port(self) -> int:
         return int(self._server.server_address[1]) if self._server else self.settings.port
 
+    @property
+    def receiver_id(self) -> str:
+        """This receiver in the journal: ``AE@HOST:PORT STORE``.
+
+        A study belongs to the receiver that stored its latest new instance: only that
+        one completes it, runs its hook and forwards it (docs/receiving.md). Stable
+        across restarts, so a restarted receiver takes up its own unfinished studies.
+        """
+        return f"{self.settings.ae_title}@{self.settings.host}:{self.port} {self.settings.store}"
+
     def start(self) -> None:
         """Bind and serve in background threads; raise ConfigError when binding fails."""
         handlers: list[Any] = [
@@ -247,16 +283,17 @@ class StorageServer:
         self._previous_tempdir = tempfile.tempdir
         self._previous_template = tempfile.template
         tempfile.tempdir = str(self.settings.store / SPOOL_DIR)
-        tempfile.template = ".spool-"
+        tempfile.template = _spool_prefix(os.getpid())
         if self._hooks is not None:
             self._hooks.start()
             # Runs cut off by a crash (journaled 'running') are run again now.
-            for study in self._journal.studies_with_failed_hooks():
+            for study in self._journal.studies_with_failed_hooks(receiver=self.receiver_id):
                 runs = self._journal.hook_runs(study.study_uid)
                 if runs and runs[-1]["outcome"] == "running":
                     self._hooks.submit(study)
         if self._forwarder is not None:
-            self._forwarder.start()
+            self._forwarder.start(receiver=self.receiver_id)
+        self.tracker.receiver = self.receiver_id
         self.tracker.start()
 
     def stop(self) -> int:
@@ -289,6 +326,12 @@ class StorageServer:
             self._forwarder.stop(max(1.0, deadline - time.monotonic()))
         tempfile.tempdir = self._previous_tempdir
         tempfile.template = self._previous_template
+        # No association of ours runs now: what is left of our spool belongs to
+        # associations aborted mid-dataset (pynetdicom keeps those files), never an instance.
+        spool = self.settings.store / SPOOL_DIR
+        if spool.is_dir():
+            for leftover in spool.glob(_spool_prefix(os.getpid()) + "*"):
+                leftover.unlink(missing_ok=True)
         return len(active)
 
     def _on_connection(self, event: Any) -> None:
@@ -345,7 +388,7 @@ class StorageServer:
         except Exception as exc:  # pydicom decode errors come in many types
             log.error("storage commitment request could not be read: %s", exc)
             return _status(0x0110, "request could not be read"), None
-        self._journal.mark_commit_requested(result.studies)
+        self._journal.mark_commit_requested(result.studies, receiver=self.receiver_id)
         log.info(
             "storage commitment %s: %d stored, %d failed",
             result.transaction_uid,
@@ -384,23 +427,48 @@ class StorageServer:
     def _on_store(self, event: Any) -> Dataset:
         request = event.request
         calling_ae = str(event.assoc.requestor.ae_title).strip()
-        address = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
-        sop_class = str(request.AffectedSOPClassUID or "")
         sop_instance = str(request.AffectedSOPInstanceUID or "")
-        transfer_syntax = str(event.context.transfer_syntax)
         record: dict[str, Any] = {
             "calling_ae": calling_ae,
-            "peer_address": address,
-            "sop_class_uid": sop_class,
+            "peer_address": f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
+            "sop_class_uid": str(request.AffectedSOPClassUID or ""),
             "sop_instance_uid": sop_instance,
-            "transfer_syntax": transfer_syntax,
+            "transfer_syntax": str(event.context.transfer_syntax),
             "study_uid": None,
             "series_uid": None,
             "size": None,
             "digest": None,
             "path": None,
         }
-        reason: str | None = self._refuse_for_resources(Path(event.dataset_path))
+        spooled = Path(event.dataset_path)
+        try:
+            return self._receive(spooled, record)
+        except JournalError as exc:
+            # Not C211 (pynetdicom's answer to an exception here, final for the sender):
+            # the instance was not kept (the store removed it), so the sender must retry.
+            reason = "journal unavailable, instance not kept; retry later"
+            log.error("instance refused with A700: %s", exc.message)
+            self._observer(
+                InstanceReceived(
+                    calling_ae=calling_ae,
+                    sop_instance_uid=sop_instance if _plain(sop_instance) else None,
+                    study_uid=record["study_uid"],
+                    outcome="refused",
+                    status=STATUS_OUT_OF_RESOURCES,
+                    reason=reason,
+                )
+            )
+            return _status(STATUS_OUT_OF_RESOURCES, reason)
+        finally:
+            # pynetdicom removes the spool file only after a handler that returns; one
+            # that raised would leave it in .incoming/ (and the store never needs it now).
+            spooled.unlink(missing_ok=True)
+
+    def _receive(self, spooled: Path, record: dict[str, Any]) -> Dataset:
+        calling_ae = str(record["calling_ae"])
+        sop_class = str(record["sop_class_uid"])
+        sop_instance = str(record["sop_instance_uid"])
+        reason: str | None = self._refuse_for_resources(spooled)
         if reason is not None:
             log.info("instance refused with A700: %s", reason)
             record["sop_instance_uid"] = sop_instance if _plain(sop_instance) else None
@@ -410,7 +478,7 @@ class StorageServer:
             self._observer(
                 InstanceReceived(
                     calling_ae=calling_ae,
-                    sop_instance_uid=sop_instance if _plain(sop_instance) else None,
+                    sop_instance_uid=record["sop_instance_uid"],
                     study_uid=None,
                     outcome="refused",
                     status=STATUS_OUT_OF_RESOURCES,
@@ -418,22 +486,58 @@ class StorageServer:
                 )
             )
             return _status(STATUS_OUT_OF_RESOURCES, reason)
+        outcomes: list[str] = []
+
+        def journal_it(put: PutResult) -> None:
+            # Called by the store before it lets go of the instance: if this raises, the
+            # instance is removed again, so it is journaled with its study or not kept.
+            conflict = put.outcome == "conflict"
+            outcomes.append(
+                self._journal.record_received(
+                    **(
+                        record
+                        | {
+                            "study_uid": put.study_uid,
+                            "series_uid": put.series_uid,
+                            "size": put.size,
+                            "digest": put.digest,
+                            "path": str(put.path),
+                        }
+                    ),
+                    outcome=put.outcome,
+                    status=STATUS_CONFLICT if conflict else STATUS_SUCCESS,
+                    reason=(
+                        "conflict: this SOP Instance UID is stored with other content"
+                        if conflict
+                        else None
+                    ),
+                    study_folder=(
+                        None if conflict else str(self._store.study_folder(put.path, put.study_uid))
+                    ),
+                    receiver=self.receiver_id,
+                )
+            )
+
         try:
             put = self._store.put(
-                Path(event.dataset_path),
+                spooled,
                 sop_class_uid=sop_class,
                 sop_instance_uid=sop_instance,
-                transfer_syntax=transfer_syntax,
+                transfer_syntax=str(record["transfer_syntax"]),
                 calling_ae=calling_ae,
+                record=journal_it,
             )
-        except RefusedInstance as exc:
-            status, outcome, reason = STATUS_CANNOT_UNDERSTAND, "refused", str(exc)
-            # A refused UID may be hostile; keep it out of the journal's key columns.
-            record["sop_instance_uid"] = sop_instance if _plain(sop_instance) else None
-        except StoreWriteError as exc:
-            status, outcome = STATUS_OUT_OF_RESOURCES, "refused"
+        except (RefusedInstance, StoreWriteError) as exc:
+            if isinstance(exc, RefusedInstance):
+                status = STATUS_CANNOT_UNDERSTAND
+                # A refused UID may be hostile; keep it out of the journal's key columns.
+                record["sop_instance_uid"] = sop_instance if _plain(sop_instance) else None
+            else:
+                status = STATUS_OUT_OF_RESOURCES
+                log.error("store failed: %s", exc)
             reason = str(exc)
-            log.error("store failed: %s", reason)
+            outcome = "refused"
+            self._journal.record_received(**record, outcome=outcome, status=status, reason=reason)
         else:
             record.update(
                 study_uid=put.study_uid,
@@ -442,13 +546,12 @@ class StorageServer:
                 digest=put.digest,
                 path=str(put.path),
             )
-            outcome = put.outcome
-            if put.outcome == "conflict":
+            outcome = outcomes[0]
+            if outcome == "conflict":
                 status = STATUS_CONFLICT
                 reason = "conflict: this SOP Instance UID is stored with other content"
             else:
                 status, reason = STATUS_SUCCESS, None
-        self._journal.record_received(**record, outcome=outcome, status=status, reason=reason)
         if outcome in ("stored", "duplicate") and record["study_uid"]:
             record_note_from_instance(
                 self._journal,
@@ -466,13 +569,6 @@ class StorageServer:
                     calling_ae=calling_ae,
                     spool=self.settings.store / SPOOL_DIR,
                 )
-            self._journal.note_study_activity(
-                study_uid=record["study_uid"],
-                calling_ae=calling_ae,
-                peer_address=address,
-                folder=str(self._store.study_folder(Path(record["path"]), record["study_uid"])),
-                new=outcome == "stored",
-            )
         self._observer(
             InstanceReceived(
                 calling_ae=calling_ae,

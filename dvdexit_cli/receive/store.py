@@ -8,6 +8,12 @@ that passed the UID check, so nothing a peer sends can name a path outside the s
 Duplicates: the same SOP Instance UID with the same dataset digest is stored once and
 reported ``duplicate``; with different content the newcomer goes to ``conflicts/`` and
 is reported ``conflict``; the first instance is never overwritten.
+
+A caller that journals what it stored passes ``record``: it is called with the result
+while the store still holds its lock, and if it raises, an instance this call placed is
+removed again. So an instance is in the store and in the journal, or in neither (a
+``kill -9`` between the two leaves a file that was never answered as stored: the
+sender's resend is then journaled as stored, see ``Journal.record_received``).
 """
 
 from __future__ import annotations
@@ -19,19 +25,23 @@ import secrets
 import string
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, DeflatedExplicitVRLittleEndian
 
 from dvdexit_cli.dicom.digest import (
     CHUNK_SIZE,
+    FileMeta,
     MalformedFileError,
     NotPart10Error,
+    check_structure,
     dataset_digest,
+    digest_stream,
     read_file_meta,
 )
 from dvdexit_cli.dicom.uids import is_valid_uid
@@ -224,14 +234,19 @@ class InstanceStore:
         sop_instance_uid: str,
         transfer_syntax: str,
         calling_ae: str,
+        record: Callable[[PutResult], None] | None = None,
     ) -> PutResult:
         """Store the received dataset in ``source`` (a Part 10 file pynetdicom wrote).
 
-        Raises RefusedInstance for content that must not be stored, StoreWriteError when
-        the disk fails (the caller answers "out of resources").
+        Raises RefusedInstance for content that must not be stored (invalid UIDs, a
+        dataset cut short or unparsable), StoreWriteError when the disk fails (the caller
+        answers "out of resources"). ``record`` (see the module docstring) may raise
+        anything; the instance is then not kept, and the exception propagates.
         """
         try:
-            return self._put(source, sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
+            return self._put(
+                source, sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae, record
+            )
         except OSError as exc:
             raise StoreWriteError(f"could not store: {exc.strerror or exc}") from exc
 
@@ -242,6 +257,7 @@ class InstanceStore:
         sop_instance_uid: str,
         transfer_syntax: str,
         calling_ae: str,
+        record: Callable[[PutResult], None] | None,
     ) -> PutResult:
         for name, uid in (
             ("Affected SOP Instance UID", sop_instance_uid),
@@ -252,9 +268,11 @@ class InstanceStore:
                 raise RefusedInstance(f"{name} is not a valid UID")
         with source.open("rb") as src:
             try:
-                offset = read_file_meta(src).dataset_offset
+                meta = read_file_meta(src)
             except (NotPart10Error, MalformedFileError) as exc:
                 raise RefusedInstance(f"received data could not be framed: {exc}") from exc
+            offset = meta.dataset_offset
+            self._check_whole(src, meta)
             header = self._header(src)
             dataset_sop = str(header.get("SOPInstanceUID", ""))
             if dataset_sop != sop_instance_uid:
@@ -273,7 +291,9 @@ class InstanceStore:
                 digest, size = self._write(
                     tmp, src, sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae
                 )
-                return self._commit(tmp, final, digest, size, study, series, sop_instance_uid)
+                return self._commit(
+                    tmp, final, digest, size, study, series, sop_instance_uid, record
+                )
             finally:
                 tmp.unlink(missing_ok=True)
 
@@ -288,6 +308,28 @@ class InstanceStore:
             return  # another association created it meanwhile
         if self.fsync:
             _fsync_dir(folder.parent)
+
+    @staticmethod
+    def _check_whole(src: BinaryIO, meta: FileMeta) -> None:
+        """Refuse a dataset cut short: the sender's own structure walk (dicom/digest.py).
+
+        An element whose length runs past the end of what arrived makes an instance
+        that ``verify`` calls invalid and that can never be sent onward.
+        """
+        size = os.fstat(src.fileno()).st_size
+        try:
+            if meta.transfer_syntax == DeflatedExplicitVRLittleEndian:
+                src.seek(meta.dataset_offset)
+                digest_stream(src, deflated=True)
+            else:
+                check_structure(src, meta, size)
+        except MalformedFileError as exc:
+            why = str(exc)  # the walk speaks of a file; here it is what arrived
+            raise RefusedInstance(
+                "dataset " + why.removeprefix("file ")
+                if why.startswith("file is ")
+                else f"dataset cannot be stored: {why}"
+            ) from exc
 
     @staticmethod
     def _header(src: BinaryIO) -> pydicom.Dataset:
@@ -320,22 +362,58 @@ class InstanceStore:
         return sha.hexdigest(), size
 
     def _commit(
-        self, tmp: Path, final: Path, digest: str, size: int, study: str, series: str, sop: str
+        self,
+        tmp: Path,
+        final: Path,
+        digest: str,
+        size: int,
+        study: str,
+        series: str,
+        sop: str,
+        record: Callable[[PutResult], None] | None,
     ) -> PutResult:
         with self._lock:
             if final.exists():
                 _, existing = dataset_digest(final)
                 if existing == digest:
-                    return PutResult("duplicate", final, digest, size, study, series)
+                    # Not placed by this call: whoever placed it journaled it (or, cut off
+                    # before it could, never answered success; record() sees to that).
+                    return _recorded(
+                        PutResult("duplicate", final, digest, size, study, series),
+                        record,
+                        placed=False,
+                    )
                 conflicts = self.root / "conflicts"
                 if not conflicts.is_dir():
                     self.access.make_dir(conflicts)
                 aside = conflicts / f"{sop}.{digest[:16]}.dcm"
+                placed = not aside.exists()  # the same conflict again replaces its copy
                 os.replace(tmp, aside)
                 if self.fsync:
                     _fsync_dir(conflicts)
-                return PutResult("conflict", aside, digest, size, study, series)
+                return _recorded(
+                    PutResult("conflict", aside, digest, size, study, series),
+                    record,
+                    placed=placed,
+                )
             os.replace(tmp, final)
             if self.fsync:
                 _fsync_dir(final.parent)
-            return PutResult("stored", final, digest, size, study, series)
+            return _recorded(
+                PutResult("stored", final, digest, size, study, series), record, placed=True
+            )
+
+
+def _recorded(
+    result: PutResult, record: Callable[[PutResult], None] | None, *, placed: bool
+) -> PutResult:
+    """Let the caller journal ``result``; if it cannot, remove what this put placed."""
+    if record is None:
+        return result
+    try:
+        record(result)
+    except BaseException:
+        if placed:
+            result.path.unlink(missing_ok=True)
+        raise
+    return result

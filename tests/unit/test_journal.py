@@ -70,3 +70,53 @@ def test_a_file_that_is_not_a_database_is_a_journal_error(tmp_path: Path) -> Non
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(JournalError):
         Journal(path)
+
+
+@pytest.mark.parametrize(("durability", "level"), [(True, "full"), (False, "normal")])
+def test_receiver_journal_is_as_durable_as_its_store(
+    tmp_path: Path, durability: bool, level: str
+) -> None:
+    from dvdexit_cli.receive import ReceiveSettings, StorageServer
+
+    settings = ReceiveSettings(
+        host="127.0.0.1", port=0, ae_title="DVDEXIT", store=tmp_path / "store", fsync=durability
+    )
+    with Journal(tmp_path / "j.sqlite") as journal:
+        StorageServer(settings, journal=journal)
+        # --durability full fsyncs each instance before answering success: a power cut
+        # must not then lose its journal row (WAL with synchronous=NORMAL can).
+        assert journal.synchronous == level
+
+
+def test_a_resent_instance_whose_file_was_never_journaled_is_journaled_as_stored(
+    tmp_path: Path,
+) -> None:
+    """The receiver stored a file, then could not journal it (killed, journal locked).
+
+    The sender was never told "stored" and sends it again; the store finds an identical
+    file (a duplicate), but for the journal it is new: stored, and its study re-opens.
+    """
+    (path,) = write_study(tmp_path / "in", n_instances=1, seed="orphan")
+    (inst,) = scan([path]).instances
+    row = {
+        "calling_ae": "HOSP_A",
+        "peer_address": "127.0.0.1:5000",
+        "sop_class_uid": inst.sop_class_uid,
+        "sop_instance_uid": inst.sop_instance_uid,
+        "study_uid": inst.study_uid,
+        "series_uid": inst.series_uid,
+        "transfer_syntax": inst.transfer_syntax,
+        "size": inst.size,
+        "digest": inst.digest,
+        "path": str(path),
+        "status": 0,
+        "reason": None,
+        "study_folder": str(tmp_path / "in"),
+        "receiver": "DVDEXIT@127.0.0.1:11112 /store",
+    }
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal.record_received(**row, outcome="duplicate") == "stored"
+        assert journal.record_received(**row, outcome="duplicate") == "duplicate"
+        study = journal.study(inst.study_uid)
+        assert study is not None and study.state == "receiving"
+        assert study.receiver == "DVDEXIT@127.0.0.1:11112 /store"
