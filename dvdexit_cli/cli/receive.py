@@ -335,7 +335,8 @@ def receive_command(
     except ValueError as exc:
         raise UsageError(f"--layout {chosen_layout!r}: {exc}") from exc
     forward_peer = _pick(forward_to, table, "forward_to", None)
-    peer = PeerBook(home.peers_file).get_any(str(forward_peer)) if forward_peer else None
+    book = PeerBook(home.peers_file)
+    peer = book.get_any(str(forward_peer)) if forward_peer else None
     if peer is not None and not isinstance(peer, DimsePeer):
         raise UsageError(f"--forward-to {forward_peer}: only DIMSE peers can be forwarded to")
     mapping_file = _pick(reconcile, table, "reconcile", None)
@@ -408,6 +409,7 @@ def receive_command(
         staging=home.data_dir / "forward-staging",
         audit_file=audit_path(home),
         sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
+        max_pdu=book.local.max_pdu,
     )
     stop = threading.Event()
 

@@ -33,7 +33,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
 from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, forward_auditor
-from dvdexit_cli.config import DimsePeer
+from dvdexit_cli.config import DEFAULT_MAX_PDU, DimsePeer
 from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
 from dvdexit_cli.journal import Journal
@@ -54,7 +54,7 @@ from dvdexit_cli.receive.store import (
     RefusedInstance,
     StoreWriteError,
 )
-from dvdexit_cli.transport.dimse import set_nodelay
+from dvdexit_cli.transport.dimse import bound_pdus, set_nodelay
 
 __all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer"]
 
@@ -108,6 +108,8 @@ class ReceiveSettings:
     audit_file: Path | None = None
     #: Store a received SR also rendered as an Encapsulated PDF (receive/render.py).
     sr_to_pdf: bool = False
+    #: The maximum PDU length we advertise and send (``[local] max_pdu``).
+    max_pdu: int = DEFAULT_MAX_PDU
 
 
 def sweep_store(store: Path) -> int:
@@ -190,7 +192,9 @@ class StorageServer:
         self.swept = 0
         self._previous_tempdir: str | None = None
         self._previous_template = tempfile.template
-        self._ae.maximum_pdu_size = 0  # accept whatever PDU size the sender prefers
+        # Bounded: pynetdicom reads each PDU whole, so an unlimited maximum let a sender
+        # put a 1 GB instance in one PDU, held in memory several times over.
+        self._ae.maximum_pdu_size = settings.max_pdu
         self._ae.add_supported_context(_VERIFICATION)
         # An acceptor picks from a proposed context by its own order of preference:
         # explicit VR little endian first, as it keeps the VRs and most senders use it.
@@ -286,6 +290,7 @@ class StorageServer:
 
     def _on_connection(self, event: Any) -> None:
         set_nodelay(event.assoc)
+        bound_pdus(event.assoc, self.settings.max_pdu)
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
@@ -357,6 +362,7 @@ class StorageServer:
             ae_title=self.settings.ae_title,
             reply_to=self.settings.commit_reply,
             ssl_context=self.settings.client_ssl_context,
+            max_pdu=self.settings.max_pdu,
         )
         return _status(STATUS_SUCCESS), None
 
