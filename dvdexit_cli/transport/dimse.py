@@ -26,6 +26,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import pydicom
 from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import build_context
 
 from dvdexit_cli.config import DimsePeer
@@ -86,16 +88,46 @@ class _BoundedDimse(DIMSEServiceProvider):
         return min(theirs, self.send_limit) if theirs else self.send_limit
 
 
+#: P-DATA PDUs that may wait for the socket; beyond, the sending thread waits.
+_QUEUED_PDUS = 4
+#: Seconds the socket may take no queued PDU before the wait gives up (the DIMSE
+#: timeout then decides, as without the wait).
+_STALL = 30.0
+
+
 def bound_pdus(assoc: Any, limit: int) -> None:
-    """Send no PDU larger than ``limit`` on ``assoc``, whatever the peer advertises.
+    """Send no PDU larger than ``limit`` on ``assoc``, and queue few, whatever the peer.
 
     pynetdicom splits each message at the peer's maximum only, and sends a whole dataset
-    (read whole into memory) as one PDU to a peer that advertises no limit.
+    (read whole into memory) as one PDU to a peer that advertises no limit. It also
+    queues every PDU of a message for its socket thread at once: a dataset read from
+    disk faster than the network takes it piled up in memory (600 MB for a 1 GB
+    instance). Here the sending thread waits while ``_QUEUED_PDUS`` are queued.
     """
     dimse = assoc.dimse
     if not isinstance(dimse, _BoundedDimse):
         dimse.__class__ = _BoundedDimse
     dimse.send_limit = limit
+    dul = assoc.dul
+    if getattr(dul, "_dvdexit_throttled", False):
+        return
+    queue = dul.to_provider_queue
+    original = dul.send_pdu
+
+    def send_pdu(primitive: Any) -> None:
+        if isinstance(primitive, P_DATA) and threading.current_thread() is not dul:
+            head, since = None, time.monotonic()
+            while queue.qsize() >= _QUEUED_PDUS and dul.is_alive():
+                current = queue.queue[0] if queue.queue else None
+                if current is not head:
+                    head, since = current, time.monotonic()
+                elif time.monotonic() - since > _STALL:
+                    break
+                time.sleep(0.0005)
+        original(primitive)
+
+    dul.send_pdu = send_pdu
+    dul._dvdexit_throttled = True
 
 
 def guard_reactor(assoc: Any) -> None:

@@ -10,15 +10,18 @@ the peer's own maximum, whatever the peer advertises.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
-from peers import LOOPBACK, free_port, run_dvdexit
+from peers import LOOPBACK, dvdexit_env, free_port, run_dvdexit
 from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from dvdexit_cli.samples import sample_uid, synthetic_instance
+from dvdexit_cli.samples import sample_uid, synthetic_instance, write_large_instance
 
 pytestmark = pytest.mark.peer
 
@@ -142,3 +145,40 @@ def test_send_keeps_below_a_smaller_local_bound_and_the_peers_own_maximum(
 
     assert max(unlimited.lengths) == 16384
     assert max(small.lengths) == 8192
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_a_large_instance_goes_from_dvdexit_to_dvdexit_without_being_held_in_memory(
+    tmp_path: Path, dvdexit_receiver, dvdexit_home: Path
+) -> None:
+    # Held whole, a 256 MB instance cost the sender and the receiver several copies of
+    # it (a 1 GB one: 3.2 GB and 4.2 GB). Streamed, each stays near its idle size.
+    (tmp_path / "study").mkdir()
+    write_large_instance(tmp_path / "study" / "LARGE.dcm", 256)
+    receiver = dvdexit_receiver(tmp_path / "STORE", extra=["--durability", "os"])
+    sender_home = tmp_path / "sender"
+    run_dvdexit(
+        "peers", "add", "gw", "--dimse", f"{LOOPBACK}:{receiver.port}", "--ae", "DVDEXIT",
+        home=sender_home,
+    )  # fmt: skip
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "dvdexit_cli", "send", str(tmp_path / "study"), "--to", "gw"],
+        env=dvdexit_env(sender_home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _pid, status, usage = os.wait4(sender.pid, 0)
+    sender.returncode = os.waitstatus_to_exitcode(status)
+    receiver_peak = _peak_rss_mb(receiver.pid)
+
+    assert sender.returncode == 0, sender.stderr.read() if sender.stderr else ""
+    assert receiver.stop() == 0
+    assert len(list(receiver.store.rglob("*.dcm"))) == 1
+    assert usage.ru_maxrss / 1024 < 200, "the sender held the instance in memory"
+    assert receiver_peak < 200, "the receiver held the instance in memory"
