@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from dvdexit_cli.receive.store import (
 )
 from dvdexit_cli.transport.dimse import bound_pdus, set_nodelay
 
-__all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer"]
+__all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer", "is_store_temporary"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Folder in the store where pynetdicom spools incoming datasets (same filesystem as
 #: the store, so the free-disk floor covers it and /tmp in RAM does not hold 2 GB).
 SPOOL_DIR = ".incoming"
+#: The store's other temporaries: an instance is written as ``.UID.RANDOM.tmp`` beside
+#: its final name, then renamed (receive/store.py).
+TEMPORARY_GLOB = ".*.tmp"
 
 
 @dataclass(frozen=True)
@@ -124,11 +128,27 @@ def sweep_store(store: Path) -> int:
             if path.is_file():
                 path.unlink(missing_ok=True)
                 removed += 1
-    for path in store.rglob(".*.tmp"):
+    for path in store.rglob(TEMPORARY_GLOB):
         if path.is_file() and path.parent != spool:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def is_store_temporary(path: Path) -> bool:
+    """Whether ``path`` is one of a store's own temporaries, never an instance.
+
+    That is a dot-prefixed file in the spool folder, or a dot-prefixed ``.tmp`` file
+    in a folder that has the spool folder above it (a store: its layout never gives an
+    instance a dot-prefixed name). The same name elsewhere is a user's file.
+    """
+    if not path.name.startswith("."):
+        return False
+    if path.parent.name == SPOOL_DIR:
+        return True
+    return fnmatch(path.name, TEMPORARY_GLOB) and any(
+        (folder / SPOOL_DIR).is_dir() for folder in path.parents
+    )
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
