@@ -57,11 +57,13 @@ class _ReceiveLog:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, AssociationRefused):
-            err.print(
-                f"rejected: association from {event.address} as {event.calling_ae!r}: "
-                f"{event.reason}",
-                markup=False,
+            # Before an association request (a failed TLS handshake) there is no AE title.
+            who = (
+                f"association from {event.address} as {event.calling_ae!r}"
+                if event.calling_ae
+                else f"connection from {event.address}"
             )
+            err.print(f"rejected: {who}: {event.reason}", markup=False)
         elif isinstance(event, StudyCompleted):
             err.print(
                 f"complete: study {event.study_uid} ({event.instances} instance(s), "

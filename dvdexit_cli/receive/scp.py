@@ -55,6 +55,7 @@ from dvdexit_cli.receive.store import (
     RefusedInstance,
     StoreWriteError,
 )
+from dvdexit_cli.tls import report_handshake_failures
 from dvdexit_cli.transport.dimse import bound_pdus, set_nodelay
 
 __all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer", "is_store_temporary"]
@@ -235,6 +236,8 @@ class StorageServer:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_N_ACTION, self._on_n_action),
         ]
+        if self.settings.ssl_context is not None:
+            report_handshake_failures(self.settings.ssl_context, self._on_tls_failure)
         try:
             self._server = self._ae.start_server(
                 (self.settings.host, self.settings.port),
@@ -307,6 +310,14 @@ class StorageServer:
         tempfile.tempdir = self._previous_tempdir
         tempfile.template = self._previous_template
         return len(active)
+
+    def _on_tls_failure(self, address: str, reason: str) -> None:
+        log.info("connection from %s refused: TLS handshake failed: %s", address, reason)
+        self._observer(
+            AssociationRefused(
+                calling_ae="", address=address, reason=f"TLS handshake failed: {reason}"
+            )
+        )
 
     def _on_connection(self, event: Any) -> None:
         set_nodelay(event.assoc)
