@@ -407,3 +407,31 @@ def test_a_client_certificate_of_another_ca_is_named_on_stderr_and_the_receiver_
     (line,) = _refusal_lines(receiver.stderr)
     assert f"from {LOOPBACK}:" in line
     assert "client certificate not trusted" in line
+
+
+def test_an_expired_client_certificate_is_named_on_stderr(tmp_path, pki, dvdexit_receiver):
+    import datetime
+
+    write_study(tmp_path / "study", n_instances=1, seed="tls-expired-named")
+    # A second CA the receiver trusts too, which issued a certificate expired yesterday.
+    ca = trustme.CA()
+    pki["ca"].write_bytes(pki["ca"].read_bytes() + ca.cert_pem.bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    expired = ca.issue_cert(
+        "hosp-a.example",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    expired.cert_chain_pems[0].write_to_path(str(tmp_path / "expired.pem"))
+    expired.private_key_pem.write_to_path(str(tmp_path / "expired.key"))
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+    client = client_context(
+        ca=pki["ca"], cert=tmp_path / "expired.pem", key=tmp_path / "expired.key"
+    )
+
+    refused = library_send(tmp_path / "study", receiver.port, tmp_path / "r.sqlite", client)
+
+    assert refused.sent == 0
+    assert receiver.stop() == 0
+    (line,) = _refusal_lines(receiver.stderr)
+    assert f"from {LOOPBACK}:" in line and "certificate has expired" in line
