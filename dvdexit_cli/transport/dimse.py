@@ -90,8 +90,8 @@ class _BoundedDimse(DIMSEServiceProvider):
 
 #: P-DATA PDUs that may wait for the socket; beyond, the sending thread waits.
 _QUEUED_PDUS = 4
-#: Seconds the socket may take no queued PDU before the wait gives up (the DIMSE
-#: timeout then decides, as without the wait).
+#: Seconds the socket may take no queued PDU before the waiting stops for good on that
+#: association (pynetdicom's own DIMSE timeout then decides, as it did without it).
 _STALL = 30.0
 
 
@@ -113,16 +113,18 @@ def bound_pdus(assoc: Any, limit: int) -> None:
         return
     queue = dul.to_provider_queue
     original = dul.send_pdu
+    stalled = threading.Event()
 
     def send_pdu(primitive: Any) -> None:
         if isinstance(primitive, P_DATA) and threading.current_thread() is not dul:
             head, since = None, time.monotonic()
-            while queue.qsize() >= _QUEUED_PDUS and dul.is_alive():
+            while queue.qsize() >= _QUEUED_PDUS and dul.is_alive() and not stalled.is_set():
                 current = queue.queue[0] if queue.queue else None
                 if current is not head:
                     head, since = current, time.monotonic()
                 elif time.monotonic() - since > _STALL:
-                    break
+                    log.warning("the peer took no data for %g s; no longer pacing", _STALL)
+                    stalled.set()
                 time.sleep(0.0005)
         original(primitive)
 
