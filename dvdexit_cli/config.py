@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,6 +27,7 @@ __all__ = [
     "AUTH_KINDS",
     "DEFAULT_CALLING_AE",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_PDU",
     "DEFAULT_MIN_RATE",
     "DEFAULT_READ_TIMEOUT",
     "AnyPeer",
@@ -42,6 +43,7 @@ __all__ = [
     "url_without_secrets",
     "validate_ae_title",
     "validate_dicomweb",
+    "validate_max_pdu",
 ]
 
 DEFAULT_CALLING_AE = "DVDEXIT"
@@ -117,6 +119,32 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host, port
 
 
+DEFAULT_MAX_PDU = 1024 * 1024
+"""The maximum PDU length we advertise and send, unless ``[local] max_pdu`` says otherwise."""
+MIN_MAX_PDU = 4096
+MAX_MAX_PDU = 16 * 1024 * 1024
+# Why bounded at all: pynetdicom reads and writes each PDU whole, in several copies, so the
+# PDU size is what an association costs in memory. 4096 is DCMTK's floor (its --max-pdu
+# accepts 4096..131072); above a few MB nothing gets faster while memory grows per
+# association. 0 (no limit) is refused: it is what let a 1 GB instance travel as one PDU.
+
+
+def validate_max_pdu(value: object, *, what: str) -> int:
+    """A maximum PDU length in bytes, from MIN_MAX_PDU to MAX_MAX_PDU; ConfigError else."""
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not MIN_MAX_PDU <= value <= MAX_MAX_PDU
+    ):
+        raise ConfigError(
+            f"{what} must be a number of bytes from {MIN_MAX_PDU} to {MAX_MAX_PDU}, not {value!r}",
+            hint=f"the default, {DEFAULT_MAX_PDU} (1 MiB), suits every peer we know; "
+            "0 (no limit) is not allowed, as a peer could then send a whole instance as one "
+            "PDU held in memory",
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class DimsePeer:
     """A DICOM peer reached over DIMSE (C-ECHO, C-STORE, ...)."""
@@ -133,15 +161,22 @@ class DimsePeer:
     tls_key: str | None = None
     """The private key of ``tls_cert`` (PEM)."""
     max_pdu: int = 0
-    """Largest PDU we accept (0: unlimited)."""
+    """Largest PDU we accept from and send to this peer (0: ``[local] max_pdu``)."""
     workers: int | None = None
     """Parallel associations for a send (None: send's default; --workers wins)."""
+    local_max_pdu: int = field(default=DEFAULT_MAX_PDU, compare=False, repr=False)
+    """``[local] max_pdu`` as loaded with the peer (not stored with it)."""
 
     kind = "dimse"
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def pdu_limit(self) -> int:
+        """The maximum PDU length to advertise to this peer, and to send it at most."""
+        return self.max_pdu or self.local_max_pdu
 
     @property
     def uses_tls(self) -> bool:
@@ -442,8 +477,8 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Any
         raise ConfigError(f"{where}: tls_key is set but tls_cert is not")
     max_pdu = table.get("max_pdu", 0)
     workers = _workers_field(table, where)
-    if not isinstance(max_pdu, int) or isinstance(max_pdu, bool) or max_pdu < 0:
-        raise ConfigError(f"{where}: max_pdu must be a whole number of bytes, 0 for no limit")
+    if max_pdu != 0 or isinstance(max_pdu, bool):
+        max_pdu = validate_max_pdu(max_pdu, what=f"{where}: max_pdu")
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{where}: host must be a non-empty string")
     if not isinstance(port, int) or not 1 <= port <= 65535:
@@ -458,7 +493,9 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Any
         calling_ae=validate_ae_title(calling_ae, what=f"{where} calling_ae"),
         max_pdu=max_pdu,
         workers=workers,
-        **tls,
+        tls_ca=tls["tls_ca"],
+        tls_cert=tls["tls_cert"],
+        tls_key=tls["tls_key"],
     )
 
 
@@ -471,6 +508,8 @@ class LocalSettings:
     """Where peers reach us (Storage Commitment reports, C-MOVE destinations)."""
     host: str = ""
     """The address to listen on; empty for every interface."""
+    max_pdu: int = DEFAULT_MAX_PDU
+    """The maximum PDU length we advertise, and the most we send whatever a peer allows."""
 
     def to_toml(self) -> dict[str, object]:
         table: dict[str, object] = {"ae_title": self.ae_title}
@@ -478,15 +517,18 @@ class LocalSettings:
             table["port"] = self.port
         if self.host:
             table["host"] = self.host
+        if self.max_pdu != DEFAULT_MAX_PDU:
+            table["max_pdu"] = self.max_pdu
         return table
 
 
 def _local_from_toml(table: Mapping[str, object], source: Path) -> LocalSettings:
     where = f"{source} [local]"
-    unknown = set(table) - {"ae_title", "port", "host"}
+    unknown = set(table) - {"ae_title", "port", "host", "max_pdu"}
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {sorted(unknown)[0]!r}", hint="known keys: ae_title, port, host"
+            f"{where}: unknown key {sorted(unknown)[0]!r}",
+            hint="known keys: ae_title, port, host, max_pdu",
         )
     ae = table.get("ae_title", DEFAULT_CALLING_AE)
     port = table.get("port")
@@ -498,7 +540,10 @@ def _local_from_toml(table: Mapping[str, object], source: Path) -> LocalSettings
     if not isinstance(host, str):
         raise ConfigError(f"{where}: host must be a string")
     return LocalSettings(
-        ae_title=validate_ae_title(ae, what=f"{where} ae_title"), port=port, host=host
+        ae_title=validate_ae_title(ae, what=f"{where} ae_title"),
+        port=port,
+        host=host,
+        max_pdu=validate_max_pdu(table.get("max_pdu", DEFAULT_MAX_PDU), what=f"{where} max_pdu"),
     )
 
 
@@ -533,8 +578,13 @@ class PeerBook:
         for name, table in tables.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{self.path}: [peers.{name}] must be a table")
-            peers[name] = _peer_from_toml(name, table, self.path)
+            peers[name] = self._with_local(_peer_from_toml(name, table, self.path))
         return peers
+
+    def _with_local(self, peer: AnyPeer) -> AnyPeer:
+        if isinstance(peer, DimsePeer):
+            return replace(peer, local_max_pdu=self.local.max_pdu)
+        return peer
 
     def __iter__(self) -> Iterator[AnyPeer]:
         return iter(sorted(self._peers.values(), key=lambda p: p.name))
@@ -579,13 +629,17 @@ class PeerBook:
                 f"peer {peer.name!r} already exists",
                 hint=f"remove it first (dvdexit peers remove {peer.name}) or use --replace",
             )
-        self._peers[peer.name] = peer
+        if isinstance(peer, DimsePeer) and peer.max_pdu:
+            validate_max_pdu(peer.max_pdu, what="max_pdu")
+        self._peers[peer.name] = self._with_local(peer)
         self._save()
 
     def set_local(self, local: LocalSettings) -> None:
         """Replace the ``[local]`` settings and save."""
         validate_ae_title(local.ae_title, what="[local] ae_title")
+        validate_max_pdu(local.max_pdu, what="[local] max_pdu")
         self.local = local
+        self._peers = {name: self._with_local(p) for name, p in self._peers.items()}
         self._save()
 
     def remove(self, name: str) -> AnyPeer:

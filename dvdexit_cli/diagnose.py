@@ -259,14 +259,13 @@ def _associate(
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
-    if peer.max_pdu:
-        ae.maximum_pdu_size = peer.max_pdu
     tls_args = (tls_context(peer), peer.host) if peer.uses_tls else None
     assoc = ae.associate(
         peer.host,
         peer.port,
         contexts=list(contexts),
         ae_title=peer.called_ae,
+        max_pdu=peer.pdu_limit,
         tls_args=tls_args,
     )
     if assoc.is_established:

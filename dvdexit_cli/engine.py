@@ -1298,6 +1298,9 @@ class VerifiedFile:
 class VerifyResult:
     files: tuple[VerifiedFile, ...]
     ignored: tuple[FileProblem, ...] = field(default=())
+    elsewhere: tuple[VerifiedFile, ...] = field(default=())
+    """Instances of the studies checked that were sent or stored from other paths (such
+    as the reports and notes a send generated): not judged by this verification."""
 
     def count(self, verdict: str) -> int:
         return sum(f.verdict == verdict for f in self.files)
@@ -1343,6 +1346,8 @@ class VerifyResult:
             "study_status": self.study_status(),
             "problems": [f.to_json() for f in self.files if f.verdict != "identical"],
             "ignored_files": [i.to_json() for i in self.ignored],
+            "elsewhere": len(self.elsewhere),
+            "elsewhere_files": [f.to_json() for f in self.elsewhere],
             "exit_code": int(self.exit_code),
         }
 
@@ -1353,10 +1358,20 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
     A file's digest is compared with what was last *sent* for its SOP Instance UID, or,
     for a file this machine received, with what the receiver *stored*. A file the journal
     does not know is ``unknown``: it cannot be verified, and verification fails. For each
-    study found in a folder given, an instance the journal recorded as sent or stored that
-    is not among the files is ``missing``: the study is incomplete there.
+    study found in a folder given, an instance the journal recorded as sent or stored from
+    that folder that is not among the files is ``missing``: the study is incomplete there.
+    Instances of those studies recorded at other paths (the SR and PDF copies a send
+    generates under the data directory, another medium) are listed as ``elsewhere``, not
+    judged. A receiver's temporaries in its store are skipped: they are no instances.
     """
-    found = scan(list(paths), deduplicate=False)
+    from dvdexit_cli.receive.scp import is_store_temporary  # receive imports the engine
+
+    scanned = scan(list(paths), deduplicate=False)
+    found = ScanResult(
+        instances=[i for i in scanned.instances if not is_store_temporary(i.path)],
+        rejected=[r for r in scanned.rejected if not is_store_temporary(r.path)],
+        unpacked=scanned.unpacked,
+    )
     uids = [i.sop_instance_uid for i in found.instances]
     sent = journal.sent_digests(uids)
     received = journal.received_digests(uids)
@@ -1390,9 +1405,12 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
         if any(i.path.resolve().is_relative_to(folder) for folder in folders)
     }
     recorded = journal.recorded_instances(in_folders)
+    elsewhere = []
     for study_uid, instances in sorted(recorded.items()):
         for sop_uid, path in sorted(instances.items()):
-            if sop_uid not in present:
+            if sop_uid in present:
+                continue
+            if _recorded_inside(path, folders):
                 files.append(
                     VerifiedFile(
                         path,
@@ -1400,6 +1418,17 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
                         study_uid,
                         "missing",
                         "recorded in the journal as sent or stored, not among the files checked",
+                    )
+                )
+            else:
+                elsewhere.append(
+                    VerifiedFile(
+                        path,
+                        sop_uid,
+                        study_uid,
+                        "elsewhere",
+                        "sent or stored from a path outside the folders checked "
+                        "(for example a report or note generated for the send)",
                     )
                 )
     ignored = []
@@ -1418,4 +1447,17 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
             ignored.append(
                 FileProblem(str(rejected.path), rejected.sop_instance_uid, rejected.reason)
             )
-    return VerifyResult(tuple(files), tuple(ignored))
+    return VerifyResult(tuple(files), tuple(ignored), tuple(elsewhere))
+
+
+def _recorded_inside(path: str, folders: Sequence[Path]) -> bool:
+    """Whether a journaled path lies in one of ``folders`` (resolved).
+
+    A relative path (recorded from wherever that send ran) cannot be placed: it counts as
+    inside, so an instance lost from a folder is never excused for want of knowing.
+    """
+    recorded = Path(path)
+    if not recorded.is_absolute():
+        return True
+    real = recorded.resolve()
+    return any(real.is_relative_to(folder) for folder in folders)

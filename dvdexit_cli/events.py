@@ -99,7 +99,11 @@ class InstanceReceived:
 
 @dataclass(frozen=True)
 class AssociationRefused:
-    """The receiver rejected an association request (who asked, and why)."""
+    """The receiver rejected an association request (who asked, and why).
+
+    Also a connection whose TLS handshake failed: then ``calling_ae`` is empty, as no
+    association request was read.
+    """
 
     calling_ae: str
     address: str

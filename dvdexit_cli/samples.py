@@ -9,6 +9,7 @@ The module never prints; it only writes files and returns their paths.
 
 from __future__ import annotations
 
+import os
 import sys
 from array import array
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "make_small_instances",
     "sample_uid",
     "synthetic_instance",
+    "write_large_instance",
     "write_study",
 ]
 
@@ -472,3 +474,32 @@ def make_small_instances(folder: Path, n: int, *, seed: str) -> list[Path]:
         path.write_bytes(out.getvalue())
         paths.append(path)
     return paths
+
+
+_FRAME_512 = 512 * 512 * 2
+
+
+def write_large_instance(path: Path, size_mb: int, *, seed: str = "large") -> Path:
+    """Write one multi-frame 512x512 16-bit CT of about ``size_mb`` MB to ``path``.
+
+    The frames are written one at a time (one random frame, repeated), so an instance of
+    gigabytes costs no more memory to make than a single frame.
+    """
+    frames = max(1, size_mb * 1024 * 1024 // _FRAME_512)
+    ds = synthetic_instance(
+        study_uid=sample_uid(seed, "large", "study"),
+        series_uid=sample_uid(seed, "large", "series"),
+        sop_uid=sample_uid(seed, "large", str(size_mb)),
+        rows=512,
+        cols=512,
+    )
+    del ds.PixelData
+    ds.NumberOfFrames = frames
+    ds.save_as(path, enforce_file_format=True)
+    frame = os.urandom(_FRAME_512)
+    with Path(path).open("ab") as fh:
+        # Pixel Data is the dataset's last element: its header, then the frames.
+        fh.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (frames * _FRAME_512).to_bytes(4, "little"))
+        for _ in range(frames):
+            fh.write(frame)
+    return Path(path)

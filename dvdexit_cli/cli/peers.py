@@ -100,7 +100,13 @@ def add_command(
         typer.Option("--tls-key", metavar="FILE", help="DIMSE over TLS: our private key."),
     ] = None,
     max_pdu: Annotated[
-        int, typer.Option("--max-pdu", min=0, help="Largest PDU we accept (0: no limit).")
+        int,
+        typer.Option(
+            "--max-pdu",
+            min=0,
+            help="Largest PDU to accept from and send to this peer, in bytes "
+            "(0: [local] max_pdu, 1 MiB unless set).",
+        ),
     ] = 0,
     workers: Annotated[
         int | None,
@@ -381,11 +387,19 @@ def local_command(
     host: Annotated[
         str | None, typer.Option("--host", help="Address to listen on (empty: all).")
     ] = None,
+    max_pdu: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pdu",
+            help="Largest PDU we advertise and send, in bytes (4096 to 16 MiB; default 1 MiB).",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Show or change our own side ([local] in peers.toml)."""
     book = _book()
-    changes = {k: v for k, v in (("ae_title", ae), ("port", port), ("host", host)) if v is not None}
+    settings = (("ae_title", ae), ("port", port), ("host", host), ("max_pdu", max_pdu))
+    changes = {k: v for k, v in settings if v is not None}
     if changes:
         book.set_local(replace(book.local, **changes))  # type: ignore[arg-type]
     document = book.local.to_toml()

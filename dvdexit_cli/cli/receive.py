@@ -58,11 +58,13 @@ class _ReceiveLog:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, AssociationRefused):
-            err.print(
-                f"rejected: association from {event.address} as {event.calling_ae!r}: "
-                f"{event.reason}",
-                markup=False,
+            # Before an association request (a failed TLS handshake) there is no AE title.
+            who = (
+                f"association from {event.address} as {event.calling_ae!r}"
+                if event.calling_ae
+                else f"connection from {event.address}"
             )
+            err.print(f"rejected: {who}: {event.reason}", markup=False)
         elif isinstance(event, StudyCompleted):
             err.print(
                 f"complete: study {event.study_uid} ({event.instances} instance(s), "
@@ -352,7 +354,8 @@ def receive_command(
     except ValueError as exc:
         raise UsageError(f"--layout {chosen_layout!r}: {exc}") from exc
     forward_peer = _pick(forward_to, table, "forward_to", None)
-    peer = PeerBook(home.peers_file).get_any(str(forward_peer)) if forward_peer else None
+    book = PeerBook(home.peers_file)
+    peer = book.get_any(str(forward_peer)) if forward_peer else None
     if peer is not None and not isinstance(peer, DimsePeer):
         raise UsageError(f"--forward-to {forward_peer}: only DIMSE peers can be forwarded to")
     mapping_file = _pick(reconcile, table, "reconcile", None)
@@ -427,6 +430,7 @@ def receive_command(
         audit_file=audit_path(home),
         sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
         access=access,
+        max_pdu=book.local.max_pdu,
     )
     stop = threading.Event()
 

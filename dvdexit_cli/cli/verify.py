@@ -152,6 +152,14 @@ def verify_command(
         f"-> {verdict}",
         markup=False,
     )
+    if result.elsewhere:
+        out.print(
+            f"{len(result.elsewhere)} instance(s) of these studies were sent or stored from "
+            "elsewhere (such as reports and notes generated for a send) and are not judged "
+            "here; 'dvdexit verify --peer PEER --study UID' checks what the peer holds "
+            "(--json lists them)",
+            markup=False,
+        )
     raise typer.Exit(int(result.exit_code))
 
 

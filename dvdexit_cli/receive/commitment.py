@@ -23,8 +23,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
+from dvdexit_cli.config import DEFAULT_MAX_PDU
 from dvdexit_cli.dicom.digest import MalformedFileError, NotPart10Error, dataset_digest
 from dvdexit_cli.journal import Journal
+from dvdexit_cli.transport.dimse import bound_pdus
 
 __all__ = [
     "COMMITMENT_INSTANCE",
@@ -125,14 +127,18 @@ def send_event_report(
     ae_title: str,
     reply_to: Mapping[str, tuple[str, int]],
     ssl_context: Any = None,
+    max_pdu: int = DEFAULT_MAX_PDU,
     done: Callable[[bool], None] = lambda ok: None,
 ) -> threading.Thread:
-    """Send the N-EVENT-REPORT in a thread: same association if open, else a new one."""
+    """Send the N-EVENT-REPORT in a thread: same association if open, else a new one.
+
+    A new association advertises and sends PDUs of ``max_pdu`` bytes at most.
+    """
 
     def work() -> None:
         ok = False
         try:
-            ok = _send(result, assoc, ae_title, reply_to, ssl_context)
+            ok = _send(result, assoc, ae_title, reply_to, ssl_context, max_pdu)
         except Exception:  # a failed report must never take the receiver down
             log.exception("storage commitment report %s failed", result.transaction_uid)
         done(ok)
@@ -152,6 +158,7 @@ def _send(
     ae_title: str,
     reply_to: Mapping[str, tuple[str, int]],
     ssl_context: Any,
+    max_pdu: int,
 ) -> bool:
     info = result.event_info()
     # A requester that releases right after the N-ACTION response wants the report on a
@@ -182,10 +189,13 @@ def _send(
     ae.add_requested_context(COMMITMENT_CLASS)
     role = build_role(COMMITMENT_CLASS, scp_role=True)
     tls = (ssl_context, address[0]) if ssl_context is not None else None
-    reply = ae.associate(address[0], address[1], ae_title=requester, ext_neg=[role], tls_args=tls)
+    reply = ae.associate(
+        address[0], address[1], ae_title=requester, ext_neg=[role], max_pdu=max_pdu, tls_args=tls
+    )
     if not reply.is_established:
         log.error("storage commitment report: cannot associate with %s", requester)
         return False
+    bound_pdus(reply, max_pdu)
     try:
         status, _ = reply.send_n_event_report(
             info, result.event_type, COMMITMENT_CLASS, COMMITMENT_INSTANCE

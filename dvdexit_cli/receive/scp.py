@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
 from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, forward_auditor
-from dvdexit_cli.config import DimsePeer
+from dvdexit_cli.config import DEFAULT_MAX_PDU, DimsePeer
 from dvdexit_cli.errors import ConfigError, JournalError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
 from dvdexit_cli.fsmode import PRIVATE, Access
@@ -57,9 +58,10 @@ from dvdexit_cli.receive.store import (
     RefusedInstance,
     StoreWriteError,
 )
-from dvdexit_cli.transport.dimse import set_nodelay
+from dvdexit_cli.tls import report_handshake_failures
+from dvdexit_cli.transport.dimse import bound_pdus, set_nodelay
 
-__all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer"]
+__all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer", "is_store_temporary"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Folder in the store where pynetdicom spools incoming datasets (same filesystem as
 #: the store, so the free-disk floor covers it and /tmp in RAM does not hold 2 GB).
 SPOOL_DIR = ".incoming"
+#: The store's other temporaries: an instance is written as ``.UID.RANDOM.tmp`` beside
+#: its final name, then renamed (receive/store.py).
+TEMPORARY_GLOB = ".*.tmp"
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ class ReceiveSettings:
     sr_to_pdf: bool = False
     #: Modes of the store's files and folders: owner-only unless ``[receive] group``.
     access: Access = PRIVATE
+    #: The maximum PDU length we advertise and send (``[local] max_pdu``).
+    max_pdu: int = DEFAULT_MAX_PDU
 
 
 def _spool_prefix(pid: int) -> str:
@@ -147,11 +154,27 @@ def sweep_store(store: Path) -> int:
             if path.is_file() and not _spooled_by_another_live_process(path.name):
                 path.unlink(missing_ok=True)
                 removed += 1
-    for path in store.rglob(".*.tmp"):
+    for path in store.rglob(TEMPORARY_GLOB):
         if path.is_file() and path.parent != spool:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def is_store_temporary(path: Path) -> bool:
+    """Whether ``path`` is one of a store's own temporaries, never an instance.
+
+    That is a dot-prefixed file in the spool folder, or a dot-prefixed ``.tmp`` file
+    in a folder that has the spool folder above it (a store: its layout never gives an
+    instance a dot-prefixed name). The same name elsewhere is a user's file.
+    """
+    if not path.name.startswith("."):
+        return False
+    if path.parent.name == SPOOL_DIR:
+        return True
+    return fnmatch(path.name, TEMPORARY_GLOB) and any(
+        (folder / SPOOL_DIR).is_dir() for folder in path.parents
+    )
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
@@ -221,7 +244,9 @@ class StorageServer:
         self.swept = 0
         self._previous_tempdir: str | None = None
         self._previous_template = tempfile.template
-        self._ae.maximum_pdu_size = 0  # accept whatever PDU size the sender prefers
+        # Bounded: pynetdicom reads each PDU whole, so an unlimited maximum let a sender
+        # put a 1 GB instance in one PDU, held in memory several times over.
+        self._ae.maximum_pdu_size = settings.max_pdu
         self._ae.add_supported_context(_VERIFICATION)
         # An acceptor picks from a proposed context by its own order of preference:
         # explicit VR little endian first, as it keeps the VRs and most senders use it.
@@ -252,6 +277,8 @@ class StorageServer:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_N_ACTION, self._on_n_action),
         ]
+        if self.settings.ssl_context is not None:
+            report_handshake_failures(self.settings.ssl_context, self._on_tls_failure)
         try:
             self._server = self._ae.start_server(
                 (self.settings.host, self.settings.port),
@@ -334,8 +361,17 @@ class StorageServer:
                 leftover.unlink(missing_ok=True)
         return len(active)
 
+    def _on_tls_failure(self, address: str, reason: str) -> None:
+        log.info("connection from %s refused: TLS handshake failed: %s", address, reason)
+        self._observer(
+            AssociationRefused(
+                calling_ae="", address=address, reason=f"TLS handshake failed: {reason}"
+            )
+        )
+
     def _on_connection(self, event: Any) -> None:
         set_nodelay(event.assoc)
+        bound_pdus(event.assoc, self.settings.max_pdu)
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
@@ -407,6 +443,7 @@ class StorageServer:
             ae_title=self.settings.ae_title,
             reply_to=self.settings.commit_reply,
             ssl_context=self.settings.client_ssl_context,
+            max_pdu=self.settings.max_pdu,
         )
         return _status(STATUS_SUCCESS), None
 

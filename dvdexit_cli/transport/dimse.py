@@ -5,6 +5,10 @@ Notes on pynetdicom 3.0 that shape this module (see shared PEERS.md):
 * Files are sent with ``STORE_SEND_CHUNKED_DATASET``: pynetdicom streams the dataset
   bytes that follow the File Meta Information straight from disk, so the bytes on the
   wire are the file's bytes and the receiver's digest equals ours.
+* pynetdicom sends a dataset in PDUs as large as the peer allows, and a peer that
+  advertises 0 (no limit) gets each dataset as one PDU, read whole into memory at both
+  ends. Every association we take part in advertises a bounded maximum (``[local]
+  max_pdu``) and sends no PDU larger than it (``bound_pdus``).
 * Nagle's algorithm stalls every C-STORE on loopback and LANs (command and dataset are
   separate writes): TCP_NODELAY is set on every association socket.
 * pynetdicom's association reactor may take a C-STORE response off the DIMSE queue while
@@ -22,6 +26,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,8 @@ from typing import Any
 import pydicom
 from pydicom.uid import UID
 from pynetdicom import AE, _config
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import build_context
 
 from dvdexit_cli.config import DimsePeer
@@ -46,7 +53,7 @@ from dvdexit_cli.events import AssociationOpened, Observer, ignore
 from dvdexit_cli.transport.base import StoreOutcome
 from dvdexit_cli.transport.statuses import classify_store_status
 
-__all__ = ["DimseTransport", "guard_reactor", "set_nodelay", "uid_name"]
+__all__ = ["DimseTransport", "bound_pdus", "guard_reactor", "set_nodelay", "uid_name"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,61 @@ def set_nodelay(assoc: Any) -> None:
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError) as exc:  # socket already gone: nothing to tune
         log.debug("could not set TCP_NODELAY: %s", exc)
+
+
+class _BoundedDimse(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, fragmenting messages at ``send_limit`` at most."""
+
+    send_limit: int
+
+    @property
+    def maximum_pdu_size(self) -> int:
+        theirs = super().maximum_pdu_size or 0  # None or 0: the peer sets no limit
+        return min(theirs, self.send_limit) if theirs else self.send_limit
+
+
+#: P-DATA PDUs that may wait for the socket; beyond, the sending thread waits.
+_QUEUED_PDUS = 4
+#: Seconds the socket may take no queued PDU before the waiting stops for good on that
+#: association (pynetdicom's own DIMSE timeout then decides, as it did without it).
+_STALL = 30.0
+
+
+def bound_pdus(assoc: Any, limit: int) -> None:
+    """Send no PDU larger than ``limit`` on ``assoc``, and queue few, whatever the peer.
+
+    pynetdicom splits each message at the peer's maximum only, and sends a whole dataset
+    (read whole into memory) as one PDU to a peer that advertises no limit. It also
+    queues every PDU of a message for its socket thread at once: a dataset read from
+    disk faster than the network takes it piled up in memory (600 MB for a 1 GB
+    instance). Here the sending thread waits while ``_QUEUED_PDUS`` are queued.
+    """
+    dimse = assoc.dimse
+    if not isinstance(dimse, _BoundedDimse):
+        dimse.__class__ = _BoundedDimse
+    dimse.send_limit = limit
+    dul = assoc.dul
+    if getattr(dul, "_dvdexit_throttled", False):
+        return
+    queue = dul.to_provider_queue
+    original = dul.send_pdu
+    stalled = threading.Event()
+
+    def send_pdu(primitive: Any) -> None:
+        if isinstance(primitive, P_DATA) and threading.current_thread() is not dul:
+            head, since = None, time.monotonic()
+            while queue.qsize() >= _QUEUED_PDUS and dul.is_alive() and not stalled.is_set():
+                current = queue.queue[0] if queue.queue else None
+                if current is not head:
+                    head, since = current, time.monotonic()
+                elif time.monotonic() - since > _STALL:
+                    log.warning("the peer took no data for %g s; no longer pacing", _STALL)
+                    stalled.set()
+                time.sleep(0.0005)
+        original(primitive)
+
+    dul.send_pdu = send_pdu
+    dul._dvdexit_throttled = True
 
 
 def guard_reactor(assoc: Any) -> None:
@@ -195,6 +257,7 @@ class DimseTransport:
             self.peer.port,
             contexts=contexts,
             ae_title=self.peer.called_ae,
+            max_pdu=self.peer.pdu_limit,
             tls_args=self._tls_args,
         )
         if not assoc.is_established:
@@ -211,6 +274,7 @@ class DimseTransport:
             )
         set_nodelay(assoc)
         guard_reactor(assoc)
+        bound_pdus(assoc, self.peer.pdu_limit)
         self._assoc = assoc
         self._plan_index = index
         accepted = len(assoc.accepted_contexts)

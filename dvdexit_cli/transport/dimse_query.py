@@ -46,7 +46,7 @@ from dvdexit_cli.errors import (
     PeerUnreachableError,
 )
 from dvdexit_cli.fsmode import PRIVATE
-from dvdexit_cli.transport.dimse import guard_reactor, set_nodelay
+from dvdexit_cli.transport.dimse import bound_pdus, guard_reactor, set_nodelay
 
 __all__ = [
     "CHECK_COMMIT",
@@ -92,8 +92,6 @@ def _ae(peer: DimsePeer, timeout: float) -> AE:
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
-    if peer.max_pdu:
-        ae.maximum_pdu_size = peer.max_pdu
     return ae
 
 
@@ -121,6 +119,7 @@ def open_association(
         ae_title=peer.called_ae,
         ext_neg=list(ext_neg) or None,
         evt_handlers=list(handlers) or None,
+        max_pdu=peer.pdu_limit,
         tls_args=(tls_context(peer), peer.host) if peer.uses_tls else None,
     )
     if not assoc.is_established:
@@ -141,6 +140,7 @@ def open_association(
     # queue while we wait for it (PEERS.md); requests (C-GET sub-operations,
     # N-EVENT-REPORT) still reach it and our handlers.
     guard_reactor(assoc)
+    bound_pdus(assoc, peer.pdu_limit)
     try:
         yield assoc
     finally:
@@ -296,6 +296,7 @@ def request_commitment(
         server_ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         server_ae.add_supported_context(Verification)
         server_ae.network_timeout = timeout
+        server_ae.maximum_pdu_size = local.max_pdu
         try:
             server = server_ae.start_server(
                 (local.host, local.port), block=False, evt_handlers=handlers

@@ -358,3 +358,80 @@ def test_receive_refuses_its_tls_key_readable_by_everyone(
     assert "--tls-key" in done.stderr and "readable by every user" in done.stderr
     assert "chmod o-r" in done.stderr
     assert not (tmp_path / "STORE").exists() or not any((tmp_path / "STORE").rglob("*.dcm"))
+
+
+# -- a failed TLS handshake is one line on stderr: who, and why --------------------------
+
+
+def _refusal_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("rejected:")]
+
+
+def test_a_plain_client_on_the_tls_port_is_named_on_stderr_and_the_receiver_keeps_serving(
+    tmp_path, pki, dvdexit_receiver
+):
+    study = write_study(tmp_path / "study", n_instances=1, seed="tls-plain-named")
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+
+    plain = run_dcmsend(study, receiver.port, called_ae="DVDEXIT")
+    context = client_context(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"])
+    result = library_send(tmp_path / "study", receiver.port, tmp_path / "j.sqlite", context)
+
+    assert plain.returncode != 0
+    assert (result.sent, result.failed) == (1, 0), result
+    assert receiver.stop() == 0
+    (line,) = _refusal_lines(receiver.stderr)
+    assert f"from {LOOPBACK}:" in line
+    assert "TLS handshake failed" in line and "not TLS" in line
+
+
+def test_a_client_certificate_of_another_ca_is_named_on_stderr_and_the_receiver_keeps_serving(
+    tmp_path, pki, dvdexit_receiver
+):
+    write_study(tmp_path / "study", n_instances=1, seed="tls-foreign-named")
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+    foreign = trustme.CA().issue_cert("intruder.example")
+    foreign.cert_chain_pems[0].write_to_path(str(tmp_path / "foreign.pem"))
+    foreign.private_key_pem.write_to_path(str(tmp_path / "foreign.key"))
+    intruder = client_context(
+        ca=pki["ca"], cert=tmp_path / "foreign.pem", key=tmp_path / "foreign.key"
+    )
+    context = client_context(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"])
+
+    refused = library_send(tmp_path / "study", receiver.port, tmp_path / "r.sqlite", intruder)
+    result = library_send(tmp_path / "study", receiver.port, tmp_path / "j.sqlite", context)
+
+    assert refused.sent == 0 and refused.exit_code != 0
+    assert (result.sent, result.failed) == (1, 0), result
+    assert receiver.stop() == 0
+    (line,) = _refusal_lines(receiver.stderr)
+    assert f"from {LOOPBACK}:" in line
+    assert "client certificate not trusted" in line
+
+
+def test_an_expired_client_certificate_is_named_on_stderr(tmp_path, pki, dvdexit_receiver):
+    import datetime
+
+    write_study(tmp_path / "study", n_instances=1, seed="tls-expired-named")
+    # A second CA the receiver trusts too, which issued a certificate expired yesterday.
+    ca = trustme.CA()
+    pki["ca"].write_bytes(pki["ca"].read_bytes() + ca.cert_pem.bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    expired = ca.issue_cert(
+        "hosp-a.example",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    expired.cert_chain_pems[0].write_to_path(str(tmp_path / "expired.pem"))
+    expired.private_key_pem.write_to_path(str(tmp_path / "expired.key"))
+    receiver = tls_receiver(dvdexit_receiver, tmp_path / "STORE", pki)
+    client = client_context(
+        ca=pki["ca"], cert=tmp_path / "expired.pem", key=tmp_path / "expired.key"
+    )
+
+    refused = library_send(tmp_path / "study", receiver.port, tmp_path / "r.sqlite", client)
+
+    assert refused.sent == 0
+    assert receiver.stop() == 0
+    (line,) = _refusal_lines(receiver.stderr)
+    assert f"from {LOOPBACK}:" in line and "certificate has expired" in line

@@ -78,3 +78,28 @@ def test_a_damaged_peers_file_says_which_file_and_key(tmp_path: Path) -> None:
     path.write_text("not = [toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         PeerBook(path)
+
+
+@pytest.mark.parametrize("value", ["0", "1000", "20000000", '"1M"', "true"])
+def test_a_local_max_pdu_outside_4096_to_16_mib_is_refused(tmp_path: Path, value: str) -> None:
+    (tmp_path / "peers.toml").write_text(f"[local]\nmax_pdu = {value}\n")
+    with pytest.raises(ConfigError, match=r"\[local\] max_pdu must be a number of bytes from 4096"):
+        PeerBook(tmp_path / "peers.toml")
+
+
+def test_a_peer_without_max_pdu_uses_the_local_one_and_its_own_wins(tmp_path: Path) -> None:
+    (tmp_path / "peers.toml").write_text(
+        "[local]\nmax_pdu = 65536\n"
+        '[peers.a]\nhost = "h"\nport = 104\ncalled_ae = "A"\n'
+        '[peers.b]\nhost = "h"\nport = 104\ncalled_ae = "B"\nmax_pdu = 16384\n'
+    )
+    book = PeerBook(tmp_path / "peers.toml")
+    assert book.get("a").pdu_limit == 65536
+    assert book.get("b").pdu_limit == 16384
+    assert DimsePeer(name="c", host="h", port=104, called_ae="C").pdu_limit == 1024 * 1024
+    with pytest.raises(ConfigError, match="max_pdu must be a number of bytes"):
+        book.add(DimsePeer(name="d", host="h", port=104, called_ae="D", max_pdu=100))
+    book.add(DimsePeer(name="e", host="h", port=104, called_ae="E"))
+    # The local value is not written into the peers that follow it.
+    assert PeerBook(tmp_path / "peers.toml").get("e").max_pdu == 0
+    assert "65536" not in (tmp_path / "peers.toml").read_text().split("[peers")[1]
