@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import LOOPBACK, dvdexit_env, free_port, run_dvdexit
+from peers import LOOPBACK, RecordingListener, dvdexit_env, free_port, run_dvdexit
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
@@ -170,22 +170,36 @@ def test_abandoning_leaves_alone_the_items_a_running_replay_holds(
     assert journal_states(dvdexit_home, sent["transfer_id"])["abandoned"] == sent["total"]
 
 
-def test_items_show_the_reason_of_their_latest_attempt(
+def test_items_and_transfers_show_the_reason_of_their_latest_attempt(
     dvdexit_home: Path, sample_dvd: SampleMedia
 ) -> None:
     sent = send_to_a_closed_port(dvdexit_home, sample_dvd.root)
     assert "refused" in sent["error"]
+
+    def current_reasons() -> tuple[str, list[str]]:
+        (transfer,) = json_of(run_dvdexit("status", "--json", home=dvdexit_home))["transfers"]
+        with Journal(dvdexit_home / "journal.sqlite") as journal:
+            items = journal.items(sent["transfer_id"], states=("pending", "sending", "failed"))
+        assert len(items) == sample_dvd.instance_count
+        return transfer["error"], [i.reason or "" for i in items]
+
+    # The peer now answers, and rejects us.
+    listener = RecordingListener(reject=True)
+    try:
+        add_peer(dvdexit_home, "gone", listener.port, "NOBODY", "--replace")
+        assert run_dvdexit("send", "--retry-failed", home=dvdexit_home).returncode == 5
+    finally:
+        listener.close()
+    error, reasons = current_reasons()
+    assert "rejected" in error, error
+    assert all("rejected" in r for r in reasons), reasons
+
+    # The peer is removed: the replay cannot even look it up.
     assert run_dvdexit("peers", "remove", "gone", "--force", home=dvdexit_home).returncode == 0
-
     assert run_dvdexit("send", "--retry-failed", home=dvdexit_home).returncode == 6
-
-    with Journal(dvdexit_home / "journal.sqlite") as journal:
-        items = journal.items(sent["transfer_id"], states=("pending", "sending", "failed"))
-    assert items
-    assert all("unknown peer" in (i.reason or "") for i in items), [i.reason for i in items]
-    (transfer,) = json_of(run_dvdexit("status", "--json", home=dvdexit_home))["transfers"]
-    assert "unknown peer" in transfer["error"]
-    assert all("unknown peer" in i["reason"] for i in transfer["not_sent"])
+    error, reasons = current_reasons()
+    assert "unknown peer" in error, error
+    assert all("unknown peer" in r for r in reasons), reasons
 
 
 # -- item 16: a send that stops early says what happened ------------------------------
