@@ -1122,6 +1122,7 @@ class RetryResult:
             "claimed": self.claimed,
             "sent": self.sent,
             "failed": self.failed,
+            "not_sent": self.pending,
             "pending": self.pending,
             "given_up": self.given_up,
             "not_retryable": self.not_retryable,

@@ -322,12 +322,13 @@ def test_send_to_a_closed_port_exits_5_with_one_reason_and_keeps_every_item_retr
     (transfer,) = json.loads(status.stdout)["transfers"]
     assert transfer["outcome"] == "unreachable"
     counts = transfer["counts"]
-    assert counts["failed"] == sample_dvd.instance_count
-    assert counts["sent"] + counts["pending"] + counts["sending"] == 0
+    # Not sent (the peer never saw them), which is not failed: the replay sends them.
+    assert counts["pending"] == sample_dvd.instance_count
+    assert counts["sent"] + counts["failed"] + counts["sending"] == 0
     with Journal(dvdexit_home / "journal.sqlite") as journal:
-        failed = journal.items(transfer["transfer_id"], states=("failed",))
-    assert {i.sop_instance_uid for i in failed} == set(sample_dvd.path_by_sop_uid)
-    assert all(i.retryable for i in failed)
+        not_sent = journal.items(transfer["transfer_id"], states=("pending",))
+    assert {i.sop_instance_uid for i in not_sent} == set(sample_dvd.path_by_sop_uid)
+    assert all("refused" in (i.reason or "") for i in not_sent)
 
 
 @pytest.mark.peer
