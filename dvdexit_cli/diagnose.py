@@ -205,10 +205,27 @@ def _tls(
     except PeerUnreachableError as exc:
         raise _StageFailed(exc.message, exc.hint or "check the network route") from exc
     tls, detail, data = _tls_session(peer, raw, context=context, fields=fields)
-    with tls:
-        if probe is not None:
-            probe(tls)
+    try:
+        with tls:
+            if probe is not None:
+                probe(tls)
+    except (ssl.SSLError, OSError) as exc:
+        raise _tls_failure(peer, exc, fields) from exc
     return detail, data
+
+
+def _tls_failure(peer: DimsePeer, exc: BaseException, fields: tuple[str, str, str]) -> _StageFailed:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _StageFailed(
+            f"the peer's certificate is not trusted: {exc.verify_message}",
+            f"check that {fields[0]} holds the CA that signed the peer's certificate, that "
+            "the certificate has not expired and that it names " + peer.host,
+        )
+    return _StageFailed(
+        f"TLS handshake with {peer.address} failed: {exc}",
+        "the peer may not speak TLS on this port, or may require a client certificate "
+        f"({fields[1]} / {fields[2]}) or not trust ours",
+    )
 
 
 def _tls_session(
@@ -223,20 +240,9 @@ def _tls_session(
     context = context or tls_context(peer)
     try:
         tls = context.wrap_socket(raw, server_hostname=peer.host)
-    except ssl.SSLCertVerificationError as exc:
-        raw.close()
-        raise _StageFailed(
-            f"the peer's certificate is not trusted: {exc.verify_message}",
-            f"check that {fields[0]} holds the CA that signed the peer's certificate, that "
-            "the certificate has not expired and that it names " + peer.host,
-        ) from exc
     except (ssl.SSLError, OSError) as exc:
         raw.close()
-        raise _StageFailed(
-            f"TLS handshake with {peer.address} failed: {exc}",
-            "the peer may not speak TLS on this port, or may require a client certificate "
-            f"({fields[1]} / {fields[2]}) or not trust ours",
-        ) from exc
+        raise _tls_failure(peer, exc, fields) from exc
     cert = tls.getpeercert() or {}
     version = tls.version() or "unknown"
     rdns: Any = cert.get("subject", ())

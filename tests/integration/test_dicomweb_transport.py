@@ -293,7 +293,7 @@ def test_a_peer_that_stalls_or_trickles_is_given_up_on_and_nothing_counts_as_sen
     result = json.loads(done.stdout)
     assert (result["sent"], result["failed"]) == (0, len(instances))
     states = _journal_states(dvdexit_home, done.stdout)
-    assert states == {i.sop_instance_uid: ("pending", False) for i in instances}  # not sent
+    assert states == {i.sop_instance_uid: ("failed", True) for i in instances}
     assert server.stored == []
     if mode == "trickle-answer":
         # Bytes keep coming (no read timeout), so only the budget can stop this one.
