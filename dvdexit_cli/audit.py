@@ -237,15 +237,15 @@ def send_outcome(counts: Mapping[str, int], *, retryable_only: bool, unreachable
 
     0: every instance was delivered. 4 (minor): some were not, but every failure is
     retryable (``send --retry-failed`` may finish the study). 8 (serious): an instance
-    failed for good, or nothing of the study arrived. 12 (major): the peer could not be
-    reached at all.
+    failed for good or was given up on (``abandoned``), or nothing of the study arrived.
+    12 (major): the peer could not be reached at all.
     """
-    missing = counts.get("failed", 0) + counts.get("pending", 0)
+    missing = counts.get("failed", 0) + counts.get("pending", 0) + counts.get("abandoned", 0)
     if not missing:
         return 0
     if unreachable and not counts.get("sent", 0):
         return 12
-    if retryable_only and counts.get("sent", 0):
+    if retryable_only and counts.get("sent", 0) and not counts.get("abandoned", 0):
         return 4
     return 8
 
@@ -305,6 +305,8 @@ class TransferAuditor:
                 for r in rows
             )
             counts = {k: states.get(k, 0) for k in ("sent", "failed", "pending", "skipped")}
+            if states.get("abandoned"):  # given up on deliberately (send --abandon)
+                counts["abandoned"] = states["abandoned"]
             failed = [r for r in rows if r["state"] == "failed"]
             code = send_outcome(
                 counts,

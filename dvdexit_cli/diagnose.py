@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom import StoragePresentationContexts
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer, FolderPeer
 from dvdexit_cli.credentials import lookup_secret
-from dvdexit_cli.errors import ConfigError
+from dvdexit_cli.errors import ConfigError, PeerUnreachableError
 from dvdexit_cli.exitcodes import ExitCode
+from dvdexit_cli.transport.handoff import HandoffAE, connect_tcp
 
 __all__ = [
     "Diagnosis",
@@ -180,27 +181,13 @@ def _dns(peer: DimsePeer, timeout: float) -> tuple[str, dict[str, object]]:
     return f"{peer.host} -> {', '.join(addresses)}", {"addresses": addresses}
 
 
-def _tcp(peer: DimsePeer, timeout: float) -> tuple[str, dict[str, object]]:
+def _tcp(peer: DimsePeer, timeout: float) -> tuple[socket.socket, str]:
+    """The connection the association will then use; the caller owns (and closes) it."""
     try:
-        with socket.create_connection((peer.host, peer.port), timeout=timeout) as sock:
-            local = sock.getsockname()
-    except TimeoutError as exc:
-        raise _StageFailed(
-            f"no answer from {peer.address} within {timeout:g} s",
-            "a firewall may drop the traffic, or the host is down; check the route and the "
-            "firewall rules for this port",
-        ) from exc
-    except ConnectionRefusedError as exc:
-        raise _StageFailed(
-            f"connection to {peer.address} refused: nothing listens on port {peer.port}",
-            "check that the peer's DICOM service runs and that the port is right",
-        ) from exc
-    except OSError as exc:
-        raise _StageFailed(
-            f"cannot connect to {peer.address}: {exc.strerror or exc}",
-            "check the network route to the peer",
-        ) from exc
-    return f"connected to {peer.address} from {local[0]}", {}
+        sock = connect_tcp(peer.host, peer.port, timeout=timeout)
+    except PeerUnreachableError as exc:
+        raise _StageFailed(exc.message, exc.hint or "check the network route to the peer") from exc
+    return sock, f"connected to {peer.address} from {sock.getsockname()[0]}"
 
 
 def _tls(
@@ -211,29 +198,53 @@ def _tls(
     probe: Callable[[ssl.SSLSocket], None] | None = None,
     fields: tuple[str, str, str] = ("tls_ca", "tls_cert", "tls_key"),
 ) -> tuple[str, dict[str, object]]:
-    """Handshake; ``probe`` then exchanges data (TLS 1.3 refuses a client cert only then)."""
-    context = context or tls_context(peer)
+    """Handshake on a connection of its own; ``probe`` then exchanges data (TLS 1.3 refuses a
+    client certificate only then). For DICOMweb peers, where an HTTP request follows."""
     try:
-        with (
-            socket.create_connection((peer.host, peer.port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=peer.host) as tls,
-        ):
-            cert = tls.getpeercert() or {}
-            version = tls.version() or "unknown"
+        raw = connect_tcp(peer.host, peer.port, timeout=timeout)
+    except PeerUnreachableError as exc:
+        raise _StageFailed(exc.message, exc.hint or "check the network route") from exc
+    tls, detail, data = _tls_session(peer, raw, context=context, fields=fields)
+    try:
+        with tls:
             if probe is not None:
                 probe(tls)
-    except ssl.SSLCertVerificationError as exc:
-        raise _StageFailed(
+    except (ssl.SSLError, OSError) as exc:
+        raise _tls_failure(peer, exc, fields) from exc
+    return detail, data
+
+
+def _tls_failure(peer: DimsePeer, exc: BaseException, fields: tuple[str, str, str]) -> _StageFailed:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _StageFailed(
             f"the peer's certificate is not trusted: {exc.verify_message}",
             f"check that {fields[0]} holds the CA that signed the peer's certificate, that "
             "the certificate has not expired and that it names " + peer.host,
-        ) from exc
+        )
+    return _StageFailed(
+        f"TLS handshake with {peer.address} failed: {exc}",
+        "the peer may not speak TLS on this port, or may require a client certificate "
+        f"({fields[1]} / {fields[2]}) or not trust ours",
+    )
+
+
+def _tls_session(
+    peer: DimsePeer,
+    raw: socket.socket,
+    *,
+    context: ssl.SSLContext | None = None,
+    fields: tuple[str, str, str] = ("tls_ca", "tls_cert", "tls_key"),
+) -> tuple[ssl.SSLSocket, str, dict[str, object]]:
+    """Handshake over the connected ``raw``: the TLS socket, a detail and data (with the
+    certificate's subject and expiry). Closes ``raw`` when the handshake fails."""
+    context = context or tls_context(peer)
+    try:
+        tls = context.wrap_socket(raw, server_hostname=peer.host)
     except (ssl.SSLError, OSError) as exc:
-        raise _StageFailed(
-            f"TLS handshake with {peer.address} failed: {exc}",
-            "the peer may not speak TLS on this port, or may require a client certificate "
-            f"({fields[1]} / {fields[2]}) or not trust ours",
-        ) from exc
+        raw.close()
+        raise _tls_failure(peer, exc, fields) from exc
+    cert = tls.getpeercert() or {}
+    version = tls.version() or "unknown"
     rdns: Any = cert.get("subject", ())
     subject = ", ".join(f"{k}={v}" for rdn in rdns for (k, v) in rdn)
     expires = str(cert.get("notAfter", ""))
@@ -248,25 +259,25 @@ def _tls(
         # Still healthy today; a monitor reading the JSON can alert before it breaks.
         data["warning"] = f"the peer's certificate expires in {days} day(s)"
         detail += f"; WARNING: {data['warning']}"
-    return detail, data
+    return tls, detail, data
 
 
 def _associate(
-    peer: DimsePeer, timeout: float, contexts: Sequence[Any]
+    peer: DimsePeer, timeout: float, contexts: Sequence[Any], sock: socket.socket
 ) -> tuple[Any, str, dict[str, object]]:
-    ae = AE(ae_title=peer.calling_ae)
+    """Request an association over ``sock`` (connected, and TLS-wrapped for a TLS peer)."""
+    ae = HandoffAE(ae_title=peer.calling_ae)
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
-    tls_args = (tls_context(peer), peer.host) if peer.uses_tls else None
-    assoc = ae.associate(
+    assoc = ae.associate_over(
+        sock,
         peer.host,
         peer.port,
         contexts=list(contexts),
         ae_title=peer.called_ae,
         max_pdu=peer.pdu_limit,
-        tls_args=tls_args,
     )
     if assoc.is_established:
         accepted = len(assoc.accepted_contexts)
@@ -317,40 +328,65 @@ def diagnose_dimse(
     contexts: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ) -> Diagnosis:
-    """Diagnose ``peer`` stage by stage, stopping at the first failure."""
-    results: list[StageResult] = []
+    """Diagnose ``peer`` stage by stage, stopping at the first failure.
 
-    def run(stage: str, step: Callable[[], tuple[str, dict[str, object]]]) -> bool:
-        start = clock()
-        try:
-            detail, data = step()
-        except _StageFailed as failure:
-            results.append(
-                StageResult(
-                    stage, "failed", clock() - start, failure.detail, failure.hint, failure.data
-                )
-            )
-            return False
-        results.append(StageResult(stage, "ok", clock() - start, detail, None, data))
-        return True
+    The TCP connection the tcp stage opens (and the tls stage wraps) is the one the
+    association stage then uses: a diagnosis never leaves a connection that closed
+    without an A-ASSOCIATE-RQ, which some DICOM implementations log as an error or, in
+    legacy ones, take as fatal. ``contexts`` negotiates the storage SOP classes in a second
+    association of its own, so that a peer refusing a 128-context request does not hide
+    the result of the echo.
+    """
+    results: list[StageResult] = []
+    # A TLS configuration problem is ours (exit 3): find it before connecting at all.
+    context = tls_context(peer) if peer.uses_tls else None
 
     def finish() -> Diagnosis:
         return Diagnosis(peer.name, peer.kind, peer.address, tuple(results))
 
+    holder: dict[str, Any] = {}
+    try:
+        return _dimse_stages(peer, timeout, contexts, context, results, clock, holder, finish)
+    finally:
+        leftover = holder.pop("sock", None)
+        if leftover is not None:  # a stage raised between connect and associate
+            leftover.close()
+
+
+def _dimse_stages(
+    peer: DimsePeer,
+    timeout: float,
+    contexts: bool,
+    context: ssl.SSLContext | None,
+    results: list[StageResult],
+    clock: Callable[[], float],
+    holder: dict[str, Any],
+    finish: Callable[[], Diagnosis],
+) -> Diagnosis:
+    run = _runner(results, clock)
     if not run("dns", lambda: _dns(peer, timeout)):
         return finish()
-    if not run("tcp", lambda: _tcp(peer, timeout)):
+
+    def tcp() -> tuple[str, dict[str, object]]:
+        holder["sock"], detail = _tcp(peer, timeout)
+        return detail, {}
+
+    def tls() -> tuple[str, dict[str, object]]:
+        holder["sock"], detail, data = _tls_session(peer, holder.pop("sock"), context=context)
+        return detail, data
+
+    if not run("tcp", tcp):
         return finish()
-    if peer.uses_tls:
-        if not run("tls", lambda: _tls(peer, timeout)):
+    if context is not None:
+        if not run("tls", tls):
             return finish()
     else:
         results.append(StageResult("tls", "skipped", 0.0, "not configured for this peer"))
 
-    holder: dict[str, Any] = {}
-
     def associate() -> tuple[str, dict[str, object]]:
-        assoc, detail, data = _associate(peer, timeout, _proposed_contexts(True)[:1])
+        assoc, detail, data = _associate(
+            peer, timeout, _proposed_contexts(True)[:1], holder.pop("sock")
+        )
         holder["assoc"] = assoc
         return detail, data
 
@@ -385,7 +421,10 @@ def diagnose_dimse(
 
         def negotiate() -> tuple[str, dict[str, object]]:
             proposed = _proposed_contexts(False)
-            probe, _, _ = _associate(peer, timeout, proposed)
+            sock, _ = _tcp(peer, timeout)
+            if context is not None:
+                sock, _, _ = _tls_session(peer, sock, context=context)
+            probe, _, _ = _associate(peer, timeout, proposed, sock)
             try:
                 accepted = sorted({str(cx.abstract_syntax) for cx in probe.accepted_contexts})
                 rejected = sorted(
@@ -470,9 +509,14 @@ def diagnose_dicomweb(
     def finish() -> Diagnosis:
         return Diagnosis(peer.name, peer.kind, peer.url, tuple(results))
 
-    if not run("dns", lambda: _dns(stand_in, timeout)) or not run(
-        "tcp", lambda: _tcp(stand_in, timeout)
-    ):
+    def tcp() -> tuple[str, dict[str, object]]:
+        # An HTTP server takes a connection without a request calmly (unlike some DICOM
+        # ones, see diagnose_dimse); the HTTP stages below use connections of their own.
+        sock, detail = _tcp(stand_in, timeout)
+        sock.close()
+        return detail, {}
+
+    if not run("dns", lambda: _dns(stand_in, timeout)) or not run("tcp", tcp):
         return finish()
     if https:
         context = dicomweb_ssl_context(peer)

@@ -27,7 +27,14 @@ from typing import Any
 from dvdexit_cli.audit import TransferAuditor
 from dvdexit_cli.dicom.contexts import plan_contexts
 from dvdexit_cli.dicom.scan import Instance, ScanResult, UnsendableFile, read_instance, scan
-from dvdexit_cli.errors import ConfigError, JournalError, NoDicomFoundError, PeerError
+from dvdexit_cli.errors import (
+    ConfigError,
+    Interrupted,
+    JournalError,
+    NoDicomFoundError,
+    PeerError,
+    UsageError,
+)
 from dvdexit_cli.events import (
     InstanceDone,
     Observer,
@@ -49,6 +56,7 @@ __all__ = [
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_SIZE",
     "VERDICTS",
+    "AbandonResult",
     "FileProblem",
     "RetryResult",
     "RetrySettings",
@@ -58,6 +66,7 @@ __all__ = [
     "SeriesPlan",
     "VerifiedFile",
     "VerifyResult",
+    "abandon",
     "batches",
     "plan_send",
     "retry_failed",
@@ -167,6 +176,15 @@ class SendResult:
             return ExitCode.PARTIAL_FAILURE
         return ExitCode.OK
 
+    @property
+    def total(self) -> int:
+        """The instances this send was to deliver (skipped files not counted)."""
+        return self.sent + self.failed + self.pending
+
+    @property
+    def resume_command(self) -> str:
+        return resume_command(self.peer)
+
     def to_json(self) -> dict[str, object]:
         return {
             "transfer_id": self.transfer_id,
@@ -175,17 +193,43 @@ class SendResult:
             "sent": self.sent,
             "failed": self.failed,
             "skipped": self.skipped,
+            "not_sent": self.pending,
+            "total": self.total,
             "pending": self.pending,
             "excluded": self.excluded,
             "studies": self.studies,
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
             "error": self.error,
+            "resume": self.resume_command if self.pending or self.failed else None,
             "failures": [f.to_json() for f in self.failures],
             "warnings": [w.to_json() for w in self.warnings],
             "skipped_files": [s.to_json() for s in self.skipped_files],
             "exit_code": int(self.exit_code),
         }
+
+
+def resume_command(peer: str | None) -> str:
+    """The command that resends what a send or replay to ``peer`` left not sent."""
+    return "dvdexit send --retry-failed" + (f" --to {peer}" if peer else "")
+
+
+def _interrupted(
+    counts: dict[str, int],
+    *,
+    peer: str | None,
+    transfer_id: int | None = None,
+    transfers: tuple[int, ...] = (),
+) -> Interrupted:
+    return Interrupted(
+        f"interrupted after {counts['sent']} of {counts['total']} sent"
+        + (f" ({counts['failed']} failed)" if counts["failed"] else ""),
+        hint=f"resume with: {resume_command(peer)}",
+        counts=counts,
+        transfer_id=transfer_id,
+        transfers=transfers,
+        peer=peer,
+    )
 
 
 def _problem(item: ItemRecord) -> FileProblem:
@@ -248,7 +292,8 @@ def send(
     each study is sent whole, in order, by one worker. Raises InputError
     (NoDicomFoundError) when there is nothing to send. An unreachable peer is not
     raised: it is the result's outcome (``unreachable``, exit 5), with every item left
-    failed and retryable in the journal.
+    not sent (``pending``, with the reason) in the journal. Ctrl-C or SIGTERM raises
+    Interrupted with the counts the journal holds then.
     """
     started = time.monotonic()
     found, excluded = _scan_selected(settings, observer)
@@ -297,11 +342,24 @@ def send(
                     batching=(settings.batch_size, settings.batch_bytes),
                     concurrency=settings.workers if batched else 1,
                 )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         journal.finish_transfer(transfer_id, outcome="interrupted", error="interrupted")
         _audit(audit, journal, transfer_id, "interrupted", "interrupted")
         observer(TransferFinished(transfer_id, "interrupted"))
-        raise
+        so_far = _result_from_journal(
+            journal, transfer_id, settings.peer_name, 0.0, "interrupted", None, None
+        )
+        raise _interrupted(
+            {
+                "sent": so_far.sent,
+                "failed": so_far.failed,
+                "not_sent": so_far.pending,
+                "skipped": so_far.skipped,
+                "total": so_far.total,
+            },
+            peer=settings.peer_name,
+            transfer_id=transfer_id,
+        ) from exc
     except Exception as exc:
         # A bug, not a peer's answer: the transfer must not read "running" forever, and
         # its unsent items stay pending for --retry-failed.
@@ -724,7 +782,7 @@ def _send_all(
     try:
         transport.open([inst for _, inst in pending])
     except PeerError as exc:
-        _fail_all(journal, pending, str(exc))
+        _not_sent(journal, pending, str(exc))
         return exc.message, exc.hint
     if isinstance(transport, BatchTransport):
         return _send_batches(
@@ -742,7 +800,7 @@ def _send_all(
             except PeerError as exc:
                 # The peer went away and could not be reached again: nothing more can be
                 # sent in this round. Keep every remaining item retryable.
-                _fail_all(journal, pending[position:], exc.message)
+                _not_sent(journal, pending[position:], exc.message)
                 if attempt > retries:
                     return exc.message, exc.hint
                 retry.extend(pending[position:])
@@ -830,7 +888,7 @@ def _send_batches(
                 result = transport.store_batch([inst for _, inst in claimed])
             except PeerError as exc:
                 rest = claimed + [entry for later in groups[position + 1 :] for entry in later]
-                _fail_all(journal, rest, exc.message)
+                _not_sent(journal, rest, exc.message)
                 if attempt > retries:
                     return exc.message, exc.hint
                 retry.extend(rest)
@@ -925,7 +983,7 @@ def _concurrent_round(
                 stopped = stopped or answer
                 rest = claimed + [entry for later in waiting for entry in later]
                 waiting = []
-                _fail_all(journal, rest, answer.message)
+                _not_sent(journal, rest, answer.message)
                 retry.extend(rest)
                 continue
             if answer.retry_after is not None:
@@ -1000,9 +1058,12 @@ def _record_batch(
     return again
 
 
-def _fail_all(journal: Journal, items: Sequence[tuple[int, Instance]], reason: str) -> None:
+def _not_sent(journal: Journal, items: Sequence[tuple[int, Instance]], reason: str) -> None:
+    """The peer could not be reached (again): these items did not reach it. They are not
+    failed (the peer said nothing about them) but not sent: ``pending`` with the reason,
+    for ``send --retry-failed``."""
     for item_id, _ in items:
-        journal.record_outcome(item_id, state="failed", status=None, reason=reason, retryable=True)
+        journal.record_outcome(item_id, state="pending", status=None, reason=reason)
 
 
 # -- replay (send --retry-failed) -------------------------------------------------------
@@ -1061,6 +1122,7 @@ class RetryResult:
             "claimed": self.claimed,
             "sent": self.sent,
             "failed": self.failed,
+            "not_sent": self.pending,
             "pending": self.pending,
             "given_up": self.given_up,
             "not_retryable": self.not_retryable,
@@ -1157,82 +1219,113 @@ def retry_failed(
     for peer_name, item in claimed:
         by_peer.setdefault((peer_name, notes[item.transfer_id]), []).append(item)
     errors: list[str] = []
+    peer_errors: dict[str, str] = {}
     unreachable = 0
-    with _Lease(journal, claim, settings.lease_seconds):
-        for (peer_name, note), items in by_peer.items():
-            ready: list[tuple[int, Instance]] = []
-            twins: dict[int, list[int]] = {}  # item sent -> items of the same instance
-            first: dict[tuple[str, str], int] = {}
-            confirmed = journal.confirmed_by_peer(
-                peer_name, (i.sop_instance_uid for i in items if i.sop_instance_uid)
-            )
-            for item in items:
-                key = (item.sop_instance_uid or "", item.digest or "")
-                if item.digest in confirmed.get(key[0], ()):
-                    # The same instance (same digest) reached this peer in another
-                    # transfer: sending it again would only make a duplicate.
-                    journal.record_outcome(
-                        item.id,
-                        state="sent",
-                        status=None,
-                        reason="not resent: the peer confirmed this instance (same digest) "
-                        "in another transfer",
+    try:
+        with _Lease(journal, claim, settings.lease_seconds):
+            for (peer_name, note), items in by_peer.items():
+                ready: list[tuple[int, Instance]] = []
+                twins: dict[int, list[int]] = {}  # item sent -> items of the same instance
+                first: dict[tuple[str, str], int] = {}
+                confirmed = journal.confirmed_by_peer(
+                    peer_name, (i.sop_instance_uid for i in items if i.sop_instance_uid)
+                )
+                for item in items:
+                    key = (item.sop_instance_uid or "", item.digest or "")
+                    if item.digest in confirmed.get(key[0], ()):
+                        # The same instance (same digest) reached this peer in another
+                        # transfer: sending it again would only make a duplicate.
+                        journal.record_outcome(
+                            item.id,
+                            state="sent",
+                            status=None,
+                            reason="not resent: the peer confirmed this instance (same digest) "
+                            "in another transfer",
+                        )
+                        continue
+                    if key in first:
+                        twins[first[key]].append(item.id)
+                        continue
+                    loaded = _reload(item)
+                    if isinstance(loaded, str):
+                        journal.record_outcome(item.id, state="failed", status=None, reason=loaded)
+                    else:
+                        first[key] = item.id
+                        twins[item.id] = []
+                        ready.append((item.id, loaded))
+                if not ready:
+                    continue
+                try:
+                    transport = transport_for(peer_name)
+                except ConfigError as exc:
+                    # The items stay open, for when the peer is back; they show this reason
+                    # (not the one of an earlier attempt) until then.
+                    errors.append(f"{peer_name}: {exc.message}")
+                    peer_errors[peer_name] = exc.message
+                    journal.note_reason(
+                        [item_id for item_id, _ in ready]
+                        + [other for others in twins.values() for other in others],
+                        f"not resent: {exc.message}",
                     )
                     continue
-                if key in first:
-                    twins[first[key]].append(item.id)
-                    continue
-                loaded = _reload(item)
-                if isinstance(loaded, str):
-                    journal.record_outcome(item.id, state="failed", status=None, reason=loaded)
-                else:
-                    first[key] = item.id
-                    twins[item.id] = []
-                    ready.append((item.id, loaded))
-            if not ready:
-                continue
-            try:
-                transport = transport_for(peer_name)
-            except ConfigError as exc:
-                # The items stay as they were (retryable), for when the peer is back.
-                errors.append(f"{peer_name}: {exc.message}")
-                continue
-            if isinstance(transport, FolderTransport):
-                transport.set_sender_note(*note)
-            observer(
-                ReplayStarted(
-                    peer_name,
-                    tuple(sorted({i.transfer_id for i in items})),
-                    len(ready),
-                    sum(inst.size for _, inst in ready),
+                if isinstance(transport, FolderTransport):
+                    transport.set_sender_note(*note)
+                observer(
+                    ReplayStarted(
+                        peer_name,
+                        tuple(sorted({i.transfer_id for i in items})),
+                        len(ready),
+                        sum(inst.size for _, inst in ready),
+                    )
                 )
-            )
-            try:
-                error, _hint = _send_all(
-                    settings.retries,
-                    settings.retry_delay,
-                    journal,
-                    transport,
-                    ready,
-                    observer,
-                    sleep,
-                    claim=claim,
-                    batching=(settings.batch_size, settings.batch_bytes),
-                    concurrency=(
-                        max(1, workers_for(peer_name))
-                        if workers_for is not None and isinstance(transport, BatchTransport)
-                        else 1
-                    ),
-                )
-            finally:
-                transport.close()
-            _copy_outcomes(journal, twins)
-            if error is not None:
-                errors.append(f"{peer_name}: {error}")
-                unreachable += 1
+                try:
+                    error, _hint = _send_all(
+                        settings.retries,
+                        settings.retry_delay,
+                        journal,
+                        transport,
+                        ready,
+                        observer,
+                        sleep,
+                        claim=claim,
+                        batching=(settings.batch_size, settings.batch_bytes),
+                        concurrency=(
+                            max(1, workers_for(peer_name))
+                            if workers_for is not None and isinstance(transport, BatchTransport)
+                            else 1
+                        ),
+                    )
+                finally:
+                    transport.close()
+                _copy_outcomes(journal, twins)
+                if error is not None:
+                    errors.append(f"{peer_name}: {error}")
+                    peer_errors[peer_name] = error
+                    unreachable += 1
+    except KeyboardInterrupt as exc:
+        # The claims are released (the lease's exit); what was not sent stays open.
+        touched = tuple(sorted({item.transfer_id for _, item in claimed}))
+        for transfer_id in touched:
+            journal.refresh_outcome(transfer_id)
+        now = journal.items_by_id(item.id for _, item in claimed)
+        raise _interrupted(
+            {
+                "sent": sum(i.state in ("sent", "committed") for i in now),
+                "failed": sum(i.state == "failed" for i in now),
+                "not_sent": sum(i.state in ("pending", "sending") for i in now),
+                "skipped": 0,
+                "total": len(now),
+            },
+            peer=settings.peer_name,
+            transfers=touched,
+        ) from exc
     transfers = sorted({item.transfer_id for _, item in claimed})
+    peer_of = {item.transfer_id: peer_name for peer_name, item in claimed}
     for transfer_id in transfers:
-        refreshed = journal.refresh_outcome(transfer_id)
+        # What stopped this replay replaces what stopped an earlier attempt.
+        refreshed = journal.refresh_outcome(
+            transfer_id, error=peer_errors.get(peer_of[transfer_id])
+        )
         # Only the studies this replay worked on: the others were not transferred again.
         replayed = {i.study_uid for _, i in claimed if i.transfer_id == transfer_id and i.study_uid}
         _audit(audit, journal, transfer_id, refreshed, None, replayed)
@@ -1267,6 +1360,85 @@ def retry_failed(
         seconds=time.monotonic() - started,
         outcome=outcome,
         errors=tuple(errors),
+    )
+
+
+# -- giving up deliberately (send --abandon) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class AbandonResult:
+    """What ``abandon`` gave up on, and what it left to a run that holds it."""
+
+    transfer_id: int | None
+    peer: str | None
+    abandoned: int
+    held: int
+    transfers: tuple[int, ...]
+    by: str
+    reason: str
+    by_transfer: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        # Items a running send holds were not abandoned: say so with 6, so that a script
+        # does not take the peer's backlog for cleared.
+        return ExitCode.PARTIAL_FAILURE if self.held else ExitCode.OK
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "mode": "abandon",
+            "transfer_id": self.transfer_id,
+            "peer": self.peer,
+            "abandoned": self.abandoned,
+            "held_by_a_running_send": self.held,
+            "transfers": {str(t): n for t, n in sorted(self.by_transfer.items())},
+            "by": self.by,
+            "reason": self.reason,
+            "exit_code": int(self.exit_code),
+        }
+
+
+def abandon(
+    *,
+    journal: Journal,
+    by: str,
+    reason: str,
+    transfer_id: int | None = None,
+    peer: str | None = None,
+    audit: TransferAuditor | None = None,
+) -> AbandonResult:
+    """Give up on the open items of a transfer, or of every transfer to ``peer``.
+
+    The items become ``abandoned`` (who, when, why), stay visible, and are never resent;
+    each study concerned gets an audit record. Items a running send or replay holds are
+    left to it (``held``). UsageError for a transfer id the journal does not have.
+    """
+    if not reason.strip():
+        raise UsageError(
+            "giving up on items needs a reason", hint="add --reason 'why they are abandoned'"
+        )
+    if transfer_id is not None and journal.transfer_row(transfer_id) is None:
+        raise UsageError(
+            f"transfer {transfer_id} is not in the journal",
+            hint="'dvdexit status' lists the transfers with their ids",
+        )
+    done = journal.abandon(by=by, reason=reason, transfer_id=transfer_id, peer=peer)
+    by_transfer: dict[int, int] = {}
+    for item in done.items:
+        by_transfer[item.transfer_id] = by_transfer.get(item.transfer_id, 0) + 1
+    for tid in done.transfers:
+        studies = {i.study_uid for i in done.items if i.transfer_id == tid and i.study_uid}
+        _audit(audit, journal, tid, "abandoned", f"abandoned by {by}: {reason}", studies)
+    return AbandonResult(
+        transfer_id=transfer_id,
+        peer=peer,
+        abandoned=len(done.items),
+        held=done.held,
+        transfers=done.transfers,
+        by=by,
+        reason=reason,
+        by_transfer=by_transfer,
     )
 
 

@@ -16,6 +16,11 @@
         ├── JournalBusyError               retryable
         └── JournalDamagedError            (empty, cut short, not a journal)
 
+    KeyboardInterrupt
+    └── Interrupted               exit 130 (a send or replay stopped by Ctrl-C or SIGTERM,
+                                            with its counts; not a DvdexitError, so that no
+                                            handler on the way up takes it for an error)
+
 Foreign exceptions (``OSError``, ``sqlite3.Error``, pynetdicom's) are translated into these
 at the layer that met them, raised ``from`` the original.
 """
@@ -31,6 +36,7 @@ __all__ = [
     "ConfigError",
     "DvdexitError",
     "InputError",
+    "Interrupted",
     "JournalBusyError",
     "JournalDamagedError",
     "JournalError",
@@ -120,3 +126,41 @@ class JournalDamagedError(JournalError):
     Never taken for a new journal: its items would be forgotten. The hint says how to
     move it aside and recover.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """A send or replay stopped by Ctrl-C or SIGTERM, and what the journal holds then.
+
+    ``counts`` has ``sent``, ``failed``, ``not_sent``, ``skipped`` and ``total`` (the
+    instances the run was to send); ``hint`` is the command that resumes the work.
+    """
+
+    exit_code: ClassVar[ExitCode] = ExitCode.INTERRUPTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str,
+        counts: dict[str, int],
+        transfer_id: int | None = None,
+        transfers: tuple[int, ...] = (),
+        peer: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.counts = counts
+        self.transfer_id = transfer_id
+        self.transfers = transfers
+        self.peer = peer
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "error": {"type": "Interrupted", "message": self.message, "hint": self.hint},
+            "transfer_id": self.transfer_id,
+            "transfers": list(self.transfers),
+            "peer": self.peer,
+            "counts": dict(self.counts),
+            "exit_code": int(self.exit_code),
+        }

@@ -26,7 +26,8 @@ if "error" in doc:
     print(f"error: {doc['error'].get('message')}")
 else:
     print(f"outcome={doc.get('outcome')} claimed={doc.get('claimed')} sent={doc.get('sent')} "
-          f"failed={doc.get('failed')} given_up={doc.get('given_up')}")
+          f"failed={doc.get('failed')} not_sent={doc.get('not_sent')} "
+          f"given_up={doc.get('given_up')}")
 PY
 )
 
@@ -37,6 +38,7 @@ fi
 if [ "$code" -ne 0 ]; then
     echo "dvdexit send --retry-failed exited $code: $summary"
     echo "details: $result (JSON), $errors; 'dvdexit status' lists the failed items"
+    echo "items that can never be sent: dvdexit send --abandon --to PEER --reason TEXT"
     tail -n 20 "$errors"
 fi
 exit "$code"

@@ -7,12 +7,14 @@ by its PID, and all traffic goes to 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -393,3 +395,50 @@ def start_orthanc(
             stop_process(proc)
             raise RuntimeError(f"Orthanc did not start: {_read_text(log)[-2000:]}")
         time.sleep(0.2)
+
+
+# -- a port that records what it is sent --------------------------------------------
+
+
+class RecordingListener:
+    """A DICOM port that records every connection and the bytes it carried.
+
+    With ``reject`` it answers an A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (permanent, no
+    reason), as a peer that does not know us would; without, it closes without a word.
+    """
+
+    def __init__(self, *, reject: bool = True) -> None:
+        self.reject = reject
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.received: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                try:
+                    while len(data) < 6 or len(data) < 6 + int.from_bytes(data[2:6], "big"):
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if data[:1] == b"\x01" and self.reject:
+                        conn.sendall(b"\x03\x00" + (4).to_bytes(4, "big") + b"\x00\x01\x01\x01")
+                        conn.recv(1)  # until the requestor closes
+                except OSError:
+                    pass
+                self.received.append(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.server.close()
+        self._thread.join(timeout=10)

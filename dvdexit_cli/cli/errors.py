@@ -89,6 +89,12 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
+        except errors.Interrupted as stop:
+            # A send or replay that knows how far it got: the counts and the way to resume.
+            err.print(f"dvdexit: {stop.message}; {stop.hint}", markup=False)
+            if as_json:
+                print_json(stop.to_json())
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except KeyboardInterrupt:
             err.print("dvdexit: interrupted; the journal is consistent and the work can resume")
             if as_json:

@@ -42,6 +42,7 @@ from dvdexit_cli.credentials import (
 )
 from dvdexit_cli.diagnose import diagnose
 from dvdexit_cli.errors import ConfigError, UsageError
+from dvdexit_cli.journal import Journal
 from dvdexit_cli.transport.factory import check_key_file
 
 __all__ = ["app"]
@@ -289,11 +290,41 @@ def show_command(
 
 @app.command("remove")
 @handle_errors
-def remove_command(name: Annotated[str, typer.Argument(help="The peer to remove.")]) -> None:
-    """Remove a peer (and its keyring secret, if any)."""
-    _book().remove(name)
+def remove_command(
+    name: Annotated[str, typer.Argument(help="The peer to remove.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Remove it even though the journal holds items not yet sent to it (a replay "
+            "then cannot send them: give up on them with 'send --abandon --to NAME').",
+        ),
+    ] = False,
+) -> None:
+    """Remove a peer (and its keyring secret, if any); refused while items to it are open."""
+    home = resolve_paths()
+    book = PeerBook(home.peers_file)
+    book.get_any(name)  # an unknown name is an error before anything else
+    open_items = 0
+    if home.journal_file.exists():
+        with Journal(home.journal_file) as journal:
+            open_items = journal.open_items(peer=name)
+    if open_items and not force:
+        raise UsageError(
+            f"peer {name} has {open_items} item(s) in the journal not yet sent; removing it "
+            "would leave them for 'send --retry-failed', which could never send them",
+            hint=f"give up on them with 'dvdexit send --abandon --to {name} --reason TEXT' "
+            f"first, or remove it anyway with 'dvdexit peers remove {name} --force'",
+        )
+    book.remove(name)
     removed = delete_secret(name)
     err.print(f"peer {name} removed" + ("; its keyring secret too" if removed else ""))
+    if open_items:
+        err.print(
+            f"dvdexit: warning: {open_items} item(s) to {name} stay open in the journal; "
+            f"'dvdexit send --abandon --to {name} --reason TEXT' gives up on them",
+            markup=False,
+        )
 
 
 @app.command("test")

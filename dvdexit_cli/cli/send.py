@@ -41,6 +41,7 @@ from dvdexit_cli.engine import (
     SendPlan,
     SendResult,
     SendSettings,
+    abandon,
     plan_send,
     retry_failed,
     send,
@@ -133,6 +134,16 @@ def send_command(
             "only that peer's items are resent.",
         ),
     ] = None,
+    abandon_items: Annotated[
+        bool,
+        typer.Option(
+            "--abandon",
+            help="Give up on items deliberately: 'send --abandon TRANSFER_ID --reason TEXT' "
+            "(that transfer's open items) or 'send --abandon --to PEER --reason TEXT' (all "
+            "of that peer's, even one no longer in peers.toml). They are kept in the journal "
+            "as abandoned (who, when, why), audited, and never resent.",
+        ),
+    ] = False,
     retry_failed_items: Annotated[
         bool,
         typer.Option(
@@ -242,7 +253,12 @@ def send_command(
         str | None, typer.Option("--note", help="A note kept with the transfer.")
     ] = None,
     reason: Annotated[
-        str | None, typer.Option("--reason", help="The reason for the transfer (referral).")
+        str | None,
+        typer.Option(
+            "--reason",
+            help="The reason for the transfer (referral); with --abandon, why the items are "
+            "given up on.",
+        ),
     ] = None,
     recipient: Annotated[
         str | None,
@@ -297,6 +313,13 @@ def send_command(
 ) -> None:
     """Send studies to a peer; every instance is journaled and its outcome recorded."""
     home = resolve_paths()
+    if abandon_items:
+        if retry_failed_items or dry_run:
+            raise UsageError(
+                "--abandon goes with a transfer id or --to PEER, and --reason",
+                hint="run --retry-failed separately, after the abandonment",
+            )
+        _abandon(home, [str(p) for p in paths or ()], to, reason, json_output=json_output)
     if retry_failed_items:
         if paths:
             raise UsageError(
@@ -515,9 +538,16 @@ def _render(result: SendResult) -> None:
     _list("sent with a warning", result.warnings, "yellow")
     _list("skipped", result.skipped_files, "dim")
     if result.error:
+        # One line however many instances it concerns: they were not sent, not refused.
         err.print(
             f"dvdexit: error: {result.error}"
-            + (f" ({result.error_hint})" if result.error_hint else ""),
+            + (f" ({result.error_hint})" if result.error_hint else "")
+            + (
+                f"; {result.pending} of {result.total} instance(s) not sent; resend with: "
+                f"{result.resume_command}"
+                if result.pending
+                else ""
+            ),
             markup=False,
         )
     elif result.failed:
@@ -526,6 +556,69 @@ def _render(result: SendResult) -> None:
             f"(dvdexit status)",
             markup=False,
         )
+
+
+def _abandon(
+    home: Paths, given: list[str], to: str | None, reason: str | None, *, json_output: bool
+) -> None:
+    """``send --abandon``: give up on a transfer's or a peer's open items; exits."""
+    if (len(given) == 1) == (to is not None) or len(given) > 1:
+        raise UsageError(
+            "--abandon takes one transfer id, or --to PEER (not both)",
+            hint="dvdexit send --abandon 12 --reason TEXT, or "
+            "dvdexit send --abandon --to PEER --reason TEXT ('dvdexit status' lists the ids)",
+        )
+    transfer_id = None
+    if given:
+        if not given[0].isdigit():
+            raise UsageError(
+                f"--abandon {given[0]!r}: a transfer id is a number",
+                hint="'dvdexit status' lists the transfers with their ids",
+            )
+        transfer_id = int(given[0])
+    if reason is None or not reason.strip():
+        raise UsageError(
+            "--abandon needs --reason: say why the items are given up on",
+            hint="add --reason 'peer decommissioned', for example",
+        )
+    book = PeerBook(home.peers_file)
+    trail = AuditTrail(audit_path(home), process="dvdexit send --abandon")
+    with Journal(home.journal_file) as journal:
+        result = abandon(
+            journal=journal,
+            by=trail.who["user"],
+            reason=reason.strip(),
+            transfer_id=transfer_id,
+            peer=to,
+            audit=TransferAuditor(
+                trail,
+                # A removed peer is named only (the auditor falls back when these raise).
+                source_for=lambda name: source_for_send(book.get_any(name), book.local.ae_title),
+                destination_for=lambda name: destination_for_peer(book.get_any(name)),
+                kind="abandon",
+            ),
+        )
+    _warn_audit(trail)
+    if json_output:
+        print_json(result.to_json())
+    else:
+        scope = f"transfer {transfer_id}" if transfer_id is not None else f"peer {to}"
+        if result.abandoned:
+            out.print(
+                f"abandoned {result.abandoned} item(s) of {scope} (transfer(s) "
+                f"{', '.join(map(str, result.transfers))}), by {result.by}: {result.reason}; "
+                "they stay in 'dvdexit status' and are never resent",
+                markup=False,
+            )
+        elif not result.held:
+            out.print(f"nothing to abandon: {scope} has no open items", markup=False)
+        if result.held:
+            err.print(
+                f"dvdexit: {result.held} item(s) of {scope} are held by a running send or "
+                "replay and were left to it; run the same --abandon again once it has ended",
+                markup=False,
+            )
+    raise typer.Exit(int(result.exit_code))
 
 
 def _replay(

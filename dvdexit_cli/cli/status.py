@@ -23,7 +23,7 @@ from dvdexit_cli.transport.statuses import classify_store_status
 
 __all__ = ["parse_duration", "plain_reason", "render_diagnosis", "status_command"]
 
-_STATES = ("pending", "sending", "sent", "committed", "failed", "skipped")
+_STATES = ("pending", "sending", "sent", "committed", "failed", "skipped", "abandoned")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -79,7 +79,16 @@ def _failure_json(item: ItemRecord) -> dict[str, object]:
     }
 
 
-def _transfer_json(t: TransferSummary, failures: list[ItemRecord]) -> dict[str, object]:
+def _not_sent_json(item: ItemRecord) -> dict[str, object]:
+    return {"path": item.path, "sop_instance_uid": item.sop_instance_uid, "reason": item.reason}
+
+
+def _transfer_json(
+    t: TransferSummary,
+    failures: list[ItemRecord],
+    not_sent: list[ItemRecord],
+    abandoned: list[dict[str, object]],
+) -> dict[str, object]:
     seconds = _seconds(t)
     return {
         "transfer_id": t.id,
@@ -97,6 +106,8 @@ def _transfer_json(t: TransferSummary, failures: list[ItemRecord]) -> dict[str, 
         "seconds": round(seconds, 3) if seconds is not None else None,
         "bytes_per_second": round(t.bytes_sent / seconds) if seconds else None,
         "failures": [_failure_json(i) for i in failures],
+        "not_sent": [_not_sent_json(i) for i in not_sent],
+        "abandoned": abandoned,
     }
 
 
@@ -180,10 +191,18 @@ def status_command(
     transfers: list[TransferSummary] = []
     received: list[dict[str, object]] = []
     failures: dict[int, list[ItemRecord]] = {}
+    not_sent: dict[int, list[ItemRecord]] = {}
+    abandoned: dict[int, list[dict[str, object]]] = {}
     if home.journal_file.exists():
         with Journal(home.journal_file) as journal:
             transfers = journal.transfers(limit=limit, peer=peer, since=cutoff, failed_only=failed)
             failures = {t.id: journal.items(t.id, states=("failed",)) for t in transfers}
+            not_sent = {
+                t.id: journal.items(t.id, states=("pending", "sending"))
+                for t in transfers
+                if t.outcome != "running"
+            }
+            abandoned = {t.id: journal.abandonments(t.id) for t in transfers}
             if peer is None and not failed:
                 received = [
                     {**r, **_completeness(journal, str(r["study_uid"]))}
@@ -194,7 +213,12 @@ def status_command(
         print_json(
             {
                 "journal": str(home.journal_file),
-                "transfers": [_transfer_json(t, failures.get(t.id, [])) for t in transfers],
+                "transfers": [
+                    _transfer_json(
+                        t, failures.get(t.id, []), not_sent.get(t.id, []), abandoned.get(t.id, [])
+                    )
+                    for t in transfers
+                ],
                 "received": received,
             }
         )
@@ -212,7 +236,8 @@ def status_command(
             "sent",
             "failed",
             "skipped",
-            "pending",
+            "not sent",
+            "abandoned",
             "bytes",
             "time",
             "rate",
@@ -231,6 +256,7 @@ def status_command(
                 str(t.counts.get("failed", 0)),
                 str(t.counts.get("skipped", 0)),
                 str(not_done),
+                str(t.counts.get("abandoned", 0)),
                 human_bytes(t.bytes_sent),
                 f"{seconds:.1f} s" if seconds is not None else "-",
                 f"{human_bytes(t.bytes_sent / seconds)}/s" if seconds else "-",
@@ -241,6 +267,18 @@ def status_command(
             items = failures.get(t.id, [])
             if t.error:
                 out.print(f"transfer {t.id}: {t.error}", markup=False)
+            reasons: dict[str, int] = {}
+            for item in not_sent.get(t.id, []):
+                key = item.reason or "not sent yet"
+                reasons[key] = reasons.get(key, 0) + 1
+            for why, count in reasons.items():
+                out.print(f"  transfer {t.id}: {count} not sent: {why}", markup=False)
+            for given_up in abandoned.get(t.id, []):
+                out.print(
+                    f"  transfer {t.id}: {given_up['items']} abandoned by {given_up['by']} "
+                    f"at {given_up['at']}: {given_up['reason']}",
+                    markup=False,
+                )
             for item in items[:20]:
                 out.print(
                     f"  transfer {t.id} failed {item.path}: "

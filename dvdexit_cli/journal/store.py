@@ -37,7 +37,16 @@ from dvdexit_cli.dicom.scan import Instance, Rejected
 from dvdexit_cli.errors import JournalBusyError, JournalDamagedError, JournalError
 from dvdexit_cli.fsmode import PRIVATE
 
-__all__ = ["ItemRecord", "Journal", "ReceivedStudy", "TransferSummary", "new_claim", "utc_now"]
+__all__ = [
+    "OPEN_STATES",
+    "Abandonment",
+    "ItemRecord",
+    "Journal",
+    "ReceivedStudy",
+    "TransferSummary",
+    "new_claim",
+    "utc_now",
+]
 
 DEFAULT_LEASE_SECONDS = 300.0
 """How long a claim holds without renewal; a live sender renews it well before."""
@@ -178,8 +187,48 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE transfers ADD COLUMN recipient TEXT;
     """,
-    # 7: reserved (abandoned items, another branch of issue 11; the lead renumbers on merge)
-    "",
+    # 7: items given up on deliberately (send --abandon): state 'abandoned', with who,
+    # when and why; never resent. SQLite cannot change a CHECK: the table is rebuilt.
+    """
+    CREATE TABLE items_new (
+        id INTEGER PRIMARY KEY,
+        transfer_id INTEGER NOT NULL REFERENCES transfers(id),
+        path TEXT NOT NULL,
+        sop_class_uid TEXT,
+        sop_instance_uid TEXT,
+        study_uid TEXT,
+        series_uid TEXT,
+        transfer_syntax TEXT,
+        size INTEGER,
+        digest TEXT,
+        state TEXT NOT NULL CHECK (
+            state IN ('pending', 'sending', 'sent', 'failed', 'skipped', 'committed',
+                      'abandoned')
+        ),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        status INTEGER,
+        retryable INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        updated_at TEXT NOT NULL,
+        claim TEXT,
+        lease_expires REAL,
+        abandoned_at TEXT,
+        abandoned_by TEXT,
+        abandon_reason TEXT
+    );
+    INSERT INTO items_new (id, transfer_id, path, sop_class_uid, sop_instance_uid, study_uid,
+        series_uid, transfer_syntax, size, digest, state, attempts, status, retryable, reason,
+        updated_at, claim, lease_expires)
+        SELECT id, transfer_id, path, sop_class_uid, sop_instance_uid, study_uid, series_uid,
+        transfer_syntax, size, digest, state, attempts, status, retryable, reason, updated_at,
+        claim, lease_expires FROM items;
+    DROP TABLE items;
+    ALTER TABLE items_new RENAME TO items;
+    CREATE INDEX items_by_transfer ON items(transfer_id, state);
+    CREATE INDEX items_by_sop ON items(sop_instance_uid);
+    CREATE INDEX items_by_claim ON items(claim);
+    CREATE INDEX items_by_state ON items(state);
+    """,
     # 8: which receiver a study belongs to (its completion, hook and forward); NULL for
     # studies journaled before receivers were told apart: the first receiver adopts them
     """
@@ -234,6 +283,25 @@ class ItemRecord:
     status: int | None
     retryable: bool
     reason: str | None
+    abandoned_at: str | None = None
+    abandoned_by: str | None = None
+    abandon_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Abandonment:
+    """What ``Journal.abandon`` did: the items it gave up on, and those it left alone."""
+
+    items: tuple[ItemRecord, ...]
+    """The items now ``abandoned`` (as they were just before: state, last reason)."""
+    held: int
+    """Open items left as they were: a running send or replay holds a live claim on them."""
+    transfers: tuple[int, ...]
+    """The transfers the abandoned items belong to."""
+
+
+OPEN_STATES = ("pending", "sending", "failed")
+"""Item states a replay may still resend (failed: when retryable)."""
 
 
 def _item(r: sqlite3.Row) -> ItemRecord:
@@ -250,6 +318,9 @@ def _item(r: sqlite3.Row) -> ItemRecord:
         status=r["status"],
         retryable=bool(r["retryable"]),
         reason=r["reason"],
+        abandoned_at=r["abandoned_at"],
+        abandoned_by=r["abandoned_by"],
+        abandon_reason=r["abandon_reason"],
     )
 
 
@@ -298,6 +369,30 @@ class ReceivedStudy:
     instances: int
     #: The receiver the study belongs to (``StorageServer.receiver_id``), None if unknown.
     receiver: str | None = None
+
+
+def _stale_claims(db: sqlite3.Connection, now: float) -> list[str]:
+    """Claims whose lease still runs but whose process is known to be gone."""
+    host = socket.gethostname()
+    holders = [
+        str(r[0])
+        for r in db.execute(
+            "SELECT DISTINCT claim FROM items WHERE claim IS NOT NULL AND lease_expires >= ?",
+            (now,),
+        )
+    ]
+    return [h for h in holders if _claim_is_stale(h, host)]
+
+
+def _transfer_outcome(db: sqlite3.Connection, transfer_id: int) -> str:
+    """A finished transfer's outcome from its items: partial while any is open, abandoned
+    when the only ones not delivered were given up on deliberately, else complete."""
+    (open_items, abandoned) = db.execute(
+        "SELECT COALESCE(SUM(state IN ('pending', 'sending', 'failed')), 0),"
+        " COALESCE(SUM(state = 'abandoned'), 0) FROM items WHERE transfer_id = ?",
+        (transfer_id,),
+    ).fetchone()
+    return "partial" if open_items else "abandoned" if abandoned else "complete"
 
 
 def _study(row: sqlite3.Row) -> ReceivedStudy:
@@ -718,17 +813,8 @@ class Journal:
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z")
         )
-        host = socket.gethostname()
         with self._write() as db:
-            holders = [
-                str(r[0])
-                for r in db.execute(
-                    "SELECT DISTINCT claim FROM items WHERE claim IS NOT NULL"
-                    " AND lease_expires >= ?",
-                    (now,),
-                )
-            ]
-            stale = [h for h in holders if _claim_is_stale(h, host)]
+            stale = _stale_claims(db, now)
             failed = "items.state = 'failed'" + (
                 "" if include_refused else " AND items.retryable = 1"
             )
@@ -811,21 +897,122 @@ class Journal:
         )
         return {key: int(row[key]) for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
 
-    def refresh_outcome(self, transfer_id: int) -> str:
-        """Recompute a transfer's outcome from its items (after a replay); return it."""
+    def refresh_outcome(self, transfer_id: int, *, error: str | None = None) -> str:
+        """Recompute a transfer's outcome from its items (after a replay); return it.
+
+        ``error``, when given, is what stopped the latest attempt: it replaces the one of
+        an earlier attempt, so that the transfer shows its current reason.
+        """
         with self._write() as db:
-            (open_items,) = db.execute(
-                "SELECT COUNT(*) FROM items WHERE transfer_id = ?"
-                " AND state IN ('pending', 'sending', 'failed')",
-                (transfer_id,),
-            ).fetchone()
-            outcome = "partial" if open_items else "complete"
+            outcome = _transfer_outcome(db, transfer_id)
             db.execute(
                 "UPDATE transfers SET outcome = ?, finished_at = ?,"
-                " error = CASE WHEN ? = 'complete' THEN NULL ELSE error END WHERE id = ?",
-                (outcome, utc_now(), outcome, transfer_id),
+                " error = CASE WHEN ? = 'complete' THEN NULL ELSE COALESCE(?, error) END"
+                " WHERE id = ?",
+                (outcome, utc_now(), outcome, error, transfer_id),
             )
         return outcome
+
+    def note_reason(self, item_ids: Iterable[int], reason: str) -> None:
+        """Record why these items are still not sent (their state stays as it is)."""
+        ids = list(item_ids)
+        now = utc_now()
+        with self._write() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                db.execute(
+                    f"UPDATE items SET reason = ?, updated_at = ?"
+                    f" WHERE id IN ({', '.join('?' for _ in chunk)})",
+                    [reason, now, *chunk],
+                )
+
+    def open_items(self, *, peer: str) -> int:
+        """How many items to ``peer`` are still open (pending, sending or failed)."""
+        (row,) = self._read(
+            "SELECT COUNT(*) FROM items JOIN transfers ON transfers.id = items.transfer_id"
+            " WHERE transfers.peer = ? AND items.state IN ('pending', 'sending', 'failed')",
+            (peer,),
+        )
+        return int(row[0])
+
+    def abandon(
+        self,
+        *,
+        by: str,
+        reason: str,
+        transfer_id: int | None = None,
+        peer: str | None = None,
+    ) -> Abandonment:
+        """Give up deliberately on the open items of a transfer or of a peer.
+
+        Each becomes ``abandoned`` with who (``by``), when and why (``reason``); a replay
+        never resends it. Items that a running send or replay holds (a live claim) are
+        left alone and counted in ``held``: that run decides their fate. The outcome of
+        each transfer concerned is recomputed.
+        """
+        if (transfer_id is None) == (peer is None):
+            raise ValueError("abandon takes a transfer id or a peer, not both")
+        now_ts = time.time()
+        now = utc_now()
+        with self._write() as db:
+            stale = _stale_claims(db, now_ts)
+            sql = (
+                "SELECT items.* FROM items JOIN transfers ON transfers.id = items.transfer_id"
+                " WHERE items.state IN ('pending', 'sending', 'failed')"
+            )
+            params: list[object] = []
+            if transfer_id is not None:
+                sql += " AND items.transfer_id = ?"
+                params.append(transfer_id)
+            else:
+                sql += " AND transfers.peer = ?"
+                params.append(peer)
+            rows = db.execute(sql + " ORDER BY items.id", params).fetchall()
+            free = [
+                r
+                for r in rows
+                if r["claim"] is None or (r["lease_expires"] or 0.0) < now_ts or r["claim"] in stale
+            ]
+            ids = [int(r["id"]) for r in free]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                db.execute(
+                    "UPDATE items SET state = 'abandoned', abandoned_at = ?, abandoned_by = ?,"
+                    " abandon_reason = ?, claim = NULL, lease_expires = NULL, updated_at = ?"
+                    f" WHERE id IN ({', '.join('?' for _ in chunk)})",
+                    [now, by, reason, now, *chunk],
+                )
+            transfers = sorted({int(r["transfer_id"]) for r in free})
+            for tid in transfers:
+                db.execute(
+                    "UPDATE transfers SET outcome = ?,"
+                    " finished_at = COALESCE(finished_at, ?) WHERE id = ?"
+                    " AND outcome != 'running'",
+                    (_transfer_outcome(db, tid), now, tid),
+                )
+        return Abandonment(
+            items=tuple(_item(r) for r in free),
+            held=len(rows) - len(free),
+            transfers=tuple(transfers),
+        )
+
+    def abandonments(self, transfer_id: int) -> list[dict[str, object]]:
+        """Who gave up on items of this transfer, when and why, with how many items each."""
+        rows = self._read(
+            "SELECT abandoned_by, abandoned_at, abandon_reason, COUNT(*) AS items FROM items"
+            " WHERE transfer_id = ? AND state = 'abandoned'"
+            " GROUP BY abandoned_by, abandoned_at, abandon_reason ORDER BY abandoned_at",
+            (transfer_id,),
+        )
+        return [
+            {
+                "by": r["abandoned_by"],
+                "at": r["abandoned_at"],
+                "reason": r["abandon_reason"],
+                "items": int(r["items"]),
+            }
+            for r in rows
+        ]
 
     # -- reading -------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import pydicom
 from pydicom.uid import UID
-from pynetdicom import AE, _config
+from pynetdicom import _config
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import build_context
@@ -51,6 +51,7 @@ from dvdexit_cli.dicom.transcode import (
 from dvdexit_cli.errors import AssociationRejectedError, PeerUnreachableError
 from dvdexit_cli.events import AssociationOpened, Observer, ignore
 from dvdexit_cli.transport.base import StoreOutcome
+from dvdexit_cli.transport.handoff import HandoffAE, connect_tcp
 from dvdexit_cli.transport.statuses import classify_store_status
 
 __all__ = ["DimseTransport", "bound_pdus", "guard_reactor", "set_nodelay", "uid_name"]
@@ -182,19 +183,6 @@ def _reject_message(assoc: Any, peer: DimsePeer) -> AssociationRejectedError:
     )
 
 
-def _connect_error(peer: DimsePeer, timeout: float) -> str:
-    """Why a TCP connection to the peer fails, in the operating system's words."""
-    try:
-        with socket.create_connection((peer.host, peer.port), timeout=timeout):
-            return "TCP connects, but no DICOM association could be negotiated"
-    except socket.gaierror as exc:
-        return f"cannot resolve host {peer.host!r}: {exc.strerror}"
-    except TimeoutError:
-        return f"no answer from {peer.address} within {timeout:g} s"
-    except OSError as exc:
-        return f"cannot connect to {peer.address}: {exc.strerror or exc}"
-
-
 class DimseTransport:
     """Send instances to a DIMSE peer over as few associations as the context plan allows."""
 
@@ -216,7 +204,7 @@ class DimseTransport:
         # peer's host as given.
         self._tls_args = (ssl_context, self.peer.host) if ssl_context is not None else None
         self._observer = observer
-        self._ae = AE(ae_title=peer.calling_ae)
+        self._ae = HandoffAE(ae_title=peer.calling_ae)
         self._ae.connection_timeout = connect_timeout
         self._ae.acse_timeout = acse_timeout
         self._ae.dimse_timeout = dimse_timeout
@@ -252,25 +240,26 @@ class DimseTransport:
         contexts = [
             build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in plan.contexts
         ]
-        assoc = self._ae.associate(
+        # Our own connect: its failure is told in the operating system's words, without a
+        # second, empty connection to find them (which some DICOM peers log or take badly).
+        assoc = self._ae.associate_over(
+            self._connect(),
             self.peer.host,
             self.peer.port,
             contexts=contexts,
             ae_title=self.peer.called_ae,
             max_pdu=self.peer.pdu_limit,
-            tls_args=self._tls_args,
         )
         if not assoc.is_established:
-            # pynetdicom marks a failed TCP connect as "aborted" too; only an answer from
-            # the peer (a primitive) means it was reached and said no.
+            # Only an answer from the peer (a primitive) means it was reached and said no.
             answered = assoc.acceptor.primitive is not None
             if assoc.is_rejected or (assoc.is_aborted and answered):
                 raise _reject_message(assoc, self.peer)
             raise PeerUnreachableError(
-                f"peer {self.peer.name} unreachable: "
-                f"{_connect_error(self.peer, self._connect_timeout)}",
-                hint=f"check that the peer runs and that {self.peer.address} is right "
-                f"('dvdexit peers list')",
+                f"peer {self.peer.name} unreachable: TCP connects, but no DICOM association "
+                "could be negotiated",
+                hint=f"check that {self.peer.address} is the peer's DICOM port (and whether it "
+                "needs TLS), and the peer's log",
             )
         set_nodelay(assoc)
         guard_reactor(assoc)
@@ -286,6 +275,30 @@ class DimseTransport:
                 max_pdu=int(assoc.acceptor.maximum_length or 0),
             )
         )
+
+    def _connect(self) -> socket.socket:
+        """A connected (and, for a TLS peer, handshaken) socket; PeerUnreachableError if not."""
+        try:
+            sock = connect_tcp(self.peer.host, self.peer.port, timeout=self._connect_timeout)
+        except PeerUnreachableError as exc:
+            raise PeerUnreachableError(
+                f"peer {self.peer.name} unreachable: {exc.message}",
+                hint=f"check that the peer runs and that {self.peer.address} is right "
+                f"('dvdexit peers list')",
+            ) from exc
+        if self._tls_args is None:
+            return sock
+        context, hostname = self._tls_args
+        try:
+            return context.wrap_socket(sock, server_hostname=hostname)
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise PeerUnreachableError(
+                f"peer {self.peer.name} unreachable: TLS handshake with {self.peer.address} "
+                f"failed: {exc}",
+                hint=f"check the peer's TLS settings ('dvdexit status --peer {self.peer.name}' "
+                "shows the certificate)",
+            ) from exc
 
     def _plan_for(self, instance: Instance) -> int:
         key = (instance.sop_class_uid, instance.transfer_syntax)

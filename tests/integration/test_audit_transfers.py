@@ -120,7 +120,8 @@ def test_a_replay_after_out_of_resources_is_audited_minor_then_success_with_the_
 
     # The PACS moved to healthy hardware: the peer's address is corrected, then the replay.
     healthy = storescp(tmp_path / "healthy", ae="HEALTHY")
-    assert run_dvdexit("peers", "remove", "pacs", home=dvdexit_home).returncode == 0
+    # (--force: its two unsent items are meant for the corrected peer of the same name.)
+    assert run_dvdexit("peers", "remove", "pacs", "--force", home=dvdexit_home).returncode == 0
     _add_dimse(dvdexit_home, "pacs", healthy.port, "HEALTHY")
     replay = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)
 

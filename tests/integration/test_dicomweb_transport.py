@@ -428,14 +428,14 @@ def test_retry_failed_puts_the_peers_workers_in_flight(
 ) -> None:
     write_study(tmp_path / "study", n_instances=6, seed="retry-workers")
     instances = scan([tmp_path / "study"]).instances
-    # First the peer is down (nothing listens at its address): every item stays retryable.
+    # First the peer is down (nothing listens at its address): every item is not sent.
     down = f"http://{LOOPBACK}:{free_port()}/dicom-web"
     run_dvdexit("peers", "add", "web", "--dicomweb", down, "--workers", "3", home=dvdexit_home)
     failed = run_dvdexit(
         "send", tmp_path / "study", "--to", "web", "--retries", "0", "--json", home=dvdexit_home
     )
     assert failed.returncode == 5, failed.stderr
-    assert set(_journal_states(dvdexit_home, failed.stdout).values()) == {("failed", True)}
+    assert set(_journal_states(dvdexit_home, failed.stdout).values()) == {("pending", False)}
     moved = run_dvdexit(
         "peers", "add", "web", "--replace", "--dicomweb", server.url, "--workers", "3",
         home=dvdexit_home,
@@ -511,7 +511,7 @@ def test_without_the_client_certificate_the_send_fails_clearly_and_sends_nothing
     assert result["sent"] == 0
     assert "TLS" in result["error"] and "client certificate" in result["error"], result["error"]
     states = _journal_states(dvdexit_home, done.stdout)
-    assert states == {i.sop_instance_uid: ("failed", True) for i in instances}
+    assert states == {i.sop_instance_uid: ("pending", False) for i in instances}  # not sent
     assert tls_server.stored == []
     assert status.returncode == 5
     stages = {s["stage"]: s["status"] for s in json.loads(status.stdout)["stages"]}

@@ -177,8 +177,8 @@ def test_a_report_whose_send_failed_is_resent_by_retry_failed_then_its_copy_remo
     assert failed.returncode == 5, failed.stderr
     (kept,) = list(dvdexit_home.rglob("attached-*"))  # the report, kept for the replay
     scp = storescp(tmp_path / "pacs")  # type: ignore[operator]
-    run_dvdexit("peers", "remove", "scp", home=dvdexit_home)
-    up = ("peers", "add", "scp", "--dimse", f"{LOOPBACK}:{scp.port}", "--ae", scp.ae)
+    # The peer's address is corrected (removing it would be refused: items are open).
+    up = ("peers", "add", "scp", "--replace", "--dimse", f"{LOOPBACK}:{scp.port}", "--ae", scp.ae)
     assert run_dvdexit(*up, home=dvdexit_home).returncode == 0
 
     replay = run_dvdexit("send", "--retry-failed", "--json", home=dvdexit_home)

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import LOOPBACK, dvdexit_env, free_port, run_dvdexit, stop_process
+from peers import (
+    LOOPBACK,
+    RecordingListener,
+    dvdexit_env,
+    free_port,
+    run_dvdexit,
+    stop_process,
+)
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -315,12 +322,13 @@ def test_send_to_a_closed_port_exits_5_with_one_reason_and_keeps_every_item_retr
     (transfer,) = json.loads(status.stdout)["transfers"]
     assert transfer["outcome"] == "unreachable"
     counts = transfer["counts"]
-    assert counts["failed"] == sample_dvd.instance_count
-    assert counts["sent"] + counts["pending"] + counts["sending"] == 0
+    # Not sent (the peer never saw them), which is not failed: the replay sends them.
+    assert counts["pending"] == sample_dvd.instance_count
+    assert counts["sent"] + counts["failed"] + counts["sending"] == 0
     with Journal(dvdexit_home / "journal.sqlite") as journal:
-        failed = journal.items(transfer["transfer_id"], states=("failed",))
-    assert {i.sop_instance_uid for i in failed} == set(sample_dvd.path_by_sop_uid)
-    assert all(i.retryable for i in failed)
+        not_sent = journal.items(transfer["transfer_id"], states=("pending",))
+    assert {i.sop_instance_uid for i in not_sent} == set(sample_dvd.path_by_sop_uid)
+    assert all("refused" in (i.reason or "") for i in not_sent)
 
 
 @pytest.mark.peer
@@ -433,3 +441,23 @@ def test_send_of_two_thousand_small_instances_loses_none(
     with Journal(dvdexit_home / "journal.sqlite") as journal:
         attempts = {i.attempts for i in journal.items(result["transfer_id"])}
     assert attempts == {1}
+
+
+def test_a_send_to_a_port_that_never_answers_the_association_leaves_no_empty_connection(
+    dvdexit_home: Path, sample_dvd: SampleMedia
+):
+    # Finding out why an association failed used to take a second, bare TCP connection.
+    listener = RecordingListener(reject=False)
+    try:
+        add_peer(dvdexit_home, "mute", listener.port, "MUTE")
+
+        result = run_dvdexit(
+            "send", sample_dvd.root, "--to", "mute", "--retries", "0", "--quiet", home=dvdexit_home
+        )
+    finally:
+        listener.close()
+
+    assert result.returncode == 5, result.stderr
+    assert "no DICOM association" in result.stderr
+    assert listener.received
+    assert all(data[:1] == b"\x01" for data in listener.received), listener.received

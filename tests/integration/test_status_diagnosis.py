@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from peers import free_port, run_dvdexit
+import pytest
+from peers import RecordingListener, free_port, run_dvdexit
 
 
 def _add_peer(home: Path, name: str, address: str, ae: str) -> None:
@@ -138,3 +139,38 @@ def test_the_monitoring_example_reports_ok_critical_and_unknown(
     assert "failed at tcp" in critical.stdout
     assert unknown.returncode == 3
     assert unknown.stdout.startswith("UNKNOWN")
+
+
+@pytest.mark.parametrize("command", [("status", "--peer"), ("peers", "test")])
+def test_a_diagnosis_never_leaves_the_peer_a_connection_without_an_association_request(
+    dvdexit_home: Path, command: tuple[str, str]
+) -> None:
+    # A legacy SCP that takes a connection closed before its A-ASSOCIATE-RQ as fatal would
+    # be taken down by a monitoring check run every minute.
+    listener = RecordingListener()
+    try:
+        _add_peer(dvdexit_home, "legacy", f"127.0.0.1:{listener.port}", "LEGACY")
+
+        done = run_dvdexit(*command, "legacy", "--json", "--timeout", "5", home=dvdexit_home)
+    finally:
+        listener.close()
+
+    report = json.loads(done.stdout)
+    assert done.returncode == 5
+    stages = {s["stage"]: s["status"] for s in report["stages"]}
+    assert stages["tcp"] == "ok"
+    assert report["failed_stage"] == "association"
+    assert len(listener.received) == 1, listener.received
+    assert all(data[:1] == b"\x01" for data in listener.received), listener.received
+
+
+def test_a_diagnosis_of_dcmtk_storescp_passes_every_stage(
+    dvdexit_home: Path, storescp: Any, tmp_path: Path
+) -> None:
+    scp = storescp(tmp_path / "in")
+    _add_peer(dvdexit_home, "dcmtk", f"127.0.0.1:{scp.port}", scp.ae)
+
+    code, report = _diagnose(dvdexit_home, "dcmtk")
+
+    assert code == 0, report
+    assert [s["status"] for s in report["stages"]] == ["ok", "ok", "skipped", "ok", "ok"]

@@ -114,7 +114,8 @@ def test_an_unreachable_peer_stops_new_batches_and_every_item_is_accounted_for(
     else:
         # Two in flight: one answered, one met the unreachable peer; no third started.
         assert len(sent) == 1 and peer.calls == 2
-        assert all(i.state == "failed" and i.retryable for i in items if i.state != "sent")
+        # Not failed (the peer refused nothing): not sent, for the replay.
+        assert all(i.state == "pending" for i in items if i.state != "sent")
         assert int(result.exit_code) == 6  # type: ignore[attr-defined]
 
 
@@ -125,7 +126,7 @@ def test_retry_failed_puts_the_peers_workers_in_flight_and_resends_everything_on
     down = Gathering(1, unreachable_at=1)
     first, journal = _send(tmp_path, down, workers=1, retries=0)
     items = journal.items(first.transfer_id)  # type: ignore[attr-defined]
-    assert {(i.state, i.retryable) for i in items} == {("failed", True)}
+    assert {i.state for i in items} == {"pending"}  # not sent: the peer was down
     back = Gathering(workers or 1)
     asked: list[str] = []
 

@@ -9,7 +9,7 @@ import pytest
 
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.engine import SendSettings, send, verify_paths
-from dvdexit_cli.errors import NoDicomFoundError
+from dvdexit_cli.errors import Interrupted, NoDicomFoundError
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.samples import write_study
@@ -103,7 +103,7 @@ def test_retryable_failures_left_after_retries_stay_retryable_in_the_journal(
     assert result.failures[0].retryable
 
 
-def test_unreachable_peer_is_exit_5_and_every_item_is_kept_for_a_retry(
+def test_unreachable_peer_is_exit_5_and_every_item_is_kept_not_sent_for_a_retry(
     tmp_path: Path, journal: Journal
 ) -> None:
     write_study(tmp_path / "in", n_instances=3, seed="down")
@@ -117,8 +117,11 @@ def test_unreachable_peer_is_exit_5_and_every_item_is_kept_for_a_retry(
     assert result.exit_code == ExitCode.PEER_UNREACHABLE
     assert result.outcome == "unreachable"
     assert result.error is not None and "unreachable" in result.error
-    assert result.failed == 3
-    assert all(f.retryable for f in result.failures)
+    # Not failed: the peer said nothing about them. Not sent, and a replay resends them.
+    assert (result.failed, result.pending, result.total) == (0, 3, 3)
+    items = journal.items(result.transfer_id)
+    assert {i.state for i in items} == {"pending"}
+    assert all(i.reason == result.error for i in items)
 
 
 def test_nothing_to_send_is_an_input_error_and_no_transfer_is_made(
@@ -161,12 +164,22 @@ def test_interrupt_leaves_a_consistent_journal_that_says_what_is_not_sent(
 ) -> None:
     write_study(tmp_path / "in", n_instances=5, seed="ctrl-c")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         send(settings(tmp_path / "in"), journal=journal, transport=_InterruptedOnThird())
 
     (summary,) = journal.transfers()
     assert summary.outcome == "interrupted"
     assert summary.counts == {"sent": 2, "pending": 3}
+    assert stopped.value.counts == {
+        "sent": 2,
+        "failed": 0,
+        "not_sent": 3,
+        "skipped": 0,
+        "total": 5,
+    }
+    assert stopped.value.transfer_id == summary.id
+    assert stopped.value.message == "interrupted after 2 of 5 sent"
+    assert stopped.value.hint == f"resume with: dvdexit send --retry-failed --to {summary.peer}"
 
 
 def test_verify_tells_identical_from_changed_and_unknown_files(

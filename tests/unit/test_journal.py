@@ -120,3 +120,44 @@ def test_a_resent_instance_whose_file_was_never_journaled_is_journaled_as_stored
         study = journal.study(inst.study_uid)
         assert study is not None and study.state == "receiving"
         assert study.receiver == "DVDEXIT@127.0.0.1:11112 /store"
+
+
+def test_a_journal_of_the_previous_version_keeps_every_item_when_abandoned_is_added(
+    tmp_path: Path,
+) -> None:
+    from dvdexit_cli.journal.store import _MIGRATIONS
+
+    path = tmp_path / "j.sqlite"
+    with sqlite3.connect(path) as db:  # as dvdexit with schema 6 left it
+        for number, script in enumerate(_MIGRATIONS[:6]):
+            db.executescript(script)
+            db.execute(f"PRAGMA user_version = {number + 1}")
+        db.execute(
+            "INSERT INTO transfers (id, peer, peer_address, created_at, outcome, inputs)"
+            " VALUES (1, 'pacs', 'h:104', 't', 'partial', '[]')"
+        )
+        db.execute(
+            "INSERT INTO items (id, transfer_id, path, sop_instance_uid, digest, state,"
+            " attempts, status, retryable, reason, updated_at, claim, lease_expires)"
+            " VALUES (7, 1, '/a.dcm', '1.2.3', 'd', 'failed', 2, 42752, 1, 'full', 't', 'c', 1.5)"
+        )
+
+    with Journal(path) as journal:
+        (item,) = journal.items(1)
+        assert (item.id, item.state, item.attempts, item.status, item.reason) == (
+            7,
+            "failed",
+            2,
+            0xA700,
+            "full",
+        )
+        assert item.abandoned_at is None
+        done = journal.abandon(by="pacsadmin", reason="gone", peer="pacs")
+        assert [i.id for i in done.items] == [7] and done.held == 0
+        (item,) = journal.items(1)
+        assert (item.state, item.abandoned_by, item.abandon_reason) == (
+            "abandoned",
+            "pacsadmin",
+            "gone",
+        )
+        assert journal.transfers()[0].outcome == "abandoned"

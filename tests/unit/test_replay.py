@@ -18,7 +18,7 @@ import pytest
 from dvdexit_cli.cli.send import parse_duration
 from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.engine import RetryResult, RetrySettings, SendSettings, retry_failed, send
-from dvdexit_cli.errors import UnknownPeerError, UsageError
+from dvdexit_cli.errors import Interrupted, UnknownPeerError, UsageError
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import new_claim
@@ -352,3 +352,44 @@ def test_an_unpacked_zip_is_kept_while_its_transfer_is_partial_and_removed_once_
     assert sent.outcome == "partial" and len(kept) == 1
     assert peer.received == [busy] and result.exit_code == ExitCode.OK
     assert list(unpack_dir.iterdir()) == []
+
+
+class _StopsOnThird(MemoryTransport):
+    """The peer is back, and the replay is stopped (Ctrl-C) during its third instance."""
+
+    def __init__(self, peer: MemoryPeer) -> None:
+        super().__init__(peer)
+        self.calls = 0
+
+    def store(self, instance: Instance) -> StoreOutcome:
+        self.calls += 1
+        if self.calls == 3:
+            raise KeyboardInterrupt
+        return super().store(instance)
+
+
+def test_a_stopped_replay_says_how_far_it_got_and_leaves_the_rest_for_the_next(
+    tmp_path: Path, journal: Journal
+) -> None:
+    write_study(tmp_path / "in", n_instances=5, seed="stopped-replay")
+    transfer_id = first_send(journal, tmp_path / "in", MemoryPeer(reachable=False))
+
+    with pytest.raises(Interrupted) as stopped:
+        retry_failed(
+            RetrySettings(peer_name="pacs", retries=0),
+            journal=journal,
+            transport_for=lambda _name: _StopsOnThird(MemoryPeer()),
+            sleep=lambda _: None,
+        )
+
+    assert stopped.value.counts == {
+        "sent": 2,
+        "failed": 0,
+        "not_sent": 3,
+        "skipped": 0,
+        "total": 5,
+    }
+    assert stopped.value.transfers == (transfer_id,)
+    assert stopped.value.hint == "resume with: dvdexit send --retry-failed --to pacs"
+    assert Counter(i.state for i in journal.items(transfer_id)) == {"sent": 2, "pending": 3}
+    assert replay(journal, MemoryPeer()).sent == 3  # the claims were released
