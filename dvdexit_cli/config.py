@@ -627,7 +627,7 @@ class PeerBook:
         if peer.name in self._peers and not replace:
             raise ConfigError(
                 f"peer {peer.name!r} already exists",
-                hint=f"remove it first (dvdexit peers remove {peer.name}) or use --replace",
+                hint="use --replace to change it (its open items in the journal stay with it)",
             )
         if isinstance(peer, DimsePeer) and peer.max_pdu:
             validate_max_pdu(peer.max_pdu, what="max_pdu")

@@ -590,13 +590,8 @@ def _abandon(
             reason=reason.strip(),
             transfer_id=transfer_id,
             peer=to,
-            audit=TransferAuditor(
-                trail,
-                # A removed peer is named only (the auditor falls back when these raise).
-                source_for=lambda name: source_for_send(book.get_any(name), book.local.ae_title),
-                destination_for=lambda name: destination_for_peer(book.get_any(name)),
-                kind="abandon",
-            ),
+            # A removed peer is named only (the auditor falls back when a lookup raises).
+            audit=_auditor_by_name(trail, book, kind="abandon"),
         )
     _warn_audit(trail)
     if json_output:
@@ -619,6 +614,16 @@ def _abandon(
                 markup=False,
             )
     raise typer.Exit(int(result.exit_code))
+
+
+def _auditor_by_name(trail: AuditTrail, book: PeerBook, *, kind: str) -> TransferAuditor:
+    """An auditor for transfers to peers named in the journal (replays, abandonments)."""
+    return TransferAuditor(
+        trail,
+        source_for=lambda name: source_for_send(book.get_any(name), book.local.ae_title),
+        destination_for=lambda name: destination_for_peer(book.get_any(name)),
+        kind=kind,
+    )
 
 
 def _replay(
@@ -651,12 +656,7 @@ def _replay(
             transport_for=transport_named,
             observer=progress,
             workers_for=workers_named,
-            audit=TransferAuditor(
-                trail,
-                source_for=lambda name: source_for_send(book.get_any(name), book.local.ae_title),
-                destination_for=lambda name: destination_for_peer(book.get_any(name)),
-                kind="retry",
-            ),
+            audit=_auditor_by_name(trail, book, kind="retry"),
         )
         _warn_audit(trail)
     if json_output:
