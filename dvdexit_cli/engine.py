@@ -1536,7 +1536,8 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
     generates under the data directory, another medium) are listed as ``elsewhere``, not
     judged. A receiver's temporaries in its store are skipped: they are no instances.
     """
-    from dvdexit_cli.receive.scp import is_store_temporary  # receive imports the engine
+    # Lazily: importing the receive package imports its forwarder, which imports the engine.
+    from dvdexit_cli.receive.store import is_store_temporary
 
     scanned = scan(list(paths), deduplicate=False)
     found = ScanResult(

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +52,13 @@ from dvdexit_cli.receive.reconcile import PatientMapping
 from dvdexit_cli.receive.render import render_sr_beside
 from dvdexit_cli.receive.store import (
     DEFAULT_LAYOUT,
+    SPOOL_DIR,
+    TEMPORARY_GLOB,
     InstanceStore,
     PutResult,
     RefusedInstance,
     StoreWriteError,
+    is_store_temporary,
 )
 from dvdexit_cli.tls import report_handshake_failures
 from dvdexit_cli.transport.dimse import bound_pdus, set_nodelay
@@ -77,13 +79,6 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-#: Folder in the store where pynetdicom spools incoming datasets (same filesystem as
-#: the store, so the free-disk floor covers it and /tmp in RAM does not hold 2 GB).
-SPOOL_DIR = ".incoming"
-#: The store's other temporaries: an instance is written as ``.UID.RANDOM.tmp`` beside
-#: its final name, then renamed (receive/store.py).
-TEMPORARY_GLOB = ".*.tmp"
 
 
 @dataclass(frozen=True)
@@ -159,22 +154,6 @@ def sweep_store(store: Path) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def is_store_temporary(path: Path) -> bool:
-    """Whether ``path`` is one of a store's own temporaries, never an instance.
-
-    That is a dot-prefixed file in the spool folder, or a dot-prefixed ``.tmp`` file
-    in a folder that has the spool folder above it (a store: its layout never gives an
-    instance a dot-prefixed name). The same name elsewhere is a user's file.
-    """
-    if not path.name.startswith("."):
-        return False
-    if path.parent.name == SPOOL_DIR:
-        return True
-    return fnmatch(path.name, TEMPORARY_GLOB) and any(
-        (folder / SPOOL_DIR).is_dir() for folder in path.parents
-    )
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,10 +51,13 @@ from dvdexit_cli.fsmode import PRIVATE, Access
 __all__ = [
     "DEFAULT_LAYOUT",
     "IMPLEMENTATION_VERSION",
+    "SPOOL_DIR",
+    "TEMPORARY_GLOB",
     "InstanceStore",
     "PutResult",
     "RefusedInstance",
     "StoreWriteError",
+    "is_store_temporary",
     "validate_layout",
 ]
 
@@ -70,6 +74,29 @@ DEFAULT_LAYOUT = "{study}/{series}/{sop}.dcm"
 _LAYOUT_FIELDS = frozenset({"study", "series", "sop", "study_date", "received_date"})
 _LAYOUT_TEXT = re.compile(r"^[A-Za-z0-9._/-]*$")
 _DATE = re.compile(r"^[0-9]{8}$")
+
+#: Folder in the store where pynetdicom spools incoming datasets (same filesystem as
+#: the store, so the free-disk floor covers it and /tmp in RAM does not hold 2 GB).
+SPOOL_DIR = ".incoming"
+#: The store's other temporaries: an instance is written as ``.UID.RANDOM.tmp`` beside
+#: its final name, then renamed (below).
+TEMPORARY_GLOB = ".*.tmp"
+
+
+def is_store_temporary(path: Path) -> bool:
+    """Whether ``path`` is one of a store's own temporaries, never an instance.
+
+    That is a dot-prefixed file in the spool folder, or a dot-prefixed ``.tmp`` file
+    in a folder that has the spool folder above it (a store: its layout never gives an
+    instance a dot-prefixed name). The same name elsewhere is a user's file.
+    """
+    if not path.name.startswith("."):
+        return False
+    if path.parent.name == SPOOL_DIR:
+        return True
+    return fnmatch(path.name, TEMPORARY_GLOB) and any(
+        (folder / SPOOL_DIR).is_dir() for folder in path.parents
+    )
 
 
 def validate_layout(layout: str) -> str:
