@@ -54,7 +54,7 @@ from dvdexit_cli.package import verify_package
 from dvdexit_cli.transport.base import Transport
 from dvdexit_cli.transport.dimse import uid_name
 from dvdexit_cli.transport.factory import transport_for
-from dvdexit_cli.verify_remote import expected_from_journal
+from dvdexit_cli.verify.remote import expected_from_journal
 
 __all__ = ["parse_duration", "parse_size", "send_command"]
 

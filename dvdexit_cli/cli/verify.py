@@ -25,7 +25,7 @@ from dvdexit_cli.errors import ConfigError, InputError, UsageError
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.package import is_package, verify_package
-from dvdexit_cli.verify_remote import (
+from dvdexit_cli.verify.remote import (
     REMOTE_VERDICTS,
     Expected,
     RemoteVerifyResult,
