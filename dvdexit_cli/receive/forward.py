@@ -1,6 +1,6 @@
 """Forwarding complete studies to the local PACS through the send machinery.
 
-Each forward is an ordinary ``engine.send`` transfer (journaled item by item, so what
+Each forward is an ordinary ``sending.send`` transfer (journaled item by item, so what
 failed can be sent again) plus a row in the journal's ``forwards`` table. With a
 reconciliation mapping, reconciled copies are written to a staging folder outside the
 store (the stored instances stay exactly what arrived) and those are sent; a study
@@ -20,13 +20,13 @@ import pydicom
 
 from dvdexit_cli.audit import TransferAuditor
 from dvdexit_cli.config import AnyPeer
-from dvdexit_cli.engine import SendSettings, send
 from dvdexit_cli.errors import DvdexitError
 from dvdexit_cli.events import Observer, StudyForwarded, ignore
 from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
 from dvdexit_cli.receive.reconcile import PatientMapping, reconcile_dataset
+from dvdexit_cli.sending import SendSettings, send
 from dvdexit_cli.transport.factory import transport_for
 
 __all__ = ["Forwarder"]
