@@ -1,43 +1,10 @@
-"""Kept for one release: the engine was split into ``dvdexit_cli.sending`` and
-``dvdexit_cli.verify`` (see docs/design.md, Layout). Import from those instead."""
+"""Kept for one release: the engine was split into ``dvdexit_cli.sending`` (send, dry run,
+replay, abandon) and ``dvdexit_cli.verify`` (local and remote verification); see the
+Layout section of docs/design.md. Import from those instead."""
 
-from dvdexit_cli.sending import (
-    DEFAULT_BATCH_BYTES,
-    DEFAULT_BATCH_SIZE,
-    AbandonResult,
-    FileProblem,
-    RetryResult,
-    RetrySettings,
-    SendPlan,
-    SendResult,
-    SendSettings,
-    SeriesPlan,
-    abandon,
-    batches,
-    plan_send,
-    retry_failed,
-    send,
-)
-from dvdexit_cli.verify.local import VERDICTS, VerifiedFile, VerifyResult, verify_paths
+from dvdexit_cli import sending as _sending
+from dvdexit_cli.sending import *  # noqa: F403  (the same names, one list)
+from dvdexit_cli.verify import local as _local
+from dvdexit_cli.verify.local import *  # noqa: F403
 
-__all__ = [
-    "DEFAULT_BATCH_BYTES",
-    "DEFAULT_BATCH_SIZE",
-    "VERDICTS",
-    "AbandonResult",
-    "FileProblem",
-    "RetryResult",
-    "RetrySettings",
-    "SendPlan",
-    "SendResult",
-    "SendSettings",
-    "SeriesPlan",
-    "VerifiedFile",
-    "VerifyResult",
-    "abandon",
-    "batches",
-    "plan_send",
-    "retry_failed",
-    "send",
-    "verify_paths",
-]
+__all__ = _sending.__all__ + _local.__all__

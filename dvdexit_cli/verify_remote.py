@@ -3,26 +3,7 @@
 Import from ``dvdexit_cli.verify`` (or ``dvdexit_cli.verify.remote``) instead.
 """
 
-from dvdexit_cli.verify.remote import (
-    REMOTE_VERDICTS,
-    Expected,
-    RemoteVerdict,
-    RemoteVerifyResult,
-    expected_from_journal,
-    expected_from_paths,
-    verify_remote,
-    verify_remote_dicomweb,
-    verify_remote_memory,
-)
+from dvdexit_cli.verify import remote as _remote
+from dvdexit_cli.verify.remote import *  # noqa: F403  (the same names, one list)
 
-__all__ = [
-    "REMOTE_VERDICTS",
-    "Expected",
-    "RemoteVerdict",
-    "RemoteVerifyResult",
-    "expected_from_journal",
-    "expected_from_paths",
-    "verify_remote",
-    "verify_remote_dicomweb",
-    "verify_remote_memory",
-]
+__all__ = _remote.__all__

@@ -77,14 +77,7 @@ def retry_failed(
         include_refused=settings.include_refused,
     )
     by_peer = _by_peer_and_note(journal, claimed)
-    rules = RoundSettings(
-        retries=settings.retries,
-        retry_delay=settings.retry_delay,
-        claim=claim,
-        batch_size=settings.batch_size,
-        batch_bytes=settings.batch_bytes,
-    )
-    ctx = RoundContext(journal, rules, observer, sleep)
+    ctx = RoundContext(journal, RoundSettings.of(settings, claim=claim), observer, sleep)
     errors = _Errors()
     try:
         with Lease(journal, claim, settings.lease_seconds):

@@ -28,7 +28,13 @@ from dvdexit_cli.dicom.scan import Instance
 from dvdexit_cli.errors import PeerError
 from dvdexit_cli.events import InstanceDone, Observer, RetryScheduled, ignore
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.sending.settings import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_SIZE, MAX_RETRY_AFTER
+from dvdexit_cli.sending.settings import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_SIZE,
+    MAX_RETRY_AFTER,
+    RetrySettings,
+    SendSettings,
+)
 from dvdexit_cli.transport.base import BatchResult, BatchTransport, StoreOutcome, Transport
 
 __all__ = [
@@ -63,6 +69,20 @@ class RoundSettings:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     concurrency: int = 1
     """Requests in flight at once, for a BatchTransport (a plain Transport sends one)."""
+
+    @classmethod
+    def of(
+        cls, settings: SendSettings | RetrySettings, *, claim: str, concurrency: int = 1
+    ) -> RoundSettings:
+        """The rounds a send's or a replay's settings ask for, under ``claim``."""
+        return cls(
+            retries=settings.retries,
+            retry_delay=settings.retry_delay,
+            claim=claim,
+            batch_size=settings.batch_size,
+            batch_bytes=settings.batch_bytes,
+            concurrency=concurrency,
+        )
 
 
 @dataclass(frozen=True)

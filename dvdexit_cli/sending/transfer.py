@@ -81,14 +81,7 @@ def send(
         if transport_factory is not None and not batched
         else [work]
     )
-    rules = RoundSettings(
-        retries=settings.retries,
-        retry_delay=settings.retry_delay,
-        claim=claim,
-        batch_size=settings.batch_size,
-        batch_bytes=settings.batch_bytes,
-        concurrency=settings.workers if batched else 1,
-    )
+    rules = RoundSettings.of(settings, claim=claim, concurrency=settings.workers if batched else 1)
     try:
         with Lease(journal, claim, settings.lease_seconds):
             if len(shares) > 1 and transport_factory is not None:

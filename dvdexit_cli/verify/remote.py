@@ -219,84 +219,25 @@ def verify_remote(
     listed: dict[str, dict[str, str]] | None = None
     if CHECK_FIND in checks and accepted[CHECK_FIND]:
         on_check(CHECK_FIND)
-        try:
-            listed = {
-                study: find_study_instances(peer, study, timeout=timeout) for study in studies
-            }
-        except PeerError as exc:
-            # Accepted in negotiation but refused in use (an AE the peer does not know,
-            # for example): this check is unavailable; the others may still work.
-            result.checks_unavailable[CHECK_FIND] = _refused(exc)
-            listed = None
-        else:
-            result.checks_used.append(CHECK_FIND)
-
+        listed = _listed(peer, studies, result, timeout=timeout)
     committed: set[str] | None = None
     commit_failed: dict[str, int] = {}
     if CHECK_COMMIT in checks and accepted[CHECK_COMMIT]:
         on_check(CHECK_COMMIT)
-        try:
-            answer = request_commitment(
-                peer,
-                [(e.sop_class_uid, e.sop_instance_uid) for e in expected],
-                local=local,
-                timeout=commit_timeout,
-            )
-        except PeerError as exc:
-            result.checks_unavailable[CHECK_COMMIT] = _refused(exc)
-            answer = None
-        if answer is None:
-            pass
-        elif answer.answered:
-            committed, commit_failed = answer.committed, answer.failed
-            result.checks_used.append(CHECK_COMMIT)
-            if journal is not None and committed:
-                journal.mark_committed(committed, transfer_id=transfer_id)
-        else:
-            where = (
-                f"on the same association or at port {local.port}"
-                if local.port is not None
-                else "on the same association ([local] port is not set, so the peer "
-                "could not open one to us)"
-            )
-            result.checks_unavailable[CHECK_COMMIT] = (
-                f"the peer accepted the request but sent no report within "
-                f"{commit_timeout:g} s {where}"
-            )
-
+        committed, commit_failed = _committed(
+            peer,
+            expected,
+            result,
+            local=local,
+            journal=journal,
+            transfer_id=transfer_id,
+            commit_timeout=commit_timeout,
+        )
     fetched: dict[str, str] = {}  # SOP Instance UID -> identical / equivalent / different
     fetch_notes: dict[str, str] = {}
     if CHECK_GET in checks and accepted[CHECK_GET]:
         on_check(CHECK_GET)
-        with temporary_folder() as tmp:
-            for study, items in studies.items():
-                folder = Path(tmp) / f"s{len(fetched)}"
-                folder.mkdir()
-                classes: dict[str, set[str]] = {}
-                for e in items:
-                    classes.setdefault(e.sop_class_uid, set()).add(e.transfer_syntax)
-                try:
-                    received, broken = retrieve_study(
-                        peer, study, folder, sop_classes=classes, timeout=timeout
-                    )
-                except PeerError as exc:
-                    result.checks_unavailable[CHECK_GET] = _refused(exc)
-                    fetched.clear()
-                    break
-                for e in items:
-                    got = received.get(e.sop_instance_uid)
-                    if e.sop_instance_uid in broken:
-                        fetched[e.sop_instance_uid] = "different"
-                        fetch_notes[e.sop_instance_uid] = broken[e.sop_instance_uid]
-                    elif got is None:
-                        continue
-                    else:
-                        verdict, note = _compare(e, got.path, got.digest, got.transfer_syntax)
-                        fetched[e.sop_instance_uid] = verdict
-                        if note:
-                            fetch_notes[e.sop_instance_uid] = note
-            else:
-                result.checks_used.append(CHECK_GET)
+        _fetch(peer, studies, result, fetched, fetch_notes, timeout=timeout)
 
     _judge(
         result,
@@ -310,6 +251,106 @@ def verify_remote(
         fetch_check="C-GET",
     )
     return result
+
+
+def _listed(
+    peer: DimsePeer,
+    studies: Mapping[str, list[Expected]],
+    result: RemoteVerifyResult,
+    *,
+    timeout: float,
+) -> dict[str, dict[str, str]] | None:
+    """The C-FIND check: the instances the peer lists per study (None: unavailable)."""
+    try:
+        listed = {study: find_study_instances(peer, study, timeout=timeout) for study in studies}
+    except PeerError as exc:
+        # Accepted in negotiation but refused in use (an AE the peer does not know,
+        # for example): this check is unavailable; the others may still work.
+        result.checks_unavailable[CHECK_FIND] = _refused(exc)
+        return None
+    result.checks_used.append(CHECK_FIND)
+    return listed
+
+
+def _committed(
+    peer: DimsePeer,
+    expected: Sequence[Expected],
+    result: RemoteVerifyResult,
+    *,
+    local: LocalSettings,
+    journal: Journal | None,
+    transfer_id: int | None,
+    commit_timeout: float,
+) -> tuple[set[str] | None, dict[str, int]]:
+    """The storage commitment check: the instances the peer commits to, and the failed
+    ones with their reasons (None: unavailable). Committed items are journaled."""
+    try:
+        answer = request_commitment(
+            peer,
+            [(e.sop_class_uid, e.sop_instance_uid) for e in expected],
+            local=local,
+            timeout=commit_timeout,
+        )
+    except PeerError as exc:
+        result.checks_unavailable[CHECK_COMMIT] = _refused(exc)
+        return None, {}
+    if not answer.answered:
+        where = (
+            f"on the same association or at port {local.port}"
+            if local.port is not None
+            else "on the same association ([local] port is not set, so the peer "
+            "could not open one to us)"
+        )
+        result.checks_unavailable[CHECK_COMMIT] = (
+            f"the peer accepted the request but sent no report within {commit_timeout:g} s {where}"
+        )
+        return None, {}
+    result.checks_used.append(CHECK_COMMIT)
+    if journal is not None and answer.committed:
+        journal.mark_committed(answer.committed, transfer_id=transfer_id)
+    return answer.committed, answer.failed
+
+
+def _fetch(
+    peer: DimsePeer,
+    studies: Mapping[str, list[Expected]],
+    result: RemoteVerifyResult,
+    fetched: dict[str, str],
+    fetch_notes: dict[str, str],
+    *,
+    timeout: float,
+) -> None:
+    """The C-GET check: each instance fetched back and compared, into ``fetched`` (a
+    verdict per SOP Instance UID) and ``fetch_notes``; emptied when the peer refuses."""
+    with temporary_folder() as tmp:
+        for study, items in studies.items():
+            folder = Path(tmp) / f"s{len(fetched)}"
+            folder.mkdir()
+            classes: dict[str, set[str]] = {}
+            for e in items:
+                classes.setdefault(e.sop_class_uid, set()).add(e.transfer_syntax)
+            try:
+                received, broken = retrieve_study(
+                    peer, study, folder, sop_classes=classes, timeout=timeout
+                )
+            except PeerError as exc:
+                result.checks_unavailable[CHECK_GET] = _refused(exc)
+                fetched.clear()
+                break
+            for e in items:
+                got = received.get(e.sop_instance_uid)
+                if e.sop_instance_uid in broken:
+                    fetched[e.sop_instance_uid] = "different"
+                    fetch_notes[e.sop_instance_uid] = broken[e.sop_instance_uid]
+                elif got is None:
+                    continue
+                else:
+                    verdict, note = _compare(e, got.path, got.digest, got.transfer_syntax)
+                    fetched[e.sop_instance_uid] = verdict
+                    if note:
+                        fetch_notes[e.sop_instance_uid] = note
+        else:
+            result.checks_used.append(CHECK_GET)
 
 
 def _compare(
