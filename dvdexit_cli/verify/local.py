@@ -104,7 +104,8 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
     generates under the data directory, another medium) are listed as ``elsewhere``, not
     judged. A receiver's temporaries in its store are skipped: they are no instances.
     """
-    # Lazily: importing the receive package imports its forwarder, which imports the engine.
+    # Lazily: receive/ sits above verify/ (its forwarder imports sending/), and the
+    # store's temporary-name rules have no lower home yet.
     from dvdexit_cli.receive.store import is_store_temporary
 
     scanned = scan(list(paths), deduplicate=False)
@@ -137,7 +138,32 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
         files.append(
             VerifiedFile(str(inst.path), inst.sop_instance_uid, inst.study_uid, verdict, reason)
         )
-    present = {f.sop_instance_uid for f in files}
+    missing, elsewhere = _not_among(paths, found, {f.sop_instance_uid for f in files}, journal)
+    files.extend(missing)
+    ignored = []
+    for rejected in found.rejected:
+        if rejected.disposition == "failed":
+            files.append(
+                VerifiedFile(
+                    str(rejected.path),
+                    rejected.sop_instance_uid,
+                    None,
+                    "invalid",
+                    rejected.reason,
+                )
+            )
+        else:
+            ignored.append(
+                FileProblem(str(rejected.path), rejected.sop_instance_uid, rejected.reason)
+            )
+    return VerifyResult(tuple(files), tuple(ignored), tuple(elsewhere))
+
+
+def _not_among(
+    paths: Sequence[Path], found: ScanResult, present: set[str | None], journal: Journal
+) -> tuple[list[VerifiedFile], list[VerifiedFile]]:
+    """Instances the journal recorded for the studies found in the folders checked that
+    are not among the files: ``missing`` inside those folders, ``elsewhere`` outside."""
     # Completeness is asked of folders (a store, a medium), not of single files.
     folders = [p.resolve() for p in paths if p.is_dir()]
     in_folders = {
@@ -146,13 +172,14 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
         if any(i.path.resolve().is_relative_to(folder) for folder in folders)
     }
     recorded = journal.recorded_instances(in_folders)
-    elsewhere = []
+    missing: list[VerifiedFile] = []
+    elsewhere: list[VerifiedFile] = []
     for study_uid, instances in sorted(recorded.items()):
         for sop_uid, path in sorted(instances.items()):
             if sop_uid in present:
                 continue
             if _recorded_inside(path, folders):
-                files.append(
+                missing.append(
                     VerifiedFile(
                         path,
                         sop_uid,
@@ -172,23 +199,7 @@ def verify_paths(paths: Sequence[Path], *, journal: Journal) -> VerifyResult:
                         "(for example a report or note generated for the send)",
                     )
                 )
-    ignored = []
-    for rejected in found.rejected:
-        if rejected.disposition == "failed":
-            files.append(
-                VerifiedFile(
-                    str(rejected.path),
-                    rejected.sop_instance_uid,
-                    None,
-                    "invalid",
-                    rejected.reason,
-                )
-            )
-        else:
-            ignored.append(
-                FileProblem(str(rejected.path), rejected.sop_instance_uid, rejected.reason)
-            )
-    return VerifyResult(tuple(files), tuple(ignored), tuple(elsewhere))
+    return missing, elsewhere
 
 
 def _recorded_inside(path: str, folders: Sequence[Path]) -> bool:

@@ -187,6 +187,19 @@ def expected_from_paths(paths: Sequence[Path]) -> list[Expected]:
     ]
 
 
+def _by_study(expected: Sequence[Expected]) -> dict[str, list[Expected]]:
+    """The instances to verify, by study. InputError when there are none."""
+    if not expected:
+        raise InputError(
+            "nothing to verify: no sent instance matches",
+            hint="name a transfer ('dvdexit status' lists them), a study UID, or DICOM files",
+        )
+    studies: dict[str, list[Expected]] = {}
+    for item in expected:
+        studies.setdefault(item.study_uid, []).append(item)
+    return studies
+
+
 def verify_remote(
     peer: DimsePeer,
     expected: Sequence[Expected],
@@ -200,11 +213,7 @@ def verify_remote(
     on_check: Callable[[str], None] = lambda _name: None,
 ) -> RemoteVerifyResult:
     """Verify ``expected`` at ``peer`` with every check in ``checks`` the peer supports."""
-    if not expected:
-        raise InputError(
-            "nothing to verify: no sent instance matches",
-            hint="name a transfer ('dvdexit status' lists them), a study UID, or DICOM files",
-        )
+    studies = _by_study(expected)
     result = RemoteVerifyResult(peer=peer.name)
     accepted = probe_checks(peer, timeout=timeout)
     for name in _ALL_CHECKS:
@@ -212,9 +221,6 @@ def verify_remote(
             result.checks_unavailable[name] = "not requested"
         elif not accepted[name]:
             result.checks_unavailable[name] = "the peer does not accept it"
-    studies: dict[str, list[Expected]] = {}
-    for item in expected:
-        studies.setdefault(item.study_uid, []).append(item)
 
     listed: dict[str, dict[str, str]] | None = None
     if CHECK_FIND in checks and accepted[CHECK_FIND]:
@@ -432,15 +438,8 @@ def verify_remote_dicomweb(
     on_check: Callable[[str], None] = lambda _name: None,
 ) -> RemoteVerifyResult:
     """Verify ``expected`` at a DICOMweb peer: QIDO-RS lists, WADO-RS retrieve-and-compare."""
-    if not expected:
-        raise InputError(
-            "nothing to verify: no sent instance matches",
-            hint="name a transfer ('dvdexit status' lists them), a study UID, or DICOM files",
-        )
+    studies = _by_study(expected)
     result = RemoteVerifyResult(peer=peer.name)
-    studies: dict[str, list[Expected]] = {}
-    for item in expected:
-        studies.setdefault(item.study_uid, []).append(item)
     fetched: dict[str, str] = {}
     notes: dict[str, str] = {}
     listed: dict[str, dict[str, tuple[str, str]]] = {}
@@ -522,13 +521,8 @@ def verify_remote_memory(peer: MemoryPeer, expected: Sequence[Expected]) -> Remo
     bytes it holds that of a retrieved copy, so the conformance suite and examples can
     verify the in-memory transport like the others.
     """
-    if not expected:
-        raise InputError(
-            "nothing to verify: no sent instance matches",
-            hint="name a transfer ('dvdexit status' lists them), a study UID, or DICOM files",
-        )
     result = RemoteVerifyResult(peer=peer.name, checks_used=[CHECK_MEMORY_LIST, CHECK_MEMORY_FETCH])
-    wanted = {e.study_uid for e in expected}
+    wanted = set(_by_study(expected))
     listed: dict[str, dict[str, object]] = {study: {} for study in wanted}
     for uid, study in peer.studies.items():
         if study in wanted and uid in peer.stored:
