@@ -1,6 +1,6 @@
 """Forwarding complete studies to the local PACS through the send machinery.
 
-Each forward is an ordinary ``sending.send`` transfer (journaled item by item, so what
+Each forward is an ordinary ``engine.send`` transfer (journaled item by item, so what
 failed can be sent again) plus a row in the journal's ``forwards`` table. With a
 reconciliation mapping, reconciled copies are written to a staging folder outside the
 store (the stored instances stay exactly what arrived) and those are sent; a study

@@ -1,7 +1,7 @@
 """DIMSE operations that ask a peer what it holds or fetch it: C-FIND, Storage Commitment,
 C-GET, C-MOVE.
 
-Used by remote verification (``dvdexit_cli.verify.remote``) and pulls
+Used by remote verification (``dvdexit_cli.verify_remote``) and pulls
 (``dvdexit_cli.pull``). Each operation opens its own association (``open_association``:
 TCP_NODELAY, the pynetdicom response race closed, rejections translated), checks every
 status it gets, and translates pynetdicom's failures into ``dvdexit_cli.errors`` classes.
