@@ -23,10 +23,11 @@ from pathlib import Path
 
 from dvdexit_cli.config import DimsePeer
 from dvdexit_cli.dicom.scan import scan
-from dvdexit_cli.engine import SendSettings, _partition, _send_all, _send_parallel
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import new_claim
 from dvdexit_cli.samples import make_small_instances
+from dvdexit_cli.sending.rounds import RoundContext, RoundSettings, send_rounds
+from dvdexit_cli.sending.workers import partition, send_parallel
 from dvdexit_cli.transport.dimse import DimseTransport
 
 
@@ -64,21 +65,20 @@ def main() -> int:
                 peer="b", peer_address="-", inputs=[data], instances=found.instances,
                 rejected=[], claim=claim,
             )  # fmt: skip
-            shares = _partition(list(zip(ids, found.instances, strict=True)), workers)
+            shares = partition(list(zip(ids, found.instances, strict=True)), workers)
             start = time.perf_counter()
             if mode == "processes":
-                _send_parallel(
-                    SendSettings(inputs=(data,), peer_name="b", peer_address="-"),
-                    journal.path, claim, lambda obs: DimseTransport(peer, observer=obs),
-                    shares, lambda event: None,
+                send_parallel(
+                    journal.path, RoundSettings(claim=claim),
+                    lambda obs: DimseTransport(peer, observer=obs), shares, lambda event: None,
                 )  # fmt: skip
             else:
 
                 def go(share: list) -> None:  # type: ignore[type-arg]
                     own = Journal(journal.path)
                     transport = DimseTransport(peer)
-                    _send_all(2, 0.1, own, transport, share, lambda e: None, time.sleep,
-                              claim=claim)  # fmt: skip
+                    rules = RoundSettings(retries=2, retry_delay=0.1, claim=claim)
+                    send_rounds(RoundContext(own, rules), transport, share)
                     transport.close()
                     own.close()
 

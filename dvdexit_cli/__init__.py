@@ -18,7 +18,6 @@ from dvdexit_cli.config import (
 )
 from dvdexit_cli.dicom.digest import dataset_digest
 from dvdexit_cli.dicom.scan import Instance, Rejected, ScanResult, scan
-from dvdexit_cli.engine import SendResult, SendSettings, VerifyResult, send, verify_paths
 from dvdexit_cli.errors import (
     AssociationRejectedError,
     ConfigError,
@@ -37,12 +36,14 @@ from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.package import verify_package, write_package
 from dvdexit_cli.receive import InstanceStore, ReceiveSettings, StorageServer
+from dvdexit_cli.sending import SendResult, SendSettings, send
 from dvdexit_cli.transport import StoreOutcome, Transport
 from dvdexit_cli.transport.dicomweb import DicomwebTransport
 from dvdexit_cli.transport.dimse import DimseTransport
 from dvdexit_cli.transport.factory import transport_for
 from dvdexit_cli.transport.folder import FolderTransport
 from dvdexit_cli.transport.memory import MemoryPeer, MemoryTransport
+from dvdexit_cli.verify import VerifyResult, verify_paths
 
 __version__ = "0.1.0"
 

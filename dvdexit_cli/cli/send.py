@@ -33,7 +33,12 @@ from dvdexit_cli.config import (
     resolve_paths,
 )
 from dvdexit_cli.dicom.attach import Attachments, parse_report_option
-from dvdexit_cli.engine import (
+from dvdexit_cli.errors import UsageError
+from dvdexit_cli.events import Observer
+from dvdexit_cli.exitcodes import ExitCode
+from dvdexit_cli.journal import Journal
+from dvdexit_cli.package import verify_package
+from dvdexit_cli.sending import (
     DEFAULT_BATCH_SIZE,
     FileProblem,
     RetryResult,
@@ -46,15 +51,10 @@ from dvdexit_cli.engine import (
     retry_failed,
     send,
 )
-from dvdexit_cli.errors import UsageError
-from dvdexit_cli.events import Observer
-from dvdexit_cli.exitcodes import ExitCode
-from dvdexit_cli.journal import Journal
-from dvdexit_cli.package import verify_package
 from dvdexit_cli.transport.base import Transport
 from dvdexit_cli.transport.dimse import uid_name
 from dvdexit_cli.transport.factory import transport_for
-from dvdexit_cli.verify_remote import expected_from_journal
+from dvdexit_cli.verify.remote import expected_from_journal
 
 __all__ = ["parse_duration", "parse_size", "send_command"]
 

@@ -20,12 +20,12 @@ from dvdexit_cli.config import (
     PeerBook,
     resolve_paths,
 )
-from dvdexit_cli.engine import VERDICTS, verify_paths
 from dvdexit_cli.errors import ConfigError, InputError, UsageError
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.package import is_package, verify_package
-from dvdexit_cli.verify_remote import (
+from dvdexit_cli.verify.local import VERDICTS, verify_paths
+from dvdexit_cli.verify.remote import (
     REMOTE_VERDICTS,
     Expected,
     RemoteVerifyResult,

@@ -1,9 +1,9 @@
 """Objects that travel with a send: PDF and text reports, and the sender's transfer note.
 
-An :class:`Attachments` is handed to the engine (``SendSettings.attach``). Once the inputs
+An :class:`Attachments` is handed to ``send`` (``SendSettings.attach``). Once the inputs
 are scanned, it learns which studies they hold, writes each report or note as a DICOM
 file into its own folder (under the data directory, so ``--retry-failed`` finds the files
-again), and returns their paths: the engine then journals and sends them like any other
+again), and returns their paths: ``send`` then journals and sends them like any other
 instance, after the study's images.
 """
 

@@ -20,13 +20,13 @@ import pydicom
 
 from dvdexit_cli.audit import TransferAuditor
 from dvdexit_cli.config import AnyPeer
-from dvdexit_cli.engine import SendSettings, send
 from dvdexit_cli.errors import DvdexitError
 from dvdexit_cli.events import Observer, StudyForwarded, ignore
 from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
 from dvdexit_cli.receive.reconcile import PatientMapping, reconcile_dataset
+from dvdexit_cli.sending import SendSettings, send
 from dvdexit_cli.transport.factory import transport_for
 
 __all__ = ["Forwarder"]

@@ -213,7 +213,7 @@ def _uids(folder: Path) -> list[str]:
 
 def test_workers_get_whole_studies_in_scan_order_and_about_equal_bytes(tmp_path: Path) -> None:
     from dvdexit_cli.dicom.scan import scan
-    from dvdexit_cli.engine import _partition
+    from dvdexit_cli.sending.workers import partition as _partition
 
     for n, count in enumerate((6, 5, 3, 2)):
         write_study(tmp_path / f"s{n}", n_instances=count, seed=f"partition-{n}")

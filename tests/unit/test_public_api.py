@@ -36,3 +36,48 @@ def test_the_library_prints_nothing_and_adds_only_a_null_handler(
 
     assert result.sent == 3
     assert capfd.readouterr() == ("", "")
+
+
+def test_code_written_against_the_old_module_paths_still_imports() -> None:
+    """``dvdexit_cli.engine`` and ``dvdexit_cli.verify_remote`` stay one release as
+    re-exports of ``dvdexit_cli.sending`` and ``dvdexit_cli.verify``."""
+    from dvdexit_cli import engine, sending, verify, verify_remote
+
+    old_engine = [
+        "DEFAULT_BATCH_BYTES",
+        "DEFAULT_BATCH_SIZE",
+        "VERDICTS",
+        "AbandonResult",
+        "FileProblem",
+        "RetryResult",
+        "RetrySettings",
+        "SendPlan",
+        "SendResult",
+        "SendSettings",
+        "SeriesPlan",
+        "VerifiedFile",
+        "VerifyResult",
+        "abandon",
+        "batches",
+        "plan_send",
+        "retry_failed",
+        "send",
+        "verify_paths",
+    ]
+    old_remote = [
+        "REMOTE_VERDICTS",
+        "Expected",
+        "RemoteVerdict",
+        "RemoteVerifyResult",
+        "expected_from_journal",
+        "expected_from_paths",
+        "verify_remote",
+        "verify_remote_dicomweb",
+        "verify_remote_memory",
+    ]
+    for name in old_engine:
+        assert name in engine.__all__
+        assert getattr(engine, name) is getattr(sending if hasattr(sending, name) else verify, name)
+    for name in old_remote:
+        assert name in verify_remote.__all__
+        assert getattr(verify_remote, name) is getattr(verify, name)
