@@ -71,7 +71,9 @@ def parse_size(value: object, *, what: str = "", positive: bool = False) -> int:
         raise _refuse(value, "a size", what, SIZE_HINT)
     size = int(number * _BYTES[unit])
     if positive and size < 1:
-        raise UnitError(f"{what + ': ' if what else ''}the size must be at least 1 byte", hint=SIZE_HINT)
+        raise UnitError(
+            f"{what + ': ' if what else ''}the size must be at least 1 byte", hint=SIZE_HINT
+        )
     return size
 
 

@@ -49,7 +49,9 @@ def _option_parser(parse: Callable[[object], T]) -> Callable[[object], T]:
         try:
             return parse(value)
         except UnitError as exc:
-            raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
+            # The message stands alone (click's own wording); the command class
+            # (cli.errors.JsonErrorsCommand) reports the UnitError it was raised from.
+            raise typer.BadParameter(f"{exc.message} ({exc.hint})") from exc
 
     return parser
 

@@ -10,6 +10,7 @@ worked.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -84,17 +85,15 @@ _ALL = [pytest.param(*o, id=" ".join([*o[1], o[2]])) for o in _options()]
 
 
 def _required_arguments(command: Any) -> list[str]:
-    return [
-        "x" for p in command.params if p.param_type_name == "argument" and p.required
-    ]
+    return ["x" for p in command.params if p.param_type_name == "argument" and p.required]
 
 
 def _parse(command: Any, path: list[str], option: str, value: str) -> Any:
-    """The value the command would receive, or the usage error message it would print."""
+    """The value the command would receive, or the exit the command line would take."""
     args = [*_required_arguments(command), option, value]
     try:
         context = command.make_context(path[-1], args)
-    except typer.BadParameter as exc:
+    except (typer.BadParameter, typer.Exit) as exc:
         return exc
     param = next(p for p in command.params if p.opts[0] == option)
     return context.params[param.name]
@@ -121,11 +120,30 @@ def test_every_unit_option_accepts_the_same_values(
 
 @pytest.mark.parametrize(("kind", "path", "option", "command"), _ALL)
 def test_every_unit_option_refuses_the_same_values_with_one_message(
-    kind: str, path: list[str], option: str, command: Any
+    kind: str, path: list[str], option: str, command: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for text in _REFUSED:
-        error = _parse(command, path, option, text)
-        assert isinstance(error, typer.BadParameter), f"{option} {text} was accepted: {error}"
-        assert error.format_message() == (
-            f"Invalid value for '{option}': '{text}' is not a {kind} ({_HINTS[kind]})"
+        refusal = _parse(command, path, option, text)
+        assert isinstance(refusal, typer.Exit), f"{option} {text} was accepted: {refusal}"
+        assert refusal.exit_code == 2
+        assert capsys.readouterr().err.strip() == (
+            f"dvdexit: error: {option}: '{text}' is not a {kind} ({_HINTS[kind]})"
         )
+
+
+@pytest.mark.parametrize(("kind", "path", "option", "command"), _ALL)
+def test_a_refused_unit_value_is_a_json_error_document_under_json(
+    kind: str, path: list[str], option: str, command: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not any(p.opts[0] == "--json" for p in command.params):
+        pytest.skip(f"{' '.join(path)} has no --json")
+    args = [*_required_arguments(command), option, "1x", "--json"]
+    with pytest.raises(typer.Exit):
+        command.make_context(path[-1], args)
+    document = json.loads(capsys.readouterr().out)
+    assert document["exit_code"] == 2
+    assert document["error"] == {
+        "type": "UnitError",
+        "message": f"{option}: '1x' is not a {kind}",
+        "hint": _HINTS[kind],
+    }
