@@ -44,7 +44,7 @@ from dvdexit_cli.credentials import (
 from dvdexit_cli.diagnose import diagnose
 from dvdexit_cli.errors import ConfigError, UsageError
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.transport.factory import check_key_file
+from dvdexit_cli.tls import check_key_file
 
 __all__ = ["app"]
 

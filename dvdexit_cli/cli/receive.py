@@ -43,8 +43,7 @@ from dvdexit_cli.receive.settings import (
     parse_networks,
 )
 from dvdexit_cli.receive.store import DEFAULT_LAYOUT, InstanceStore, validate_layout
-from dvdexit_cli.tls import client_context, server_context
-from dvdexit_cli.transport.factory import check_key_file
+from dvdexit_cli.tls import receiver_contexts
 
 __all__ = ["receive_command"]
 
@@ -356,15 +355,14 @@ def receive_command(
         raise UsageError("--require-tls needs --tls-cert and --tls-key")
     ca = _pick(tls_ca, table, "tls_ca", None)
     key = _pick(tls_key, table, "tls_key", None)
-    if cert and Path(str(key or cert)).exists():  # a missing file: server_context says so
-        # Our private key (inside the certificate when there is no key file): a copy lets
-        # anyone on this machine pose as this receiver.
-        check_key_file(str(key or cert), what="--tls-key" if key else "--tls-cert")
-    context = (
-        server_context(
+    # Our private key (inside the certificate when there is no key file) is checked there:
+    # a copy would let anyone on this machine pose as this receiver.
+    receiver_tls = (
+        receiver_contexts(
             cert=Path(str(cert)),
             key=Path(str(key)) if key else None,
             ca=Path(str(ca)) if ca else None,
+            prefix="--tls-",
         )
         if cert
         else None
@@ -442,17 +440,8 @@ def receive_command(
         commit_reply=parse_commit_reply(
             _as_list(_pick(commit_reply, table, "commit_reply", []), "commit_reply")
         ),
-        ssl_context=context,
-        # Reports on a new association go out with TLS too: our certificate, their CA.
-        client_ssl_context=(
-            client_context(
-                ca=Path(str(ca)) if ca else None,
-                cert=Path(str(cert)),
-                key=Path(str(key)) if key else None,
-            )
-            if cert
-            else None
-        ),
+        ssl_context=receiver_tls.server if receiver_tls else None,
+        client_ssl_context=receiver_tls.client if receiver_tls else None,
         forward_to=peer,
         reconcile=mapping,
         staging=home.data_dir / "forward-staging",
@@ -480,7 +469,8 @@ def receive_command(
                 )
             err.print(
                 f"dvdexit receive: listening on {chosen_host}:{server.port} as "
-                f"{settings.ae_title}{' (TLS)' if context else ''}, storing in {settings.store} "
+                f"{settings.ae_title}{' (TLS)' if receiver_tls else ''}, "
+                f"storing in {settings.store} "
                 "(stop with Ctrl-C or SIGTERM)",
                 markup=False,
             )
