@@ -172,6 +172,7 @@ def add_command(
             "--min-rate",
             parser=options.rate,
             metavar=options.RATE,
+            show_default="256K",
             help="DICOMweb: slowest average a STOW-RS request may take (256K, 1M); its "
             "budget is connect + read timeout + bytes / min-rate.",
         ),

@@ -185,6 +185,7 @@ def send_command(
             "--batch-bytes",
             parser=options.positive_size,
             metavar=options.SIZE,
+            show_default="64M",
             help="DICOMweb: bytes per STOW-RS request (64M, 512K, 1G); a larger instance "
             "goes alone.",
         ),
