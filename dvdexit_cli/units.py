@@ -59,14 +59,20 @@ def _number(value: object) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _read(value: object, grammar: re.Pattern[str]) -> tuple[float, str] | None:
+    """A TOML number (no unit), or a string's number and its unit (lower case, maybe "")."""
+    number = _number(value)
+    if number is not None:
+        return number, ""
+    match = grammar.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return None
+    return float(match.group(1)), (match.group(2) or "").lower()
+
+
 def parse_size(value: object, *, what: str = "", positive: bool = False) -> int:
     """``"1.5G"`` -> 1610612736 bytes (rounded down). ``positive`` refuses zero."""
-    number = _number(value)
-    unit = ""
-    if number is None and isinstance(value, str):
-        match = _SIZE.match(value.strip())
-        if match:
-            number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    number, unit = _read(value, _SIZE) or (None, "")
     if number is None or number < 0:
         raise _refuse(value, "a size", what, SIZE_HINT)
     size = int(number * _BYTES[unit])
@@ -79,12 +85,7 @@ def parse_size(value: object, *, what: str = "", positive: bool = False) -> int:
 
 def parse_rate(value: object, *, what: str = "") -> int:
     """``"256K"`` or ``"1M/s"`` -> bytes per second (at least 1)."""
-    number = _number(value)
-    unit = ""
-    if number is None and isinstance(value, str):
-        match = _RATE.match(value.strip())
-        if match:
-            number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    number, unit = _read(value, _RATE) or (None, "")
     if number is None or int(number * _BYTES[unit]) < 1:
         raise _refuse(value, "a rate", what, RATE_HINT)
     return int(number * _BYTES[unit])
@@ -92,12 +93,7 @@ def parse_rate(value: object, *, what: str = "") -> int:
 
 def parse_duration(value: object, *, what: str = "", positive: bool = False) -> float:
     """``"15m"`` -> 900.0 seconds; a plain number is seconds. ``positive`` refuses zero."""
-    number = _number(value)
-    unit = ""
-    if number is None and isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match:
-            number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    number, unit = _read(value, _DURATION) or (None, "")
     if number is None or number < 0:
         raise _refuse(value, "a duration", what, DURATION_HINT)
     seconds = number * _SECONDS[unit]

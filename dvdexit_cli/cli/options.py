@@ -21,6 +21,7 @@ __all__ = [
     "RATE",
     "SIZE",
     "JsonOption",
+    "StageTimeoutOption",
     "duration",
     "positive_duration",
     "positive_size",
@@ -63,3 +64,14 @@ duration = _option_parser(units.parse_duration)
 """A duration option in seconds (0 allowed)."""
 positive_duration = _option_parser(lambda v: units.parse_duration(v, positive=True))
 rate = _option_parser(units.parse_rate)
+
+StageTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        parser=positive_duration,
+        metavar=DURATION,
+        help="Time allowed per stage of the diagnosis.",
+    ),
+]
+"""``status --peer`` and ``peers test``: the same diagnosis, the same limit."""

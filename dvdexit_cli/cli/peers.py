@@ -344,15 +344,7 @@ def test_command(
     contexts: Annotated[
         bool, typer.Option("--contexts", help="DIMSE: also show accepted storage SOP classes.")
     ] = False,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            parser=options.positive_duration,
-            metavar=options.DURATION,
-            help="Time allowed per stage.",
-        ),
-    ] = 10.0,
+    timeout: options.StageTimeoutOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Diagnose a peer stage by stage (same as 'dvdexit status --peer NAME'); exit 0 or 5."""

@@ -137,15 +137,7 @@ def status_command(
             "--contexts", help="With --peer: also show which storage SOP classes the peer accepts."
         ),
     ] = False,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            parser=options.positive_duration,
-            metavar=options.DURATION,
-            help="Time allowed per stage.",
-        ),
-    ] = 10.0,
+    timeout: options.StageTimeoutOption = 10.0,
     failed: Annotated[
         bool, typer.Option("--failed", help="Only transfers with failures, with the reasons.")
     ] = False,

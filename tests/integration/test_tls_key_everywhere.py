@@ -10,6 +10,7 @@ address here: a command that does not refuse first ends in exit 5 (unreachable),
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,43 +58,44 @@ def _refusals(tmp_path: Path, home: Path) -> dict[str, tuple[int, dict[str, obje
     return refusals
 
 
-def test_a_dimse_tls_key_readable_by_everyone_is_refused_alike_by_every_command(
-    tmp_path: Path, dvdexit_home: Path, key_files: dict[str, Path]
-) -> None:
-    (dvdexit_home / "peers.toml").write_text(
+def _dimse_peer(files: dict[str, Path]) -> str:
+    return (
         f'[peers.gw]\nhost = "{LOOPBACK}"\nport = {free_port()}\ncalled_ae = "GW"\n'
-        f'tls_ca = "{key_files["ca"]}"\ntls_cert = "{key_files["cert"]}"\n'
-        f'tls_key = "{key_files["key"]}"\n'
+        f'tls_ca = "{files["ca"]}"\ntls_cert = "{files["cert"]}"\ntls_key = "{files["key"]}"\n'
     )
 
-    refusals = _refusals(tmp_path, dvdexit_home)
 
-    expected = {
-        "type": "ConfigError",
-        "message": f"peer gw: tls_key {key_files['key']} is readable by every user of this "
-        "machine: refusing to use it",
-        "hint": f"chmod o-r {key_files['key']} (and keep it owned by the account that runs "
-        "dvdexit)",
-    }
-    assert refusals == {what: (3, expected) for what in refusals}
-
-
-def test_a_dicomweb_client_key_readable_by_everyone_is_refused_alike_by_every_command(
-    tmp_path: Path, dvdexit_home: Path, key_files: dict[str, Path]
-) -> None:
-    (dvdexit_home / "peers.toml").write_text(
+def _dicomweb_peer(files: dict[str, Path]) -> str:
+    return (
         f'[peers.gw]\nkind = "dicomweb"\nurl = "https://{LOOPBACK}:{free_port()}/dicom-web"\n'
-        f'ca_bundle = "{key_files["ca"]}"\nclient_cert = "{key_files["cert"]}"\n'
-        f'client_key = "{key_files["key"]}"\n'
+        f'ca_bundle = "{files["ca"]}"\nclient_cert = "{files["cert"]}"\n'
+        f'client_key = "{files["key"]}"\n'
     )
+
+
+@pytest.mark.parametrize(
+    ("peer", "key_name"),
+    [
+        pytest.param(_dimse_peer, "tls_key", id="dimse"),
+        pytest.param(_dicomweb_peer, "client_key", id="dicomweb"),
+    ],
+)
+def test_a_private_key_readable_by_everyone_is_refused_alike_by_every_command(
+    tmp_path: Path,
+    dvdexit_home: Path,
+    key_files: dict[str, Path],
+    peer: Callable[[dict[str, Path]], str],
+    key_name: str,
+) -> None:
+    (dvdexit_home / "peers.toml").write_text(peer(key_files))
 
     refusals = _refusals(tmp_path, dvdexit_home)
 
+    key = key_files["key"]
     expected = {
         "type": "ConfigError",
-        "message": f"peer gw: client_key {key_files['key']} is readable by every user of this "
-        "machine: refusing to use it",
-        "hint": f"chmod o-r {key_files['key']} (and keep it owned by the account that runs "
-        "dvdexit)",
+        "message": f"peer gw: {key_name} {key} is readable by every user of this machine: "
+        "refusing to use it",
+        "hint": f"chmod o-r {key} (and keep it owned by the account that runs dvdexit)",
     }
     assert refusals == {what: (3, expected) for what in refusals}
