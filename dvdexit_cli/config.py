@@ -19,9 +19,11 @@ from urllib.parse import urlsplit, urlunsplit
 import platformdirs
 import tomli_w
 
+from dvdexit_cli import units
 from dvdexit_cli.credentials import env_var_name
-from dvdexit_cli.errors import ConfigError, UnknownPeerError
+from dvdexit_cli.errors import ConfigError, UnitError, UnknownPeerError
 from dvdexit_cli.fsmode import PRIVATE
+from dvdexit_cli.units import parse_rate  # re-exported for one release: use dvdexit_cli.units
 
 __all__ = [
     "AUTH_KINDS",
@@ -130,12 +132,13 @@ MAX_MAX_PDU = 16 * 1024 * 1024
 
 
 def validate_max_pdu(value: object, *, what: str) -> int:
-    """A maximum PDU length in bytes, from MIN_MAX_PDU to MAX_MAX_PDU; ConfigError else."""
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or not MIN_MAX_PDU <= value <= MAX_MAX_PDU
-    ):
+    """A maximum PDU length (a size: ``1048576``, ``"1M"``), from MIN_MAX_PDU to MAX_MAX_PDU;
+    ConfigError else."""
+    try:
+        value = units.parse_size(value, what=what)
+    except UnitError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from exc
+    if not MIN_MAX_PDU <= value <= MAX_MAX_PDU:
         raise ConfigError(
             f"{what} must be a number of bytes from {MIN_MAX_PDU} to {MAX_MAX_PDU}, not {value!r}",
             hint=f"the default, {DEFAULT_MAX_PDU} (1 MiB), suits every peer we know; "
@@ -217,22 +220,6 @@ DEFAULT_READ_TIMEOUT = 120.0
 DEFAULT_MIN_RATE = 256 * 1024
 """Bytes per second a STOW-RS request must at least average (about 2 Mbit/s): generous,
 because a budget too tight for a slow but healthy link would fail every attempt."""
-
-_RATE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?(?:/s)?\s*$")
-_RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_rate(value: object, *, what: str = "min_rate") -> int:
-    """``262144``, ``256K``, ``1M`` (bytes per second, binary units) -> bytes per second."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _RATE.match(value.lower()) if isinstance(value, str) else None
-    if match is None or int(match.group(1)) == 0:
-        raise ConfigError(
-            f"{what} {value!r} is not a rate in bytes per second",
-            hint="use a positive number with an optional unit: 262144, 256K, 1M",
-        )
-    return int(match.group(1)) * _RATE_UNITS[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -405,10 +392,19 @@ def _text_field(table: Mapping[str, object], key: str, where: str) -> str | None
 
 
 def _seconds_field(table: Mapping[str, object], key: str, default: float, where: str) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{where}: {key} must be a positive number of seconds")
-    return float(value)
+    """A positive duration (``120``, ``"2m"``: units.py's grammar); ConfigError else."""
+    try:
+        return units.parse_duration(table.get(key, default), what=f"{where}: {key}", positive=True)
+    except UnitError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from exc
+
+
+def _rate_field(table: Mapping[str, object], key: str, default: int, where: str) -> int:
+    """A rate (``262144``, ``"256K"``, ``"1M/s"``: units.py's grammar); ConfigError else."""
+    try:
+        return units.parse_rate(table.get(key, default), what=f"{where}: {key}")
+    except UnitError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from exc
 
 
 def _workers_field(table: Mapping[str, object], where: str) -> int | None:
@@ -442,9 +438,7 @@ def _peer_from_toml(name: str, table: Mapping[str, object], source: Path) -> Any
                     table, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, where
                 ),
                 read_timeout=_seconds_field(table, "read_timeout", DEFAULT_READ_TIMEOUT, where),
-                min_rate=parse_rate(
-                    table.get("min_rate", DEFAULT_MIN_RATE), what=f"{where}: min_rate"
-                ),
+                min_rate=_rate_field(table, "min_rate", DEFAULT_MIN_RATE, where),
                 workers=_workers_field(table, where),
             ),
             where=where,

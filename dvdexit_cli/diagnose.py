@@ -24,6 +24,7 @@ from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer, FolderPeer
 from dvdexit_cli.credentials import lookup_secret
 from dvdexit_cli.errors import ConfigError, PeerUnreachableError
 from dvdexit_cli.exitcodes import ExitCode
+from dvdexit_cli.tls import peer_context
 from dvdexit_cli.transport.handoff import HandoffAE, connect_tcp
 
 __all__ = [
@@ -152,19 +153,10 @@ class _StageFailed(Exception):
 
 
 def tls_context(peer: DimsePeer) -> ssl.SSLContext:
-    """A client TLS context for ``peer`` (TLS 1.2 minimum); ConfigError for unusable files."""
-    try:
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=peer.tls_ca if peer.tls_ca else None
-        )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if peer.tls_cert:
-            context.load_cert_chain(peer.tls_cert, peer.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"peer {peer.name}: cannot load its TLS files: {exc}",
-            hint="check tls_ca, tls_cert and tls_key in 'dvdexit peers show " + peer.name + "'",
-        ) from exc
+    """Kept one release for old imports: use :func:`dvdexit_cli.tls.peer_context`."""
+    context = peer_context(peer)
+    if context is None:
+        raise ConfigError(f"peer {peer.name} does not use TLS")
     return context
 
 
@@ -194,7 +186,7 @@ def _tls(
     peer: DimsePeer,
     timeout: float,
     *,
-    context: ssl.SSLContext | None = None,
+    context: ssl.SSLContext,
     probe: Callable[[ssl.SSLSocket], None] | None = None,
     fields: tuple[str, str, str] = ("tls_ca", "tls_cert", "tls_key"),
 ) -> tuple[str, dict[str, object]]:
@@ -232,12 +224,11 @@ def _tls_session(
     peer: DimsePeer,
     raw: socket.socket,
     *,
-    context: ssl.SSLContext | None = None,
+    context: ssl.SSLContext,
     fields: tuple[str, str, str] = ("tls_ca", "tls_cert", "tls_key"),
 ) -> tuple[ssl.SSLSocket, str, dict[str, object]]:
     """Handshake over the connected ``raw``: the TLS socket, a detail and data (with the
     certificate's subject and expiry). Closes ``raw`` when the handshake fails."""
-    context = context or tls_context(peer)
     try:
         tls = context.wrap_socket(raw, server_hostname=peer.host)
     except (ssl.SSLError, OSError) as exc:
@@ -339,7 +330,7 @@ def diagnose_dimse(
     """
     results: list[StageResult] = []
     # A TLS configuration problem is ours (exit 3): find it before connecting at all.
-    context = tls_context(peer) if peer.uses_tls else None
+    context = peer_context(peer)
 
     def finish() -> Diagnosis:
         return Diagnosis(peer.name, peer.kind, peer.address, tuple(results))
@@ -372,6 +363,7 @@ def _dimse_stages(
         return detail, {}
 
     def tls() -> tuple[str, dict[str, object]]:
+        assert context is not None  # the stage runs only for a peer that uses TLS
         holder["sock"], detail, data = _tls_session(peer, holder.pop("sock"), context=context)
         return detail, data
 
@@ -483,7 +475,6 @@ def diagnose_dicomweb(
     import httpx
 
     from dvdexit_cli.transport.dicomweb import tls_refusal
-    from dvdexit_cli.transport.factory import dicomweb_ssl_context
 
     url = httpx.URL(peer.url)
     https = url.scheme == "https"
@@ -516,10 +507,11 @@ def diagnose_dicomweb(
         sock.close()
         return detail, {}
 
+    # A TLS configuration problem is ours (exit 3): find it before connecting at all.
+    context = peer_context(peer)
     if not run("dns", lambda: _dns(stand_in, timeout)) or not run("tcp", tcp):
         return finish()
-    if https:
-        context = dicomweb_ssl_context(peer)
+    if context is not None:
         if not run(
             "tls",
             lambda: _tls(stand_in, timeout, context=context, probe=http_probe, fields=fields),
@@ -540,7 +532,7 @@ def diagnose_dicomweb(
                 credentials = httpx.BasicAuth(peer.user or "", secret.reveal())
             else:
                 headers["Authorization"] = f"Bearer {secret.reveal()}"
-        verify: Any = dicomweb_ssl_context(peer) if https else True
+        verify: Any = context if context is not None else True
         try:
             response = httpx.get(
                 peer.url.rstrip("/") + "/studies",

@@ -4,6 +4,7 @@
 
     DvdexitError                  exit 1   (a bug, unless a subclass says otherwise)
     ├── UsageError                exit 2
+    │   └── UnitError                      (not a size, duration or rate: units.py)
     ├── ConfigError               exit 3
     │   └── UnknownPeerError
     ├── InputError                exit 4
@@ -43,6 +44,7 @@ __all__ = [
     "NoDicomFoundError",
     "PeerError",
     "PeerUnreachableError",
+    "UnitError",
     "UnknownPeerError",
     "UsageError",
     "VerificationError",
@@ -65,6 +67,10 @@ class UsageError(DvdexitError):
     """A bad option or argument combination."""
 
     exit_code = ExitCode.USAGE
+
+
+class UnitError(UsageError):
+    """A value that is not a size, a duration or a rate (see :mod:`dvdexit_cli.units`)."""
 
 
 class ConfigError(DvdexitError):

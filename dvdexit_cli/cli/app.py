@@ -10,6 +10,7 @@ import typer
 
 from dvdexit_cli import __version__
 from dvdexit_cli.cli import peers, receive, send, status, verify
+from dvdexit_cli.cli.errors import JsonErrorsCommand
 
 __all__ = ["app", "main"]
 
@@ -21,10 +22,10 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-app.command("send")(send.send_command)
-app.command("receive")(receive.receive_command)
-app.command("verify")(verify.verify_command)
-app.command("status")(status.status_command)
+app.command("send", cls=JsonErrorsCommand)(send.send_command)
+app.command("receive", cls=JsonErrorsCommand)(receive.receive_command)
+app.command("verify", cls=JsonErrorsCommand)(verify.verify_command)
+app.command("status", cls=JsonErrorsCommand)(status.status_command)
 app.add_typer(peers.app, name="peers")
 
 

@@ -11,15 +11,16 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from dvdexit_cli import errors
 from dvdexit_cli.cli.render import err, print_json
 from dvdexit_cli.exitcodes import ExitCode
 
-__all__ = ["handle_errors", "report"]
+__all__ = ["JsonErrorsCommand", "handle_errors", "report"]
 
 ERROR_TABLE: tuple[tuple[type[BaseException], str], ...] = (
     (errors.UnknownPeerError, "list the peers with 'dvdexit peers list'"),
@@ -107,3 +108,28 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(int(report(exc, as_json=as_json))) from None
 
     return wrapper
+
+
+class JsonErrorsCommand(TyperCommand):
+    """A command whose unreadable option values are reported like every other error.
+
+    Typer refuses a value (``--older-than soon``, ``--batch-bytes lots``) while reading the
+    command line, before the body and :func:`handle_errors` run. This reports it the same
+    way: ``dvdexit: error: --older-than: 'soon' is not a duration (hint)``, exit 2, and
+    under ``--json`` the error document that docs/json-output.md promises.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        as_json = "--json" in args  # before parsing: click consumes ``args``
+        try:
+            return super().parse_args(ctx, args)
+        except typer.BadParameter as exc:
+            cause = exc.__cause__
+            if isinstance(cause, errors.UnitError) and exc.param is not None:
+                option = exc.param.opts[0] if exc.param.opts else exc.param.name
+                error: errors.UsageError = errors.UnitError(
+                    f"{option}: {cause.message}", hint=cause.hint
+                )
+            else:
+                error = errors.UsageError(exc.format_message())
+            raise typer.Exit(int(report(error, as_json=as_json))) from None

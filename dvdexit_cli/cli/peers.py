@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dvdexit_cli.cli.errors import handle_errors
+from dvdexit_cli.cli import options
+from dvdexit_cli.cli.errors import JsonErrorsCommand, handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, out, print_json
 from dvdexit_cli.cli.status import render_diagnosis
@@ -19,6 +20,7 @@ from dvdexit_cli.config import (
     AUTH_KINDS,
     DEFAULT_CALLING_AE,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MIN_RATE,
     DEFAULT_READ_TIMEOUT,
     MAX_WORKERS,
     AnyPeer,
@@ -27,7 +29,6 @@ from dvdexit_cli.config import (
     FolderPeer,
     PeerBook,
     parse_host_port,
-    parse_rate,
     resolve_paths,
     validate_dicomweb,
 )
@@ -43,7 +44,7 @@ from dvdexit_cli.credentials import (
 from dvdexit_cli.diagnose import diagnose
 from dvdexit_cli.errors import ConfigError, UsageError
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.transport.factory import check_key_file
+from dvdexit_cli.tls import check_key_file
 
 __all__ = ["app"]
 
@@ -75,7 +76,7 @@ def _summary(peer: AnyPeer) -> str:
     return f"folder {peer.path}"
 
 
-@app.command("add")
+@app.command("add", cls=JsonErrorsCommand)
 @handle_errors
 def add_command(
     name: Annotated[str, typer.Argument(help="A short name for the peer, used with --to.")],
@@ -104,9 +105,10 @@ def add_command(
         int,
         typer.Option(
             "--max-pdu",
-            min=0,
-            help="Largest PDU to accept from and send to this peer, in bytes "
-            "(0: [local] max_pdu, 1 MiB unless set).",
+            parser=options.size,
+            metavar=options.SIZE,
+            help="Largest PDU to accept from and send to this peer (0: [local] max_pdu, "
+            "1M unless set).",
         ),
     ] = 0,
     workers: Annotated[
@@ -148,25 +150,33 @@ def add_command(
     ] = None,
     connect_timeout: Annotated[
         float,
-        typer.Option("--connect-timeout", min=0.1, help="DICOMweb: seconds to connect."),
+        typer.Option(
+            "--connect-timeout",
+            parser=options.positive_duration,
+            metavar=options.DURATION,
+            help="DICOMweb: time allowed to connect (15s, 1m).",
+        ),
     ] = DEFAULT_CONNECT_TIMEOUT,
     read_timeout: Annotated[
         float,
         typer.Option(
             "--read-timeout",
-            min=0.1,
-            help="DICOMweb: seconds without progress (reading or writing) before giving up.",
+            parser=options.positive_duration,
+            metavar=options.DURATION,
+            help="DICOMweb: time without progress (reading or writing) before giving up.",
         ),
     ] = DEFAULT_READ_TIMEOUT,
     min_rate: Annotated[
-        str,
+        int,
         typer.Option(
             "--min-rate",
-            metavar="BYTES/S",
+            parser=options.rate,
+            metavar=options.RATE,
+            show_default="256K",
             help="DICOMweb: slowest average a STOW-RS request may take (256K, 1M); its "
             "budget is connect + read timeout + bytes / min-rate.",
         ),
-    ] = "256K",
+    ] = DEFAULT_MIN_RATE,
     folder: Annotated[
         Path | None, typer.Option("--folder", metavar="PATH", help="A drop folder.")
     ] = None,
@@ -218,7 +228,7 @@ def add_command(
             client_key=_file(client_key, "--client-key"),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            min_rate=parse_rate(min_rate, what="--min-rate"),
+            min_rate=min_rate,
             workers=workers,
         )
         validate_dicomweb(peer)
@@ -327,14 +337,14 @@ def remove_command(
         )
 
 
-@app.command("test")
+@app.command("test", cls=JsonErrorsCommand)
 @handle_errors
 def test_command(
     name: Annotated[str, typer.Argument(help="The peer to test.")],
     contexts: Annotated[
         bool, typer.Option("--contexts", help="DIMSE: also show accepted storage SOP classes.")
     ] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per stage.")] = 10.0,
+    timeout: options.StageTimeoutOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Diagnose a peer stage by stage (same as 'dvdexit status --peer NAME'); exit 0 or 5."""
@@ -402,7 +412,7 @@ def lookup_secret_from_env(variable: str) -> Secret:
     return Secret(value)
 
 
-@app.command("local")
+@app.command("local", cls=JsonErrorsCommand)
 @handle_errors
 def local_command(
     ae: Annotated[str | None, typer.Option("--ae", metavar="AE", help="Our AE title.")] = None,
@@ -422,7 +432,9 @@ def local_command(
         int | None,
         typer.Option(
             "--max-pdu",
-            help="Largest PDU we advertise and send, in bytes (4096 to 16 MiB; default 1 MiB).",
+            parser=options.size,
+            metavar=options.SIZE,
+            help="Largest PDU we advertise and send (4K to 16M; default 1M).",
         ),
     ] = None,
     json_output: JsonOption = False,

@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
+from dvdexit_cli import units
 from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, audit_path, forward_auditor
+from dvdexit_cli.cli import options
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.pull import pull_from
@@ -39,11 +41,9 @@ from dvdexit_cli.receive.settings import (
     load_receive_table,
     parse_commit_reply,
     parse_networks,
-    parse_size,
 )
 from dvdexit_cli.receive.store import DEFAULT_LAYOUT, InstanceStore, validate_layout
-from dvdexit_cli.tls import client_context, server_context
-from dvdexit_cli.transport.factory import check_key_file
+from dvdexit_cli.tls import receiver_contexts
 
 __all__ = ["receive_command"]
 
@@ -149,12 +149,22 @@ def receive_command(
         typer.Option("--max-associations", min=1, help="Concurrent associations [10]."),
     ] = None,
     max_instance_size: Annotated[
-        str | None,
-        typer.Option("--max-instance-size", help="Refuse larger instances (A700), e.g. 4G."),
+        int | None,
+        typer.Option(
+            "--max-instance-size",
+            parser=options.size,
+            metavar=options.SIZE,
+            help="Refuse larger instances (A700), e.g. 4G.",
+        ),
     ] = None,
     min_free: Annotated[
-        str | None,
-        typer.Option("--min-free", help="Answer A700 below this much free disk, e.g. 10G [0]."),
+        int | None,
+        typer.Option(
+            "--min-free",
+            parser=options.size,
+            metavar=options.SIZE,
+            help="Answer A700 below this much free disk, e.g. 10G [0].",
+        ),
     ] = None,
     durability: Annotated[
         str | None,
@@ -166,7 +176,12 @@ def receive_command(
     ] = None,
     idle_timeout: Annotated[
         float | None,
-        typer.Option("--idle-timeout", min=0.1, help="Study complete after N s idle [60]."),
+        typer.Option(
+            "--idle-timeout",
+            parser=options.positive_duration,
+            metavar=options.DURATION,
+            help="Study complete after this long idle [60s].",
+        ),
     ] = None,
     on_complete: Annotated[
         str | None,
@@ -272,15 +287,21 @@ def receive_command(
     ] = None,
     interval: Annotated[
         float,
-        typer.Option("--interval", min=0.1, help="With --watch: seconds between passes [5]."),
+        typer.Option(
+            "--interval",
+            parser=options.positive_duration,
+            metavar=options.DURATION,
+            help="With --watch: time between passes [5s].",
+        ),
     ] = 5.0,
     settle: Annotated[
         float,
         typer.Option(
             "--settle",
-            min=0.0,
-            help="With --watch: take a package only when nothing in it changed for this many "
-            "seconds [10].",
+            parser=options.duration,
+            metavar=options.DURATION,
+            help="With --watch: take a package only when nothing in it changed for this "
+            "long [10s].",
         ),
     ] = 10.0,
     once: Annotated[
@@ -334,15 +355,14 @@ def receive_command(
         raise UsageError("--require-tls needs --tls-cert and --tls-key")
     ca = _pick(tls_ca, table, "tls_ca", None)
     key = _pick(tls_key, table, "tls_key", None)
-    if cert and Path(str(key or cert)).exists():  # a missing file: server_context says so
-        # Our private key (inside the certificate when there is no key file): a copy lets
-        # anyone on this machine pose as this receiver.
-        check_key_file(str(key or cert), what="--tls-key" if key else "--tls-cert")
-    context = (
-        server_context(
+    # Our private key (inside the certificate when there is no key file) is checked there:
+    # a copy would let anyone on this machine pose as this receiver.
+    receiver_tls = (
+        receiver_contexts(
             cert=Path(str(cert)),
             key=Path(str(key)) if key else None,
             ca=Path(str(ca)) if ca else None,
+            prefix="--tls-",
         )
         if cert
         else None
@@ -405,25 +425,23 @@ def receive_command(
         layout=chosen_layout,
         max_associations=int(_pick(max_associations, table, "max_associations", 10)),
         max_instance_size=(
-            parse_size(size_limit, what="--max-instance-size") if size_limit is not None else None
+            units.parse_size(size_limit, what="[receive] max_instance_size")
+            if size_limit is not None
+            else None
         ),
-        min_free=parse_size(_pick(min_free, table, "min_free", 0), what="--min-free"),
-        idle_timeout=float(_pick(idle_timeout, table, "idle_timeout", 60.0)),
+        # Options arrive parsed; only a [receive] value can still be refused here.
+        min_free=units.parse_size(_pick(min_free, table, "min_free", 0), what="[receive] min_free"),
+        idle_timeout=units.parse_duration(
+            _pick(idle_timeout, table, "idle_timeout", 60.0),
+            what="[receive] idle_timeout",
+            positive=True,
+        ),
         on_complete=str(hook) if hook else None,
         commit_reply=parse_commit_reply(
             _as_list(_pick(commit_reply, table, "commit_reply", []), "commit_reply")
         ),
-        ssl_context=context,
-        # Reports on a new association go out with TLS too: our certificate, their CA.
-        client_ssl_context=(
-            client_context(
-                ca=Path(str(ca)) if ca else None,
-                cert=Path(str(cert)),
-                key=Path(str(key)) if key else None,
-            )
-            if cert
-            else None
-        ),
+        ssl_context=receiver_tls.server if receiver_tls else None,
+        client_ssl_context=receiver_tls.client if receiver_tls else None,
         forward_to=peer,
         reconcile=mapping,
         staging=home.data_dir / "forward-staging",
@@ -451,7 +469,8 @@ def receive_command(
                 )
             err.print(
                 f"dvdexit receive: listening on {chosen_host}:{server.port} as "
-                f"{settings.ae_title}{' (TLS)' if context else ''}, storing in {settings.store} "
+                f"{settings.ae_title}{' (TLS)' if receiver_tls else ''}, "
+                f"storing in {settings.store} "
                 "(stop with Ctrl-C or SIGTERM)",
                 markup=False,
             )

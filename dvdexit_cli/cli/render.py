@@ -26,6 +26,7 @@ from dvdexit_cli.events import (
     ScanFinished,
     TransferStarted,
 )
+from dvdexit_cli.units import format_size
 
 __all__ = ["SendProgress", "err", "human_bytes", "out", "print_json"]
 
@@ -40,12 +41,8 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+# Sizes shown in the units the options read (1.0 MiB, not 1.0 MB for a --batch-bytes 1M).
+human_bytes = format_size
 
 
 class SendProgress:

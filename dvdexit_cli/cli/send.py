@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dvdexit_cli import units
 from dvdexit_cli.audit import (
     AuditTrail,
     TransferAuditor,
@@ -20,6 +20,7 @@ from dvdexit_cli.audit import (
     destination_for_peer,
     source_for_send,
 )
+from dvdexit_cli.cli import options
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import SendProgress, err, human_bytes, out, print_json
@@ -39,6 +40,7 @@ from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.package import verify_package
 from dvdexit_cli.sending import (
+    DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_SIZE,
     FileProblem,
     RetryResult,
@@ -57,6 +59,10 @@ from dvdexit_cli.transport.factory import transport_for
 from dvdexit_cli.verify.remote import expected_from_journal
 
 __all__ = ["parse_duration", "parse_size", "send_command"]
+
+# Re-exported for one release: use dvdexit_cli.units.
+parse_duration = units.parse_duration
+parse_size = units.parse_size
 
 _LISTED = 20
 DEFAULT_WORKERS = 2
@@ -86,36 +92,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds; UsageError otherwise."""
-    match = _DURATION.match(text.lower())
-    if match is None:
-        raise UsageError(
-            f"--older-than {text!r} is not a duration",
-            hint="use a number with an optional unit: 90s, 15m, 2h, 1d",
-        )
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$")
-_UNIT_BYTES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """``65536``, ``512K``, ``64M``, ``1G`` -> bytes (binary units); UsageError otherwise."""
-    match = _SIZE.match(text.lower())
-    if match is None or int(match.group(1)) == 0:
-        raise UsageError(
-            f"--batch-bytes {text!r} is not a size",
-            hint="use a positive number with an optional unit: 512K, 64M, 1G",
-        )
-    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
 
 
 @handle_errors
@@ -153,11 +129,13 @@ def send_command(
         ),
     ] = False,
     older_than: Annotated[
-        str | None,
+        float | None,
         typer.Option(
             "--older-than",
+            parser=options.duration,
+            metavar=options.DURATION,
             help="With --retry-failed: only items last changed at least this long ago "
-            "(90s, 15m, 2h, 1d).",
+            "(90s, 15m, 2h, 1d, 1w).",
         ),
     ] = None,
     include_refused: Annotated[
@@ -202,13 +180,16 @@ def send_command(
         ),
     ] = DEFAULT_BATCH_SIZE,
     batch_bytes: Annotated[
-        str,
+        int,
         typer.Option(
             "--batch-bytes",
+            parser=options.positive_size,
+            metavar=options.SIZE,
+            show_default="64M",
             help="DICOMweb: bytes per STOW-RS request (64M, 512K, 1G); a larger instance "
             "goes alone.",
         ),
-    ] = "64M",
+    ] = DEFAULT_BATCH_BYTES,
     study: Annotated[
         list[str] | None,
         typer.Option("--study", help="Send only this Study Instance UID (repeatable)."),
@@ -342,12 +323,12 @@ def send_command(
             home,
             RetrySettings(
                 peer_name=to,
-                older_than=parse_duration(older_than) if older_than is not None else 0.0,
+                older_than=older_than if older_than is not None else 0.0,
                 max_attempts=max_attempts,
                 retries=retries,
                 unpack_dir=home.data_dir / "unpacked",
                 batch_size=batch_size,
-                batch_bytes=parse_size(batch_bytes),
+                batch_bytes=batch_bytes,
                 include_refused=include_refused,
             ),
             workers=workers,
@@ -382,7 +363,7 @@ def send_command(
         peer_address="",
         workers=effective_workers(workers, target),
         batch_size=batch_size,
-        batch_bytes=parse_size(batch_bytes),
+        batch_bytes=batch_bytes,
         studies=_values(study, upper=False),
         modalities=_values(modality),
         exclude_modalities=_values(exclude_modality),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from dvdexit_cli import units
 from dvdexit_cli.audit import audit_path, read_audit
+from dvdexit_cli.cli import options
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, human_bytes, out, print_json
@@ -24,8 +25,6 @@ from dvdexit_cli.transport.statuses import classify_store_status
 __all__ = ["parse_duration", "plain_reason", "render_diagnosis", "status_command"]
 
 _STATES = ("pending", "sending", "sent", "committed", "failed", "skipped", "abandoned")
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 # What a user should do about a failure status (PS3.4 B.2.3), beyond what it means.
 _ADVICE = {
@@ -39,13 +38,8 @@ _ADVICE = {
 
 
 def parse_duration(text: str) -> timedelta:
-    """``30m``, ``12h``, ``7d``, ``2w`` -> a timedelta (UsageError otherwise)."""
-    match = _DURATION.match(text)
-    if not match:
-        raise UsageError(
-            f"--since {text!r} is not a duration", hint="use a number and a unit: 30m, 12h, 7d, 2w"
-        )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    """Kept one release for old imports: use :func:`dvdexit_cli.units.parse_duration`."""
+    return timedelta(seconds=units.parse_duration(text))
 
 
 def plain_reason(status: int | None, reason: str | None) -> str:
@@ -143,18 +137,17 @@ def status_command(
             "--contexts", help="With --peer: also show which storage SOP classes the peer accepts."
         ),
     ] = False,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds allowed per stage.")
-    ] = 10.0,
+    timeout: options.StageTimeoutOption = 10.0,
     failed: Annotated[
         bool, typer.Option("--failed", help="Only transfers with failures, with the reasons.")
     ] = False,
     since: Annotated[
-        str | None,
+        float | None,
         typer.Option(
             "--since",
-            metavar="DURATION",
-            help="Only transfers started within DURATION (30m, 12h, 7d, 2w).",
+            parser=options.duration,
+            metavar=options.DURATION,
+            help="Only transfers started within DURATION (30m, 12h, 7d, 2w; plain: seconds).",
         ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many transfers.")] = 20,
@@ -186,7 +179,7 @@ def status_command(
         raise UsageError("--contexts goes with --peer NAME alone (the diagnosis)")
     cutoff = None
     if since is not None:
-        moment = datetime.now(UTC) - parse_duration(since)
+        moment = datetime.now(UTC) - timedelta(seconds=since)
         cutoff = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     transfers: list[TransferSummary] = []
     received: list[dict[str, object]] = []
@@ -343,8 +336,8 @@ def _completeness(journal: Journal, study_uid: str) -> dict[str, object]:
     }
 
 
-def _show_audit(path: Path, *, since: str | None, limit: int, json_output: bool) -> None:
-    cutoff = datetime.now(UTC) - parse_duration(since) if since is not None else None
+def _show_audit(path: Path, *, since: float | None, limit: int, json_output: bool) -> None:
+    cutoff = datetime.now(UTC) - timedelta(seconds=since) if since is not None else None
     records = list(read_audit(path, since=cutoff))[-limit:]
     if json_output:
         print_json({"audit_file": str(path), "records": records})

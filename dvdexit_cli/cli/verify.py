@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from dvdexit_cli.cli import options
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.render import err, out, print_json
@@ -84,15 +85,19 @@ def verify_command(
     commit_timeout: Annotated[
         float,
         typer.Option(
-            "--commit-timeout", min=0.1, help="Seconds to wait for the Storage Commitment report."
+            "--commit-timeout",
+            parser=options.positive_duration,
+            metavar=options.DURATION,
+            help="How long to wait for the Storage Commitment report (30, 2m).",
         ),
     ] = 30.0,
     timeout: Annotated[
         float,
         typer.Option(
             "--timeout",
-            min=0.1,
-            help="Seconds allowed per DIMSE exchange; for a DICOMweb peer, to connect and "
+            parser=options.positive_duration,
+            metavar=options.DURATION,
+            help="Time allowed per DIMSE exchange; for a DICOMweb peer, to connect and "
             "between two reads.",
         ),
     ] = 30.0,

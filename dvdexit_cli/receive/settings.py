@@ -2,17 +2,17 @@
 
 Options win over the file. The table's keys are the long option names with dashes or
 underscores (``allow-ae``, ``allow_from``, ``min-free`` ...); list options take TOML
-arrays. Sizes accept a unit: ``500M``, ``2G`` (powers of 1024), or plain bytes.
+arrays. Sizes and durations follow :mod:`dvdexit_cli.units` (``500M``, ``2G``; ``90s``, ``2m``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from dvdexit_cli import units
 from dvdexit_cli.config import parse_host_port, validate_ae_title
 from dvdexit_cli.errors import ConfigError, UsageError
 
@@ -52,18 +52,8 @@ RECEIVE_KEYS = frozenset(
     }
 )
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*$")
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(value: str | int, *, what: str) -> int:
-    """``"2G"`` -> 2147483648; UsageError for anything else than a size."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise UsageError(f"{what}: {value!r} is not a size (examples: 500M, 2G, 1048576)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+# Re-exported for one release: use dvdexit_cli.units.
+parse_size = units.parse_size
 
 
 def parse_networks(

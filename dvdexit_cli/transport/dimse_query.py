@@ -46,6 +46,7 @@ from dvdexit_cli.errors import (
     PeerUnreachableError,
 )
 from dvdexit_cli.fsmode import PRIVATE
+from dvdexit_cli.tls import peer_context
 from dvdexit_cli.transport.dimse import bound_pdus, guard_reactor, set_nodelay
 
 __all__ = [
@@ -109,8 +110,6 @@ def open_association(
 
     Raises AssociationRejectedError (A-ASSOCIATE-RJ) or PeerUnreachableError.
     """
-    from dvdexit_cli.diagnose import tls_context  # diagnose imports pynetdicom too
-
     ae = ae or _ae(peer, timeout)
     assoc = ae.associate(
         peer.host,
@@ -120,7 +119,7 @@ def open_association(
         ext_neg=list(ext_neg) or None,
         evt_handlers=list(handlers) or None,
         max_pdu=peer.pdu_limit,
-        tls_args=(tls_context(peer), peer.host) if peer.uses_tls else None,
+        tls_args=(context, peer.host) if (context := peer_context(peer)) is not None else None,
     )
     if not assoc.is_established:
         primitive = assoc.acceptor.primitive

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Generator
-from pathlib import Path
 
 import httpx
 
 from dvdexit_cli.config import AnyPeer, DicomWebPeer, DimsePeer, FolderPeer
 from dvdexit_cli.credentials import Secret, lookup_secret
-from dvdexit_cli.errors import ConfigError
 from dvdexit_cli.events import Observer, ignore
-from dvdexit_cli.tls import client_context
+from dvdexit_cli.tls import check_key_file, client_context, peer_context
 from dvdexit_cli.transport.base import Transport
 from dvdexit_cli.transport.dicomweb import DicomwebTransport
 from dvdexit_cli.transport.dimse import DimseTransport
 from dvdexit_cli.transport.folder import FolderTransport
 
 __all__ = ["check_key_file", "dicomweb_ssl_context", "dicomweb_transport", "transport_for"]
+
+# check_key_file and dicomweb_ssl_context stay importable from here for one release;
+# both live in dvdexit_cli.tls.
 
 
 class _Bearer(httpx.Auth):
@@ -30,10 +31,6 @@ class _Bearer(httpx.Auth):
         yield request
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None
-
-
 def dicomweb_auth(peer: DicomWebPeer) -> httpx.Auth | None:
     """The peer's HTTP authentication, with its secret from the lookup chain."""
     if peer.auth == "basic":
@@ -43,44 +40,16 @@ def dicomweb_auth(peer: DicomWebPeer) -> httpx.Auth | None:
     return None
 
 
-def check_key_file(path: str, *, what: str = "client_key") -> None:
-    """ConfigError when a private key file can be read by every user of the machine.
-
-    Like ssh with an unprotected key: a key anyone can copy identifies anyone as us.
-    Group-readable stays allowed (a service group such as Debian's ssl-cert).
-    """
-    try:
-        mode = Path(path).stat().st_mode
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: {exc.strerror}") from exc
-    if mode & 0o004:
-        raise ConfigError(
-            f"{what} {path} is readable by every user of this machine: refusing to use it",
-            hint=f"chmod o-r {path} (and keep it owned by the account that runs dvdexit)",
-        )
-
-
 def dicomweb_ssl_context(peer: DicomWebPeer) -> ssl.SSLContext:
-    """TLS for an https DICOMweb peer: its CA bundle (else the system's), our certificate."""
-    key = peer.client_key or peer.client_cert
-    if key:
-        check_key_file(key, what="client_key" if peer.client_key else "client_cert")
-    try:
-        return client_context(
-            ca=_path(peer.ca_bundle), cert=_path(peer.client_cert), key=_path(peer.client_key)
-        )
-    except ConfigError as exc:
-        raise ConfigError(
-            f"peer {peer.name}: {exc.message}",
-            hint=f"check ca_bundle, client_cert and client_key ('dvdexit peers show {peer.name}')",
-        ) from exc
+    """Kept one release for old imports: use :func:`dvdexit_cli.tls.peer_context`."""
+    context = peer_context(peer)
+    return context if context is not None else client_context(ca=None)
 
 
 def dicomweb_transport(peer: DicomWebPeer, *, timeout: float | None = None) -> DicomwebTransport:
     """The peer's DICOMweb client; ``timeout`` overrides its connect and read timeouts."""
-    verify: ssl.SSLContext | bool = True
-    if peer.url.startswith("https://"):
-        verify = dicomweb_ssl_context(peer)
+    context = peer_context(peer)
+    verify: ssl.SSLContext | bool = context if context is not None else True
     return DicomwebTransport(
         peer.url,
         name=peer.name,
@@ -105,22 +74,10 @@ def transport_for(
 ) -> Transport:
     """Build the transport that reaches ``peer``; ConfigError when a secret is missing."""
     if isinstance(peer, DimsePeer):
-        context = None
-        key = peer.tls_key or peer.tls_cert
-        if key and Path(key).exists():  # a missing file: client_context says so
-            # Without tls_key the key must be inside tls_cert: then that file is secret too.
-            try:
-                check_key_file(key, what="tls_key" if peer.tls_key else "tls_cert")
-            except ConfigError as exc:
-                raise ConfigError(f"peer {peer.name}: {exc.message}", hint=exc.hint) from exc
-        if peer.tls_ca or peer.tls_cert:
-            context = client_context(
-                ca=_path(peer.tls_ca), cert=_path(peer.tls_cert), key=_path(peer.tls_key)
-            )
         return DimseTransport(
             peer,
             observer=observer,
-            ssl_context=context,
+            ssl_context=peer_context(peer),
             allow_lossy_transcode=allow_lossy_transcode,
         )
     if isinstance(peer, DicomWebPeer):

@@ -102,4 +102,4 @@ def test_since_and_peer_filter_and_duration_and_throughput_are_reported(
     assert old["note"] == "referral to cardiology"
     assert old["recipient"] == "Dr. Demo"
     assert bad.returncode == 2
-    assert "30m, 12h, 7d, 2w" in bad.stderr
+    assert "--since: 'yesterday' is not a duration" in bad.stderr

@@ -580,5 +580,6 @@ def test_client_certificate_settings_are_checked(tmp_path: Path, dvdexit_home: P
 
     assert plain.returncode == 3 and "https" in plain.stderr
     assert orphan_key.returncode == 2 and "--client-cert" in orphan_key.stderr
-    assert bad_rate.returncode == 3 and "--min-rate" in bad_rate.stderr
+    # A bad option value is a usage error (exit 2) like any other since issue 12 (was 3).
+    assert bad_rate.returncode == 2 and "--min-rate" in bad_rate.stderr
     assert broken.returncode == 3 and "read_timeout" in broken.stderr

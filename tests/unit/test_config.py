@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dvdexit_cli.config import DimsePeer, PeerBook, parse_host_port, resolve_paths
+from dvdexit_cli.config import DicomWebPeer, DimsePeer, PeerBook, parse_host_port, resolve_paths
 from dvdexit_cli.errors import ConfigError, UnknownPeerError
 
 
@@ -80,10 +80,24 @@ def test_a_damaged_peers_file_says_which_file_and_key(tmp_path: Path) -> None:
         PeerBook(path)
 
 
-@pytest.mark.parametrize("value", ["0", "1000", "20000000", '"1M"', "true"])
+@pytest.mark.parametrize("value", ["0", "1000", "20000000", '"17M"'])
 def test_a_local_max_pdu_outside_4096_to_16_mib_is_refused(tmp_path: Path, value: str) -> None:
     (tmp_path / "peers.toml").write_text(f"[local]\nmax_pdu = {value}\n")
     with pytest.raises(ConfigError, match=r"\[local\] max_pdu must be a number of bytes from 4096"):
+        PeerBook(tmp_path / "peers.toml")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("65536", 65536), ('"64K"', 65536), ('"1M"', 2**20)]
+)
+def test_a_local_max_pdu_is_a_size(tmp_path: Path, value: str, expected: int) -> None:
+    (tmp_path / "peers.toml").write_text(f"[local]\nmax_pdu = {value}\n")
+    assert PeerBook(tmp_path / "peers.toml").local.max_pdu == expected
+
+
+def test_a_local_max_pdu_that_is_not_a_size_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "peers.toml").write_text("[local]\nmax_pdu = true\n")
+    with pytest.raises(ConfigError, match=r"\[local\] max_pdu: 'True' is not a size"):
         PeerBook(tmp_path / "peers.toml")
 
 
@@ -103,3 +117,35 @@ def test_a_peer_without_max_pdu_uses_the_local_one_and_its_own_wins(tmp_path: Pa
     # The local value is not written into the peers that follow it.
     assert PeerBook(tmp_path / "peers.toml").get("e").max_pdu == 0
     assert "65536" not in (tmp_path / "peers.toml").read_text().split("[peers")[1]
+
+
+def test_peers_toml_durations_and_rates_read_the_same_grammar_as_the_options(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "peers.toml").write_text(
+        '[peers.web]\nkind = "dicomweb"\nurl = "https://pacs.example.org/dicom-web"\n'
+        'connect_timeout = "15s"\nread_timeout = "2m"\nmin_rate = "1.5M/s"\n'
+    )
+    peer = PeerBook(tmp_path / "peers.toml").get_any("web")
+    assert isinstance(peer, DicomWebPeer)
+    assert (peer.connect_timeout, peer.read_timeout) == (15.0, 120.0)
+    assert peer.min_rate == int(1.5 * 2**20)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("read_timeout", '"2 minutes"', r"read_timeout: '2 minutes' is not a duration"),
+        ("connect_timeout", "0", r"connect_timeout: the duration must be more than 0"),
+        ("min_rate", '"fast"', r"min_rate: 'fast' is not a rate"),
+    ],
+)
+def test_a_peers_toml_duration_or_rate_in_another_grammar_is_refused_naming_the_key(
+    tmp_path: Path, key: str, value: str, message: str
+) -> None:
+    (tmp_path / "peers.toml").write_text(
+        '[peers.web]\nkind = "dicomweb"\nurl = "https://pacs.example.org/dicom-web"\n'
+        f"{key} = {value}\n"
+    )
+    with pytest.raises(ConfigError, match=message):
+        PeerBook(tmp_path / "peers.toml")
