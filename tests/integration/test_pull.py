@@ -287,3 +287,31 @@ def test_pull_from_a_folder_peer_is_a_usage_error(tmp_path: Path, dvdexit_home: 
 
     assert done.returncode == 2, done.stderr
     assert "DICOMweb and DIMSE" in done.stderr
+
+
+def test_pull_over_c_move_finds_every_instance_under_a_non_default_layout(
+    tmp_path: Path, dvdexit_home: Path, orthanc: Any, dvdexit_receiver: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=3, sc_images=1)
+    store = tmp_path / "store"
+    layout = "{received_date}/{study}/{series}/{sop}.dcm"
+    receiver = dvdexit_receiver(store, ae="DVDEXIT", extra=["--layout", layout])
+    pacs = orthanc(modalities={"DVDEXIT": ("DVDEXIT", "127.0.0.1", receiver.port)})
+    _upload(pacs, media)
+    _add_dimse(dvdexit_home, pacs)
+    study = media.study_uids[0]
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--move-dest", "DVDEXIT",
+        "--store", store, "--json", home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["outcome"] == "complete"
+    counts = report["studies"][0]
+    assert counts["stored"] == counts["listed"] == 3 and counts["missing"] == 0
+    stored = {p.stem: dataset_digest(p)[1] for p in store.glob(f"*/{study}/*/*.dcm")}
+    served = _served_digests(pacs, tmp_path)
+    assert len(stored) == 3 and all(served[sop] == digest for sop, digest in stored.items())
+    assert {sop for sop, outcome in _received_rows(dvdexit_home)} == set(stored)
