@@ -29,9 +29,9 @@ from dvdexit_cli.events import (
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.fsmode import PRIVATE, Access, group_access
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.package.watch import DropResult, process_drop_folder
 from dvdexit_cli.receive import ReceiveSettings, StorageServer
 from dvdexit_cli.receive.completeness import CompletenessTracker
+from dvdexit_cli.receive.drop_folder import DropResult, process_drop_folder
 from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
 from dvdexit_cli.receive.reconcile import PatientMapping, load_mapping
