@@ -547,7 +547,7 @@ def _watch_drop_folder(
                 hint="choose another --store, or fix its permissions",
             ) from exc
         if hooks is not None:
-            hooks.start()
+            hooks.start(receiver=receiver)
         if forwarder is not None:
             forwarder.start(receiver=receiver)
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}

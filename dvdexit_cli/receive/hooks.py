@@ -61,9 +61,16 @@ class HookRunner:
         self._queue: queue.Queue[tuple[ReceivedStudy, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, *, receiver: str | None = None) -> None:
+        """Start the worker, and queue again the runs of ``receiver``'s studies that a
+        crash cut off (journaled 'running', never finished): listening and ``--watch``
+        alike, as a forwarder resumes its own forwards."""
         self._thread = threading.Thread(target=self._work, name="dvdexit-hooks", daemon=True)
         self._thread.start()
+        for study in self._journal.studies_with_failed_hooks(receiver=receiver):
+            runs = self._journal.hook_runs(study.study_uid)
+            if runs and runs[-1]["outcome"] == "running":
+                self.submit(study)
 
     def submit(self, study: ReceivedStudy) -> None:
         """Journal a pending run for ``study`` and queue it."""

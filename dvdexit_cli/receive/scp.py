@@ -293,12 +293,7 @@ class StorageServer:
         tempfile.tempdir = str(self.settings.store / SPOOL_DIR)
         tempfile.template = _spool_prefix(os.getpid())
         if self._hooks is not None:
-            self._hooks.start()
-            # Runs cut off by a crash (journaled 'running') are run again now.
-            for study in self._journal.studies_with_failed_hooks(receiver=self.receiver_id):
-                runs = self._journal.hook_runs(study.study_uid)
-                if runs and runs[-1]["outcome"] == "running":
-                    self._hooks.submit(study)
+            self._hooks.start(receiver=self.receiver_id)
         if self._forwarder is not None:
             self._forwarder.start(receiver=self.receiver_id)
         self.tracker.receiver = self._ingest.receiver = self.receiver_id
