@@ -12,7 +12,7 @@ from dvdexit_cli.config import Paths, PeerBook, validate_ae_title
 from dvdexit_cli.errors import UsageError
 from dvdexit_cli.fsmode import Access
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.pull import PullResult, PullSettings, StudyQuery, list_studies, pull
+from dvdexit_cli.receive.pull import PullResult, PullSettings, StudyQuery, list_studies, pull
 from dvdexit_cli.transport.factory import transport_for
 
 __all__ = ["pull_from"]
