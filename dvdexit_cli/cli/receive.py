@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, audit_path, forward_auditor
+from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, audit_path
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.pull import pull_from
@@ -30,11 +30,10 @@ from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.fsmode import PRIVATE, Access, group_access
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.receive import ReceiveSettings, StorageServer
-from dvdexit_cli.receive.completeness import CompletenessTracker
 from dvdexit_cli.receive.drop_folder import DropResult, process_drop_folder
-from dvdexit_cli.receive.forward import Forwarder
 from dvdexit_cli.receive.hooks import HookRunner
 from dvdexit_cli.receive.reconcile import PatientMapping, load_mapping
+from dvdexit_cli.receive.service import completion_stack
 from dvdexit_cli.receive.settings import (
     load_receive_table,
     parse_commit_reply,
@@ -42,6 +41,7 @@ from dvdexit_cli.receive.settings import (
     parse_size,
 )
 from dvdexit_cli.receive.store import DEFAULT_LAYOUT, InstanceStore, validate_layout
+from dvdexit_cli.relay.forward import forwarder_for
 from dvdexit_cli.tls import client_context, server_context
 from dvdexit_cli.transport.factory import check_key_file
 
@@ -439,7 +439,16 @@ def receive_command(
 
     log = _ReceiveLog()
     with Journal(home.journal_file) as journal:
-        server = StorageServer(settings, journal=journal, observer=log)
+        forwarder = forwarder_for(
+            settings.forward_to,
+            journal=journal,
+            staging=home.data_dir / "forward-staging",
+            mapping=settings.reconcile,
+            audit_file=settings.audit_file,
+            ae_title=settings.ae_title,
+            observer=log,
+        )
+        server = StorageServer(settings, journal=journal, observer=log, forwarder=forwarder)
         server.start()
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -512,31 +521,25 @@ def _watch_drop_folder(
     with Journal(home.journal_file) as journal:
         if fsync:
             journal.sync_every_commit()  # as durable as the fsynced instances it records
-        hooks = HookRunner(hook, journal=journal, observer=log) if hook else None
-        forwarder = (
-            Forwarder(
+        completion = completion_stack(
+            journal,
+            on_complete=hook,
+            forwarder=forwarder_for(
                 forward_to,
                 journal=journal,
                 staging=home.data_dir / "forward-staging",
                 mapping=mapping,
+                audit_file=audit_path(home),
+                ae_title=ae_title,
                 observer=log,
-                audit=forward_auditor(audit_path(home), forward_to, ae_title),
-            )
-            if forward_to is not None
-            else None
-        )
-        tracker = CompletenessTracker(
-            journal=journal,
+            ),
             idle_timeout=3600.0,  # never used: packages complete when imported
-            hooks=hooks,
-            forwarder=forwarder,
             observer=log,
             audit=ReceiveAuditor(
                 AuditTrail(audit_path(home), process="dvdexit receive --watch"),
                 local_ae=ae_title,
                 kind="import",
             ),
-            receiver=receiver,
         )
         instance_store = InstanceStore(store, fsync=fsync, layout=layout, access=access)
         try:
@@ -546,10 +549,7 @@ def _watch_drop_folder(
                 f"cannot create the store {store}: {exc.strerror}",
                 hint="choose another --store, or fix its permissions",
             ) from exc
-        if hooks is not None:
-            hooks.start(receiver=receiver)
-        if forwarder is not None:
-            forwarder.start(receiver=receiver)
+        completion.start(receiver, idle=False)
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if not once:
@@ -565,7 +565,7 @@ def _watch_drop_folder(
                     journal=journal,
                     on_package=filed,
                     settle=settle,
-                    tracker=tracker,
+                    tracker=completion.tracker,
                     sr_to_pdf=sr_to_pdf,
                     receiver=receiver,
                 )
@@ -576,10 +576,7 @@ def _watch_drop_folder(
             for s, handler in previous.items():
                 signal.signal(s, handler)
             # Hooks and forwards of the packages imported are let finish (or stay journaled).
-            if hooks is not None:
-                hooks.stop(60.0)
-            if forwarder is not None:
-                forwarder.stop(60.0)
+            completion.stop(60.0)
     code = ExitCode.OK
     if total.not_intact:
         code = ExitCode.VERIFY_FAILED

@@ -15,31 +15,40 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from dvdexit_cli.audit import ReceiveAuditor
 from dvdexit_cli.events import Observer, StudyCompleted, ignore
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
-from dvdexit_cli.receive.forward import Forwarder
-from dvdexit_cli.receive.hooks import HookRunner
 
-__all__ = ["CompletenessTracker"]
+__all__ = ["CompletenessTracker", "StudySink"]
 
 log = logging.getLogger(__name__)
 
 
+class StudySink(Protocol):
+    """Takes complete studies (the hook runner, a forwarder): each journals what it owes
+    before queueing it, and on ``start`` resumes what a stopped receiver left owed."""
+
+    def start(self, *, receiver: str | None = None) -> None: ...
+
+    def submit(self, study: ReceivedStudy) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+
 class CompletenessTracker:
-    """Watches received studies, completes them, and hands them to the hook runner."""
+    """Watches received studies, completes them, and hands each to its study sinks."""
 
     def __init__(
         self,
         *,
         journal: Journal,
         idle_timeout: float,
-        hooks: HookRunner | None = None,
-        forwarder: Forwarder | None = None,
+        sinks: Sequence[StudySink] = (),
         observer: Observer = ignore,
         audit: ReceiveAuditor | None = None,
         receiver: str | None = None,
@@ -47,10 +56,9 @@ class CompletenessTracker:
         #: Which receiver's studies this tracker completes (None: any, for tools).
         self.receiver = receiver
         self._audit = audit
-        self._forwarder = forwarder
+        self.sinks = tuple(sinks)
         self._journal = journal
         self._idle = idle_timeout
-        self._hooks = hooks
         self._observer = observer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,10 +90,8 @@ class CompletenessTracker:
                 except Exception:  # the hook and forward must run whatever the audit does
                     self._audit.trail.failures += 1
                     log.exception("audit record of study %s could not be written", uid)
-            if self._hooks is not None:
-                self._hooks.submit(study)
-            if self._forwarder is not None:
-                self._forwarder.submit(study)
+            for sink in self.sinks:
+                sink.submit(study)
 
     def audit_unfinished(
         self,

@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
-from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, forward_auditor
+from dvdexit_cli.audit import AuditTrail, ReceiveAuditor
 from dvdexit_cli.config import DEFAULT_MAX_PDU, DimsePeer
 from dvdexit_cli.errors import ConfigError, JournalError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
@@ -38,9 +38,7 @@ from dvdexit_cli.receive.commitment import (
     evaluate_commitment,
     send_event_report,
 )
-from dvdexit_cli.receive.completeness import CompletenessTracker
-from dvdexit_cli.receive.forward import Forwarder
-from dvdexit_cli.receive.hooks import HookRunner
+from dvdexit_cli.receive.completeness import StudySink
 from dvdexit_cli.receive.ingest import (
     STATUS_CONFLICT,
     STATUS_OUT_OF_RESOURCES,
@@ -49,6 +47,7 @@ from dvdexit_cli.receive.ingest import (
     Sender,
 )
 from dvdexit_cli.receive.reconcile import PatientMapping
+from dvdexit_cli.receive.service import completion_stack
 from dvdexit_cli.receive.store import (
     DEFAULT_LAYOUT,
     SPOOL_DIR,
@@ -161,8 +160,15 @@ class StorageServer:
     """A running Storage SCP. ``start`` binds and returns; ``stop`` drains and closes."""
 
     def __init__(
-        self, settings: ReceiveSettings, *, journal: Journal, observer: Observer = ignore
+        self,
+        settings: ReceiveSettings,
+        *,
+        journal: Journal,
+        observer: Observer = ignore,
+        forwarder: StudySink | None = None,
     ) -> None:
+        """``forwarder``: where complete studies are forwarded when ``settings.forward_to``
+        is set (relay.forwarder_for builds it; receive/ does not know the send side)."""
         self.settings = settings
         self._journal = journal
         self._observer = observer
@@ -190,28 +196,15 @@ class StorageServer:
         # out its ACSE timeout; the limit is applied in _on_requested to established ones.
         self._ae.maximum_associations = 1000
         self._ae.add_supported_context(COMMITMENT_CLASS)
-        self._hooks = (
-            HookRunner(settings.on_complete, journal=journal, observer=observer)
-            if settings.on_complete
-            else None
-        )
-        self._forwarder = (
-            Forwarder(
-                settings.forward_to,
-                journal=journal,
-                staging=settings.staging or settings.store.parent / "forward-staging",
-                mapping=settings.reconcile,
-                observer=observer,
-                audit=forward_auditor(settings.audit_file, settings.forward_to, settings.ae_title),
+        if settings.forward_to is not None and forwarder is None:
+            raise ValueError(
+                "forward_to needs its forwarder: pass relay.forwarder_for(settings.forward_to, ...)"
             )
-            if settings.forward_to is not None
-            else None
-        )
-        self.tracker = CompletenessTracker(
-            journal=journal,
+        self._completion = completion_stack(
+            journal,
+            on_complete=settings.on_complete,
+            forwarder=forwarder,
             idle_timeout=settings.idle_timeout,
-            hooks=self._hooks,
-            forwarder=self._forwarder,
             observer=observer,
             audit=(
                 ReceiveAuditor(
@@ -222,6 +215,7 @@ class StorageServer:
                 else None
             ),
         )
+        self.tracker = self._completion.tracker
         self.swept = 0
         self._previous_tempdir: str | None = None
         self._previous_template = tempfile.template
@@ -292,12 +286,8 @@ class StorageServer:
         self._previous_template = tempfile.template
         tempfile.tempdir = str(self.settings.store / SPOOL_DIR)
         tempfile.template = _spool_prefix(os.getpid())
-        if self._hooks is not None:
-            self._hooks.start(receiver=self.receiver_id)
-        if self._forwarder is not None:
-            self._forwarder.start(receiver=self.receiver_id)
-        self.tracker.receiver = self._ingest.receiver = self.receiver_id
-        self.tracker.start()
+        self._ingest.receiver = self.receiver_id
+        self._completion.start(self.receiver_id, idle=True)
 
     def stop(self) -> int:
         """Refuse new associations, let running ones finish (up to ``stop_timeout``).
@@ -322,11 +312,7 @@ class StorageServer:
             active = [a for a in active if a.is_alive() and a.is_established]
         for assoc in active:
             assoc.abort()
-        self.tracker.stop()
-        if self._hooks is not None:
-            self._hooks.stop(max(1.0, deadline - time.monotonic()))
-        if self._forwarder is not None:
-            self._forwarder.stop(max(1.0, deadline - time.monotonic()))
+        self._completion.stop(deadline - time.monotonic())
         tempfile.tempdir = self._previous_tempdir
         tempfile.template = self._previous_template
         # No association of ours runs now: what is left of our spool belongs to
