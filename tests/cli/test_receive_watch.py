@@ -404,7 +404,7 @@ def test_watch_runs_again_a_hook_cut_off_by_a_kill_as_a_listening_receiver_does(
     shutil.move(package, drop / package.name)
     marker, started = tmp_path / "runs.txt", tmp_path / "started.txt"
     slow = tmp_path / "slow-hook.sh"
-    slow.write_text(f'#!/bin/sh\necho $$ > {started}\nexec sleep 60\n')
+    slow.write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
     quick = tmp_path / "hook.sh"
     quick.write_text(HOOK)
     args = ["receive", "--watch", str(drop), "--settle", "0", "--store", str(tmp_path / "store")]
