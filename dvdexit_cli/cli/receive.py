@@ -299,6 +299,7 @@ def receive_command(
         if config.group
         else PRIVATE
     )
+    config.check()
     if from_peer is not None:
         pull_from(
             home,
@@ -310,6 +311,9 @@ def receive_command(
             move_dest=move_dest,
             json_output=json_output,
             access=access,
+            layout=config.layout,
+            fsync=config.fsync,
+            sr_to_pdf=config.sr_to_pdf,
         )
         return
     if pull_study or list_only or patient_id or accession or study_date or move_dest:
@@ -320,7 +324,6 @@ def receive_command(
     if rerun_hooks:
         _rerun_hooks(home.journal_file, config.on_complete)
         return
-    config.check()
     book = PeerBook(home.peers_file)
     peer = book.get_any(config.forward_to) if config.forward_to else None
     if peer is not None and not isinstance(peer, DimsePeer):

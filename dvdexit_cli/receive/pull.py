@@ -49,7 +49,7 @@ from dvdexit_cli.receive.ingest import (
     Ingest,
     Sender,
 )
-from dvdexit_cli.receive.store import InstanceStore
+from dvdexit_cli.receive.store import DEFAULT_LAYOUT, SPOOL_DIR, InstanceStore
 from dvdexit_cli.transport.dicomweb import (
     DicomwebTransport,
     retrieve_instance,
@@ -108,6 +108,10 @@ class PullSettings:
     timeout: float = 60.0
     access: Access = PRIVATE
     """Modes of what is stored: owner-only unless ``[receive] group``."""
+    layout: str = DEFAULT_LAYOUT
+    """Where an instance goes below the store (``--layout``), as when listening."""
+    sr_to_pdf: bool = False
+    """Store each new SR also rendered as an Encapsulated PDF, as when listening."""
 
 
 @dataclass(frozen=True)
@@ -234,11 +238,24 @@ def pull(
     """
     _check_uids(settings.studies)
     started = time.monotonic()
-    store = InstanceStore(settings.store, fsync=settings.fsync, access=settings.access)
+    store = InstanceStore(
+        settings.store, fsync=settings.fsync, layout=settings.layout, access=settings.access
+    )
     # This pull in the journal: its studies are its own (no listening receiver completes,
     # hooks or forwards them); a listener is AE@HOST:PORT STORE (receive/scp.py).
     receiver = f"pull:{peer.name} {settings.store}"
-    ingest = Ingest(store, journal, receiver=receiver, spool=settings.store)
+    ingest = Ingest(
+        store,
+        journal,
+        receiver=receiver,
+        spool=settings.store / SPOOL_DIR,
+        sr_to_pdf=settings.sr_to_pdf,
+    )
+    if settings.sr_to_pdf:  # rendered PDFs wait there, as when listening
+        try:
+            settings.access.make_dir(settings.store / SPOOL_DIR)
+        except OSError as exc:
+            raise InputError(f"cannot write to the store {store.root}: {exc.strerror}") from exc
     if isinstance(peer, DicomWebPeer):
         transport = transport_for(peer)
         assert isinstance(transport, DicomwebTransport)
