@@ -294,11 +294,7 @@ def receive_command(
         },
         load_receive_table(home.peers_file),
     )  # fmt: skip
-    access = (
-        group_access(config.group, where="--group" if group else "[receive] group")
-        if config.group
-        else PRIVATE
-    )
+    access = _access(config, from_option=group is not None)
     config.check()
     if from_peer is not None:
         pull_from(
@@ -316,11 +312,7 @@ def receive_command(
             sr_to_pdf=config.sr_to_pdf,
         )
         return
-    if pull_study or list_only or patient_id or accession or study_date or move_dest:
-        raise UsageError(
-            "--study, --list, --patient-id, --accession, --study-date and --move-dest "
-            "apply only with --from PEER"
-        )
+    _only_with_from(pull_study, list_only, patient_id, accession, study_date, move_dest)
     if rerun_hooks:
         _rerun_hooks(home.journal_file, config.on_complete)
         return
@@ -384,6 +376,21 @@ def receive_command(
         max_pdu=book.local.max_pdu,
     )
     _listen(home, settings)
+
+
+def _access(config: ReceiveConfig, *, from_option: bool) -> Access:
+    """Owner-only modes, or the ``--group`` / ``[receive] group`` ones."""
+    if not config.group:
+        return PRIVATE
+    return group_access(config.group, where="--group" if from_option else "[receive] group")
+
+
+def _only_with_from(*pull_options: object) -> None:
+    if any(pull_options):
+        raise UsageError(
+            "--study, --list, --patient-id, --accession, --study-date and --move-dest "
+            "apply only with --from PEER"
+        )
 
 
 def _tls_contexts(config: ReceiveConfig) -> tuple[Any, Any]:
