@@ -14,6 +14,7 @@ its own idle timeout, hook and forward.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from dvdexit_cli.events import Observer, StudyCompleted, ignore
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
 
-__all__ = ["CompletenessTracker", "StudySink"]
+__all__ = ["CompletenessTracker", "QueuedSink", "StudySink"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,57 @@ class StudySink(Protocol):
     def submit(self, study: ReceivedStudy) -> None: ...
 
     def stop(self, timeout: float) -> None: ...
+
+
+class QueuedSink:
+    """A study sink that journals each job before queueing it and works the queue, one
+    study at a time, in a worker thread (the hook runner, a forwarder).
+
+    Subclasses say how a job is journaled (``journal_job``), what a stopped receiver left
+    owed (``owed``, queued again at ``start``) and how a job is done (``work``).
+    """
+
+    thread_name = "dvdexit-sink"
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._queue: queue.Queue[tuple[ReceivedStudy, int] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def journal_job(self, study: ReceivedStudy) -> int:
+        raise NotImplementedError
+
+    def owed(self, receiver: str | None) -> Iterable[tuple[ReceivedStudy, int]]:
+        return ()
+
+    def work(self, study: ReceivedStudy, job_id: int) -> object:
+        raise NotImplementedError
+
+    def start(self, *, receiver: str | None = None) -> None:
+        """Queue what ``receiver`` was left owing, then start the worker."""
+        for job in self.owed(receiver):
+            self._queue.put(job)
+        self._thread = threading.Thread(target=self._work, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def submit(self, study: ReceivedStudy) -> None:
+        """Journal the job for ``study`` as pending, then queue it."""
+        self._queue.put((study, self.journal_job(study)))
+
+    def stop(self, timeout: float) -> None:
+        """Finish the queued jobs (up to ``timeout`` s); unfinished ones stay journaled."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self.work(*job)
+            except Exception:  # one study's trouble must not stop the next
+                log.exception("%s: study %s failed", self.thread_name, job[0].study_uid)
 
 
 class CompletenessTracker:

@@ -15,9 +15,8 @@ is one of the study sinks a receiver's completion stack hands complete studies t
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
-import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import pydicom
@@ -30,6 +29,7 @@ from dvdexit_cli.events import Observer, StudyForwarded, ignore
 from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
+from dvdexit_cli.receive.completeness import QueuedSink
 from dvdexit_cli.receive.reconcile import PatientMapping, reconcile_dataset
 from dvdexit_cli.transport.factory import transport_for
 
@@ -42,8 +42,10 @@ class _Held(Exception):
     """The study cannot be forwarded as it is (no mapping for its Patient ID)."""
 
 
-class Forwarder:
+class Forwarder(QueuedSink):
     """Forwards complete studies to ``peer``, one at a time, in a worker thread."""
+
+    thread_name = "dvdexit-forward"
 
     def __init__(
         self,
@@ -55,45 +57,24 @@ class Forwarder:
         observer: Observer = ignore,
         audit: TransferAuditor | None = None,
     ) -> None:
+        super().__init__(journal)
         self.peer = peer
         self._audit = audit
-        self._journal = journal
         self._staging = staging
         self._mapping = mapping
         self._observer = observer
-        self._queue: queue.Queue[tuple[ReceivedStudy, int] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
 
-    def start(self, *, receiver: str | None = None) -> None:
-        """Start the worker; forwards a stopped receiver left pending are queued first.
-
-        With ``receiver``, only forwards of that receiver's studies: another receiver
-        on the same journal forwards its own.
-        """
+    def owed(self, receiver: str | None) -> Iterable[tuple[ReceivedStudy, int]]:
+        """Forwards a stopped receiver left pending; with ``receiver``, only that receiver's
+        studies (another receiver on the same journal forwards its own)."""
         for forward_id, study in self._journal.pending_forwards(self.peer.name, receiver=receiver):
-            self._queue.put((study, forward_id))
-        self._thread = threading.Thread(target=self._work, name="dvdexit-forward", daemon=True)
-        self._thread.start()
+            yield study, forward_id
 
-    def submit(self, study: ReceivedStudy) -> None:
-        """Journal the forward as pending, then queue it."""
-        forward_id = self._journal.start_forward(study.study_uid, peer=self.peer.name)
-        self._queue.put((study, forward_id))
+    def journal_job(self, study: ReceivedStudy) -> int:
+        return self._journal.start_forward(study.study_uid, peer=self.peer.name)
 
-    def stop(self, timeout: float) -> None:
-        if self._thread is None:
-            return
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._thread = None
-
-    def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
-            study, forward_id = job
-            try:
-                self.forward(study, forward_id)
-            except Exception:  # one study's trouble must not stop the next
-                log.exception("forwarding study %s failed", study.study_uid)
+    def work(self, study: ReceivedStudy, job_id: int) -> str:
+        return self.forward(study, job_id)
 
     def forward(self, study: ReceivedStudy, forward_id: int) -> str:
         """Forward one study now; returns sent, failed or held (also journaled)."""
