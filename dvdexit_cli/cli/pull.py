@@ -12,7 +12,8 @@ from dvdexit_cli.config import Paths, PeerBook, validate_ae_title
 from dvdexit_cli.errors import UsageError
 from dvdexit_cli.fsmode import Access
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.pull import PullResult, PullSettings, StudyQuery, list_studies, pull
+from dvdexit_cli.receive.pull import PullResult, PullSettings, StudyQuery, list_studies, pull
+from dvdexit_cli.receive.store import DEFAULT_LAYOUT
 from dvdexit_cli.transport.factory import transport_for
 
 __all__ = ["pull_from"]
@@ -31,6 +32,9 @@ def pull_from(
     move_dest: str | None,
     json_output: bool,
     access: Access,
+    layout: str = DEFAULT_LAYOUT,
+    fsync: bool = True,
+    sr_to_pdf: bool = False,
 ) -> None:
     """Run ``receive --from``: list (``--list``) or pull (``--study``); exits with its code."""
     book = PeerBook(home.peers_file)
@@ -63,6 +67,9 @@ def pull_from(
         store=(Path(str(store)) if store else home.default_store).resolve(),
         move_dest=validate_ae_title(move_dest, what="--move-dest") if move_dest else None,
         access=access,
+        layout=layout,
+        fsync=fsync,
+        sr_to_pdf=sr_to_pdf,
     )
     with Journal(home.journal_file) as journal:
         result = pull(peer, settings, journal=journal, transport_for=transport_for)

@@ -12,13 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from dvdexit_cli import units
-from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, audit_path, forward_auditor
+from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, audit_path
 from dvdexit_cli.cli import options
 from dvdexit_cli.cli.errors import handle_errors
 from dvdexit_cli.cli.options import JsonOption
 from dvdexit_cli.cli.pull import pull_from
 from dvdexit_cli.cli.render import err, print_json
-from dvdexit_cli.config import DimsePeer, Paths, PeerBook, resolve_paths, validate_ae_title
+from dvdexit_cli.config import DimsePeer, Paths, PeerBook, resolve_paths
 from dvdexit_cli.errors import ConfigError, UsageError
 from dvdexit_cli.events import (
     AssociationRefused,
@@ -31,18 +31,19 @@ from dvdexit_cli.events import (
 from dvdexit_cli.exitcodes import ExitCode
 from dvdexit_cli.fsmode import PRIVATE, Access, group_access
 from dvdexit_cli.journal import Journal
-from dvdexit_cli.package.watch import DropResult, process_drop_folder
 from dvdexit_cli.receive import ReceiveSettings, StorageServer
-from dvdexit_cli.receive.completeness import CompletenessTracker
-from dvdexit_cli.receive.forward import Forwarder
+from dvdexit_cli.receive.drop_folder import DropResult, process_drop_folder
 from dvdexit_cli.receive.hooks import HookRunner
 from dvdexit_cli.receive.reconcile import PatientMapping, load_mapping
+from dvdexit_cli.receive.service import completion_stack
 from dvdexit_cli.receive.settings import (
+    ReceiveConfig,
     load_receive_table,
     parse_commit_reply,
     parse_networks,
 )
-from dvdexit_cli.receive.store import DEFAULT_LAYOUT, InstanceStore, validate_layout
+from dvdexit_cli.receive.store import InstanceStore
+from dvdexit_cli.relay.forward import forwarder_for
 from dvdexit_cli.tls import receiver_contexts
 
 __all__ = ["receive_command"]
@@ -95,21 +96,6 @@ class _ReceiveLog:
                     f"from {event.calling_ae} answered {event.status:04X}: {event.reason}",
                     markup=False,
                 )
-
-
-def _pick(option: Any, table: dict[str, object], key: str, default: Any) -> Any:
-    """Option if given, else the [receive] table's value, else the default."""
-    if option is not None and option != []:
-        return option
-    return table.get(key, default)
-
-
-def _as_list(value: object, key: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise UsageError(f"[receive] {key} must be a string or a list of strings")
 
 
 @handle_errors
@@ -317,139 +303,132 @@ def receive_command(
     """Receive studies over DICOM (C-STORE) until stopped, pull them from a peer (--from),
     or import packages from a drop folder (--watch)."""
     home = resolve_paths()
-    table = load_receive_table(home.peers_file)
-    group_name = _pick(group, table, "group", None)
-    access = (
-        group_access(str(group_name), where="--group" if group else "[receive] group")
-        if group_name
-        else PRIVATE
-    )
+    config = ReceiveConfig.merge(
+        {
+            "port": port, "ae": ae, "store": store, "host": host, "layout": layout,
+            "allow_ae": allow_ae, "allow_from": allow_from, "max_associations": max_associations,
+            "max_instance_size": max_instance_size, "min_free": min_free,
+            "durability": durability, "idle_timeout": idle_timeout, "on_complete": on_complete,
+            "commit_reply": commit_reply, "tls_cert": tls_cert, "tls_key": tls_key,
+            "tls_ca": tls_ca, "require_tls": require_tls, "forward_to": forward_to,
+            "reconcile": reconcile, "sr_to_pdf": sr_to_pdf, "group": group,
+        },
+        load_receive_table(home.peers_file),
+    )  # fmt: skip
+    access = _access(config, from_option=group is not None)
+    config.check()
     if from_peer is not None:
         pull_from(
             home,
             from_peer,
             studies=tuple(pull_study or ()),
-            store=_pick(store, table, "store", None),
+            store=config.store,
             list_only=list_only,
             query=(patient_id, accession, study_date),
             move_dest=move_dest,
             json_output=json_output,
             access=access,
+            layout=config.layout,
+            fsync=config.fsync,
+            sr_to_pdf=config.sr_to_pdf,
         )
         return
-    if pull_study or list_only or patient_id or accession or study_date or move_dest:
-        raise UsageError(
-            "--study, --list, --patient-id, --accession, --study-date and --move-dest "
-            "apply only with --from PEER"
-        )
-    hook = _pick(on_complete, table, "on_complete", None)
+    _only_with_from(pull_study, list_only, patient_id, accession, study_date, move_dest)
     if rerun_hooks:
-        _rerun_hooks(home.journal_file, hook)
+        _rerun_hooks(home.journal_file, config.on_complete)
         return
-    mode = _pick(durability, table, "durability", "full")
-    if mode not in ("full", "os"):
-        raise UsageError(f"--durability: {mode!r} is not 'full' or 'os'")
-    size_limit = _pick(max_instance_size, table, "max_instance_size", None)
-    cert = _pick(tls_cert, table, "tls_cert", None)
-    if _pick(require_tls, table, "require_tls", False) and cert is None:
-        raise UsageError("--require-tls needs --tls-cert and --tls-key")
-    ca = _pick(tls_ca, table, "tls_ca", None)
-    key = _pick(tls_key, table, "tls_key", None)
-    # Our private key (inside the certificate when there is no key file) is checked there:
-    # a copy would let anyone on this machine pose as this receiver.
-    receiver_tls = (
-        receiver_contexts(
-            cert=Path(str(cert)),
-            key=Path(str(key)) if key else None,
-            ca=Path(str(ca)) if ca else None,
-            prefix="--tls-",
-        )
-        if cert
-        else None
-    )
-    chosen_host = str(_pick(host, table, "host", "0.0.0.0"))
-    chosen_layout = str(_pick(layout, table, "layout", DEFAULT_LAYOUT))
-    try:
-        validate_layout(chosen_layout)
-    except ValueError as exc:
-        raise UsageError(f"--layout {chosen_layout!r}: {exc}") from exc
-    forward_peer = _pick(forward_to, table, "forward_to", None)
     book = PeerBook(home.peers_file)
-    peer = book.get_any(str(forward_peer)) if forward_peer else None
+    peer = book.get_any(config.forward_to) if config.forward_to else None
     if peer is not None and not isinstance(peer, DimsePeer):
-        raise UsageError(f"--forward-to {forward_peer}: only DIMSE peers can be forwarded to")
-    mapping_file = _pick(reconcile, table, "reconcile", None)
-    if mapping_file and peer is None:
+        raise UsageError(f"--forward-to {config.forward_to}: only DIMSE peers can be forwarded to")
+    if config.reconcile and peer is None:
         raise UsageError("--reconcile applies to forwarding: give --forward-to as well")
-    mapping = load_mapping(Path(str(mapping_file))) if mapping_file else None
-    store_dir = _pick(store, table, "store", None)
+    mapping = load_mapping(config.reconcile) if config.reconcile else None
+    store_dir = (config.store or home.default_store).resolve()
     if watch is not None:
         if port is not None:
             raise UsageError("--watch imports packages instead of listening: drop --port")
         _watch_drop_folder(
             home,
             watch,
-            store=(Path(str(store_dir)) if store_dir else home.default_store).resolve(),
-            layout=chosen_layout,
-            fsync=mode == "full",
-            hook=str(hook) if hook else None,
+            store=store_dir,
+            config=config,
             forward_to=peer,
             mapping=mapping,
-            ae_title=validate_ae_title(str(_pick(ae, table, "ae", "DVDEXIT"))),
             interval=interval,
             settle=settle,
             once=once,
             json_output=json_output,
-            sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
             access=access,
         )
         return
     if once:
         raise UsageError("--once applies only with --watch DIR")
-    chosen_port = _pick(port, table, "port", None)
-    if not isinstance(chosen_port, int) or not 0 < chosen_port < 65536:
+    if not isinstance(config.port, int) or not 0 < config.port < 65536:
         raise UsageError("--port is required (or 'port' in the [receive] table)")
+    context, client = _tls_contexts(config)
     settings = ReceiveSettings(
-        host=chosen_host,
-        port=chosen_port,
-        ae_title=validate_ae_title(str(_pick(ae, table, "ae", "DVDEXIT"))),
-        store=(Path(str(store_dir)) if store_dir else home.default_store).resolve(),
-        fsync=mode == "full",
-        allow_ae=tuple(
-            validate_ae_title(a, what="--allow-ae")
-            for a in _as_list(_pick(allow_ae, table, "allow_ae", []), "allow_ae")
-        ),
-        allow_from=parse_networks(
-            _as_list(_pick(allow_from, table, "allow_from", []), "allow_from")
-        ),
-        layout=chosen_layout,
-        max_associations=int(_pick(max_associations, table, "max_associations", 10)),
+        host=config.host,
+        port=config.port,
+        ae_title=config.ae,
+        store=store_dir,
+        fsync=config.fsync,
+        allow_ae=config.allow_ae,
+        allow_from=parse_networks(config.allow_from),
+        layout=config.layout,
+        max_associations=config.max_associations,
         max_instance_size=(
-            units.parse_size(size_limit, what="[receive] max_instance_size")
-            if size_limit is not None
+            units.parse_size(config.max_instance_size, what="[receive] max_instance_size")
+            if config.max_instance_size is not None
             else None
         ),
         # Options arrive parsed; only a [receive] value can still be refused here.
-        min_free=units.parse_size(_pick(min_free, table, "min_free", 0), what="[receive] min_free"),
-        idle_timeout=units.parse_duration(
-            _pick(idle_timeout, table, "idle_timeout", 60.0),
-            what="[receive] idle_timeout",
-            positive=True,
-        ),
-        on_complete=str(hook) if hook else None,
-        commit_reply=parse_commit_reply(
-            _as_list(_pick(commit_reply, table, "commit_reply", []), "commit_reply")
-        ),
-        ssl_context=receiver_tls.server if receiver_tls else None,
-        client_ssl_context=receiver_tls.client if receiver_tls else None,
+        min_free=units.parse_size(config.min_free, what="[receive] min_free"),
+        idle_timeout=config.idle_timeout,
+        on_complete=config.on_complete,
+        commit_reply=parse_commit_reply(config.commit_reply),
+        ssl_context=context,
+        client_ssl_context=client,
         forward_to=peer,
         reconcile=mapping,
         staging=home.data_dir / "forward-staging",
         audit_file=audit_path(home),
-        sr_to_pdf=bool(_pick(sr_to_pdf, table, "sr_to_pdf", False)),
+        sr_to_pdf=config.sr_to_pdf,
         access=access,
         max_pdu=book.local.max_pdu,
     )
+    _listen(home, settings)
+
+
+def _access(config: ReceiveConfig, *, from_option: bool) -> Access:
+    """Owner-only modes, or the ``--group`` / ``[receive] group`` ones."""
+    if not config.group:
+        return PRIVATE
+    return group_access(config.group, where="--group" if from_option else "[receive] group")
+
+
+def _only_with_from(*pull_options: object) -> None:
+    if any(pull_options):
+        raise UsageError(
+            "--study, --list, --patient-id, --accession, --study-date and --move-dest "
+            "apply only with --from PEER"
+        )
+
+
+def _tls_contexts(config: ReceiveConfig) -> tuple[Any, Any]:
+    """The server's TLS context, and the one for reports on associations we open."""
+    if config.tls_cert is None:
+        return None, None
+    # Our private key (inside the certificate when there is no key file) is checked there:
+    # a copy would let anyone on this machine pose as this receiver.
+    tls = receiver_contexts(
+        cert=config.tls_cert, key=config.tls_key, ca=config.tls_ca, prefix="--tls-"
+    )
+    return tls.server, tls.client
+
+
+def _listen(home: Paths, settings: ReceiveSettings) -> None:
+    """Listen until SIGTERM or Ctrl-C, then report what was received."""
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -457,7 +436,16 @@ def receive_command(
 
     log = _ReceiveLog()
     with Journal(home.journal_file) as journal:
-        server = StorageServer(settings, journal=journal, observer=log)
+        forwarder = forwarder_for(
+            settings.forward_to,
+            journal=journal,
+            staging=home.data_dir / "forward-staging",
+            mapping=settings.reconcile,
+            audit_file=settings.audit_file,
+            ae_title=settings.ae_title,
+            observer=log,
+        )
+        server = StorageServer(settings, journal=journal, observer=log, forwarder=forwarder)
         server.start()
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -468,10 +456,9 @@ def receive_command(
                     markup=False,
                 )
             err.print(
-                f"dvdexit receive: listening on {chosen_host}:{server.port} as "
-                f"{settings.ae_title}{' (TLS)' if receiver_tls else ''}, "
-                f"storing in {settings.store} "
-                "(stop with Ctrl-C or SIGTERM)",
+                f"dvdexit receive: listening on {settings.host}:{server.port} as "
+                f"{settings.ae_title}{' (TLS)' if settings.ssl_context else ''}, storing in "
+                f"{settings.store} (stop with Ctrl-C or SIGTERM)",
                 markup=False,
             )
             while not stop.wait(0.5):
@@ -497,17 +484,13 @@ def _watch_drop_folder(
     drop: Path,
     *,
     store: Path,
-    layout: str,
-    fsync: bool,
-    hook: str | None,
+    config: ReceiveConfig,
     forward_to: DimsePeer | None,
     mapping: PatientMapping | None,
-    ae_title: str,
     interval: float,
     settle: float,
     once: bool,
     json_output: bool,
-    sr_to_pdf: bool,
     access: Access,
 ) -> None:
     """``receive --watch DIR``: import packages from a drop folder, once or until stopped."""
@@ -527,37 +510,33 @@ def _watch_drop_folder(
 
     total = DropResult()
     # This importer in the journal, as a listener is AE@HOST:PORT STORE (receive/scp.py).
-    receiver = f"{ae_title}@watch:{drop.resolve()} {store}"
+    receiver = f"{config.ae}@watch:{drop.resolve()} {store}"
     with Journal(home.journal_file) as journal:
-        if fsync:
+        if config.fsync:
             journal.sync_every_commit()  # as durable as the fsynced instances it records
-        hooks = HookRunner(hook, journal=journal, observer=log) if hook else None
-        forwarder = (
-            Forwarder(
+        completion = completion_stack(
+            journal,
+            on_complete=config.on_complete,
+            forwarder=forwarder_for(
                 forward_to,
                 journal=journal,
                 staging=home.data_dir / "forward-staging",
                 mapping=mapping,
+                audit_file=audit_path(home),
+                ae_title=config.ae,
                 observer=log,
-                audit=forward_auditor(audit_path(home), forward_to, ae_title),
-            )
-            if forward_to is not None
-            else None
-        )
-        tracker = CompletenessTracker(
-            journal=journal,
+            ),
             idle_timeout=3600.0,  # never used: packages complete when imported
-            hooks=hooks,
-            forwarder=forwarder,
             observer=log,
             audit=ReceiveAuditor(
                 AuditTrail(audit_path(home), process="dvdexit receive --watch"),
-                local_ae=ae_title,
+                local_ae=config.ae,
                 kind="import",
             ),
-            receiver=receiver,
         )
-        instance_store = InstanceStore(store, fsync=fsync, layout=layout, access=access)
+        instance_store = InstanceStore(
+            store, fsync=config.fsync, layout=config.layout, access=access
+        )
         try:
             instance_store.make_root()
         except OSError as exc:
@@ -565,10 +544,7 @@ def _watch_drop_folder(
                 f"cannot create the store {store}: {exc.strerror}",
                 hint="choose another --store, or fix its permissions",
             ) from exc
-        if hooks is not None:
-            hooks.start()
-        if forwarder is not None:
-            forwarder.start(receiver=receiver)
+        completion.start(receiver, idle=False)
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if not once:
@@ -584,8 +560,8 @@ def _watch_drop_folder(
                     journal=journal,
                     on_package=filed,
                     settle=settle,
-                    tracker=tracker,
-                    sr_to_pdf=sr_to_pdf,
+                    tracker=completion.tracker,
+                    sr_to_pdf=config.sr_to_pdf,
                     receiver=receiver,
                 )
                 _merge(total, result)
@@ -595,10 +571,7 @@ def _watch_drop_folder(
             for s, handler in previous.items():
                 signal.signal(s, handler)
             # Hooks and forwards of the packages imported are let finish (or stay journaled).
-            if hooks is not None:
-                hooks.stop(60.0)
-            if forwarder is not None:
-                forwarder.stop(60.0)
+            completion.stop(60.0)
     code = ExitCode.OK
     if total.not_intact:
         code = ExitCode.VERIFY_FAILED

@@ -14,32 +14,93 @@ its own idle timeout, hook and forward.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from dvdexit_cli.audit import ReceiveAuditor
 from dvdexit_cli.events import Observer, StudyCompleted, ignore
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
-from dvdexit_cli.receive.forward import Forwarder
-from dvdexit_cli.receive.hooks import HookRunner
 
-__all__ = ["CompletenessTracker"]
+__all__ = ["CompletenessTracker", "QueuedSink", "StudySink"]
 
 log = logging.getLogger(__name__)
 
 
+class StudySink(Protocol):
+    """Takes complete studies (the hook runner, a forwarder): each journals what it owes
+    before queueing it, and on ``start`` resumes what a stopped receiver left owed."""
+
+    def start(self, *, receiver: str | None = None) -> None: ...
+
+    def submit(self, study: ReceivedStudy) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+
+class QueuedSink:
+    """A study sink that journals each job before queueing it and works the queue, one
+    study at a time, in a worker thread (the hook runner, a forwarder).
+
+    Subclasses say how a job is journaled (``journal_job``), what a stopped receiver left
+    owed (``owed``, queued again at ``start``) and how a job is done (``work``).
+    """
+
+    thread_name = "dvdexit-sink"
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._queue: queue.Queue[tuple[ReceivedStudy, int] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def journal_job(self, study: ReceivedStudy) -> int:
+        raise NotImplementedError
+
+    def owed(self, receiver: str | None) -> Iterable[tuple[ReceivedStudy, int]]:
+        return ()
+
+    def work(self, study: ReceivedStudy, job_id: int) -> object:
+        raise NotImplementedError
+
+    def start(self, *, receiver: str | None = None) -> None:
+        """Queue what ``receiver`` was left owing, then start the worker."""
+        for job in self.owed(receiver):
+            self._queue.put(job)
+        self._thread = threading.Thread(target=self._work, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def submit(self, study: ReceivedStudy) -> None:
+        """Journal the job for ``study`` as pending, then queue it."""
+        self._queue.put((study, self.journal_job(study)))
+
+    def stop(self, timeout: float) -> None:
+        """Finish the queued jobs (up to ``timeout`` s); unfinished ones stay journaled."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self.work(*job)
+            except Exception:  # one study's trouble must not stop the next
+                log.exception("%s: study %s failed", self.thread_name, job[0].study_uid)
+
+
 class CompletenessTracker:
-    """Watches received studies, completes them, and hands them to the hook runner."""
+    """Watches received studies, completes them, and hands each to its study sinks."""
 
     def __init__(
         self,
         *,
         journal: Journal,
         idle_timeout: float,
-        hooks: HookRunner | None = None,
-        forwarder: Forwarder | None = None,
+        sinks: Sequence[StudySink] = (),
         observer: Observer = ignore,
         audit: ReceiveAuditor | None = None,
         receiver: str | None = None,
@@ -47,10 +108,9 @@ class CompletenessTracker:
         #: Which receiver's studies this tracker completes (None: any, for tools).
         self.receiver = receiver
         self._audit = audit
-        self._forwarder = forwarder
+        self.sinks = tuple(sinks)
         self._journal = journal
         self._idle = idle_timeout
-        self._hooks = hooks
         self._observer = observer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,10 +142,8 @@ class CompletenessTracker:
                 except Exception:  # the hook and forward must run whatever the audit does
                     self._audit.trail.failures += 1
                     log.exception("audit record of study %s could not be written", uid)
-            if self._hooks is not None:
-                self._hooks.submit(study)
-            if self._forwarder is not None:
-                self._forwarder.submit(study)
+            for sink in self.sinks:
+                sink.submit(study)
 
     def audit_unfinished(
         self,

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import shlex
 import subprocess
-import threading
+from collections.abc import Iterable
 
 from dvdexit_cli.errors import UsageError
 from dvdexit_cli.events import HookFinished, Observer, ignore
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.journal.store import ReceivedStudy
+from dvdexit_cli.receive.completeness import QueuedSink
 
 __all__ = ["HookRunner", "parse_hook_command"]
 
@@ -42,8 +42,14 @@ def parse_hook_command(command: str) -> list[str]:
     return argv
 
 
-class HookRunner:
-    """Runs the hook for complete studies, one at a time, in a worker thread."""
+class HookRunner(QueuedSink):
+    """Runs the hook for complete studies, one at a time, in a worker thread.
+
+    At ``start`` it runs again the runs of its receiver's studies that a crash cut off
+    (journaled 'running', never finished): listening and ``--watch`` alike.
+    """
+
+    thread_name = "dvdexit-hooks"
 
     def __init__(
         self,
@@ -53,34 +59,23 @@ class HookRunner:
         observer: Observer = ignore,
         timeout: float | None = 3600.0,
     ) -> None:
+        super().__init__(journal)
         self.command = command
         self._argv = parse_hook_command(command)
-        self._journal = journal
         self._observer = observer
         self._timeout = timeout
-        self._queue: queue.Queue[tuple[ReceivedStudy, int] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="dvdexit-hooks", daemon=True)
-        self._thread.start()
+    def journal_job(self, study: ReceivedStudy) -> int:
+        return self._journal.start_hook_run(study.study_uid, self.command)
 
-    def submit(self, study: ReceivedStudy) -> None:
-        """Journal a pending run for ``study`` and queue it."""
-        run_id = self._journal.start_hook_run(study.study_uid, self.command)
-        self._queue.put((study, run_id))
+    def owed(self, receiver: str | None) -> Iterable[tuple[ReceivedStudy, int]]:
+        for study in self._journal.studies_with_failed_hooks(receiver=receiver):
+            runs = self._journal.hook_runs(study.study_uid)
+            if runs and runs[-1]["outcome"] == "running":
+                yield study, self.journal_job(study)
 
-    def stop(self, timeout: float) -> None:
-        """Finish the queued runs (up to ``timeout`` s); unfinished ones stay 'running'."""
-        if self._thread is None:
-            return
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._thread = None
-
-    def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
-            self.run(*job)
+    def work(self, study: ReceivedStudy, job_id: int) -> bool:
+        return self.run(study, job_id)
 
     def run(self, study: ReceivedStudy, run_id: int) -> bool:
         """Run the hook for ``study`` now, journal its outcome; True when it exited 0."""

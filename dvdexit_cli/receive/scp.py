@@ -1,13 +1,8 @@
 """A Storage SCP (pynetdicom) in front of the InstanceStore, journaling every instance.
 
-Answers (documented in docs/conformance.md):
-
-* 0000 success: stored durably, or an identical copy was already stored (duplicate);
-* A700 out of resources: the instance could not be written (disk full, I/O error);
-* C000 cannot understand: invalid UIDs, unparsable dataset, dataset and request disagree;
-* C001 (failure) conflict: an instance with this SOP Instance UID but other content is
-  already stored; the newcomer is kept aside in ``conflicts/`` for a person to look at,
-  and the sender is told it was not accepted as the instance.
+Each C-STORE goes through the one ingest pipeline (receive/ingest.py), whose status
+table is what the sender is answered (documented in docs/conformance.md); a journal that
+cannot record the instance answers A700 (retry later), never C211.
 
 Who may connect: an association from an address outside ``allow_from`` is rejected
 permanently with no reason given (A-ASSOCIATE-RJ 1/1/1), one from a calling AE title
@@ -20,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -33,7 +27,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
-from dvdexit_cli.audit import AuditTrail, ReceiveAuditor, forward_auditor
+from dvdexit_cli.audit import AuditTrail, ReceiveAuditor
 from dvdexit_cli.config import DEFAULT_MAX_PDU, DimsePeer
 from dvdexit_cli.errors import ConfigError, JournalError
 from dvdexit_cli.events import AssociationRefused, InstanceReceived, Observer, ignore
@@ -44,20 +38,21 @@ from dvdexit_cli.receive.commitment import (
     evaluate_commitment,
     send_event_report,
 )
-from dvdexit_cli.receive.completeness import CompletenessTracker
-from dvdexit_cli.receive.forward import Forwarder
-from dvdexit_cli.receive.hooks import HookRunner
-from dvdexit_cli.receive.notes import record_note_from_instance
+from dvdexit_cli.receive.completeness import StudySink
+from dvdexit_cli.receive.ingest import (
+    STATUS_CONFLICT,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    Ingest,
+    Sender,
+)
 from dvdexit_cli.receive.reconcile import PatientMapping
-from dvdexit_cli.receive.render import render_sr_beside
+from dvdexit_cli.receive.service import completion_stack
 from dvdexit_cli.receive.store import (
     DEFAULT_LAYOUT,
     SPOOL_DIR,
     TEMPORARY_GLOB,
     InstanceStore,
-    PutResult,
-    RefusedInstance,
-    StoreWriteError,
     is_store_temporary,
 )
 from dvdexit_cli.tls import report_handshake_failures
@@ -67,10 +62,6 @@ __all__ = ["STATUS_CONFLICT", "ReceiveSettings", "StorageServer", "is_store_temp
 
 log = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_CONFLICT = 0xC001
 _VERIFICATION = "1.2.840.10008.1.1"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -169,8 +160,15 @@ class StorageServer:
     """A running Storage SCP. ``start`` binds and returns; ``stop`` drains and closes."""
 
     def __init__(
-        self, settings: ReceiveSettings, *, journal: Journal, observer: Observer = ignore
+        self,
+        settings: ReceiveSettings,
+        *,
+        journal: Journal,
+        observer: Observer = ignore,
+        forwarder: StudySink | None = None,
     ) -> None:
+        """``forwarder``: where complete studies are forwarded when ``settings.forward_to``
+        is set (relay.forwarder_for builds it; receive/ does not know the send side)."""
         self.settings = settings
         self._journal = journal
         self._observer = observer
@@ -181,6 +179,16 @@ class StorageServer:
             # An instance answered as stored must keep its journal row through a power cut
             # as its fsynced file does (WAL with synchronous=NORMAL may lose the last rows).
             journal.sync_every_commit()
+        self._ingest = Ingest(
+            self._store,
+            journal,
+            receiver=None,  # known once bound: receiver_id names the port
+            spool=settings.store / SPOOL_DIR,
+            sr_to_pdf=settings.sr_to_pdf,
+            max_instance_size=settings.max_instance_size,
+            min_free=settings.min_free,
+            observer=observer,
+        )
         self._server: Any = None
         self._ae = AE(ae_title=settings.ae_title)
         self._ae.require_called_aet = True
@@ -188,28 +196,15 @@ class StorageServer:
         # out its ACSE timeout; the limit is applied in _on_requested to established ones.
         self._ae.maximum_associations = 1000
         self._ae.add_supported_context(COMMITMENT_CLASS)
-        self._hooks = (
-            HookRunner(settings.on_complete, journal=journal, observer=observer)
-            if settings.on_complete
-            else None
-        )
-        self._forwarder = (
-            Forwarder(
-                settings.forward_to,
-                journal=journal,
-                staging=settings.staging or settings.store.parent / "forward-staging",
-                mapping=settings.reconcile,
-                observer=observer,
-                audit=forward_auditor(settings.audit_file, settings.forward_to, settings.ae_title),
+        if settings.forward_to is not None and forwarder is None:
+            raise ValueError(
+                "forward_to needs its forwarder: pass relay.forwarder_for(settings.forward_to, ...)"
             )
-            if settings.forward_to is not None
-            else None
-        )
-        self.tracker = CompletenessTracker(
-            journal=journal,
+        self._completion = completion_stack(
+            journal,
+            on_complete=settings.on_complete,
+            forwarder=forwarder,
             idle_timeout=settings.idle_timeout,
-            hooks=self._hooks,
-            forwarder=self._forwarder,
             observer=observer,
             audit=(
                 ReceiveAuditor(
@@ -220,6 +215,7 @@ class StorageServer:
                 else None
             ),
         )
+        self.tracker = self._completion.tracker
         self.swept = 0
         self._previous_tempdir: str | None = None
         self._previous_template = tempfile.template
@@ -290,17 +286,8 @@ class StorageServer:
         self._previous_template = tempfile.template
         tempfile.tempdir = str(self.settings.store / SPOOL_DIR)
         tempfile.template = _spool_prefix(os.getpid())
-        if self._hooks is not None:
-            self._hooks.start()
-            # Runs cut off by a crash (journaled 'running') are run again now.
-            for study in self._journal.studies_with_failed_hooks(receiver=self.receiver_id):
-                runs = self._journal.hook_runs(study.study_uid)
-                if runs and runs[-1]["outcome"] == "running":
-                    self._hooks.submit(study)
-        if self._forwarder is not None:
-            self._forwarder.start(receiver=self.receiver_id)
-        self.tracker.receiver = self.receiver_id
-        self.tracker.start()
+        self._ingest.receiver = self.receiver_id
+        self._completion.start(self.receiver_id, idle=True)
 
     def stop(self) -> int:
         """Refuse new associations, let running ones finish (up to ``stop_timeout``).
@@ -325,11 +312,7 @@ class StorageServer:
             active = [a for a in active if a.is_alive() and a.is_established]
         for assoc in active:
             assoc.abort()
-        self.tracker.stop()
-        if self._hooks is not None:
-            self._hooks.stop(max(1.0, deadline - time.monotonic()))
-        if self._forwarder is not None:
-            self._forwarder.stop(max(1.0, deadline - time.monotonic()))
+        self._completion.stop(deadline - time.monotonic())
         tempfile.tempdir = self._previous_tempdir
         tempfile.template = self._previous_template
         # No association of ours runs now: what is left of our spool belongs to
@@ -426,39 +409,20 @@ class StorageServer:
         )
         return _status(STATUS_SUCCESS), None
 
-    def _refuse_for_resources(self, spooled: Path) -> str | None:
-        """Why an instance must be answered A700 before anything is written, if it must."""
-        try:
-            size = spooled.stat().st_size
-            free = shutil.disk_usage(self.settings.store).free
-        except OSError as exc:
-            return f"cannot check the store: {exc.strerror or exc}"
-        limit = self.settings.max_instance_size
-        if limit is not None and size > limit:
-            return f"instance of {size} bytes exceeds the limit of {limit} bytes"
-        if free - size < self.settings.min_free:
-            return "free disk space below the floor (--min-free)"
-        return None
-
     def _on_store(self, event: Any) -> Dataset:
         request = event.request
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         sop_instance = str(request.AffectedSOPInstanceUID or "")
-        record: dict[str, Any] = {
-            "calling_ae": calling_ae,
-            "peer_address": f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
-            "sop_class_uid": str(request.AffectedSOPClassUID or ""),
-            "sop_instance_uid": sop_instance,
-            "transfer_syntax": str(event.context.transfer_syntax),
-            "study_uid": None,
-            "series_uid": None,
-            "size": None,
-            "digest": None,
-            "path": None,
-        }
+        sender = Sender(calling_ae, f"{event.assoc.requestor.address}:{event.assoc.requestor.port}")
         spooled = Path(event.dataset_path)
         try:
-            return self._receive(spooled, record)
+            done = self._ingest.put(
+                spooled,
+                sender=sender,
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=sop_instance,
+                transfer_syntax=str(event.context.transfer_syntax),
+            )
         except JournalError as exc:
             # Not C211 (pynetdicom's answer to an exception here, final for the sender):
             # the instance was not kept (the store removed it), so the sender must retry.
@@ -468,7 +432,7 @@ class StorageServer:
                 InstanceReceived(
                     calling_ae=calling_ae,
                     sop_instance_uid=sop_instance if _plain(sop_instance) else None,
-                    study_uid=record["study_uid"],
+                    study_uid=None,
                     outcome="refused",
                     status=STATUS_OUT_OF_RESOURCES,
                     reason=reason,
@@ -479,123 +443,7 @@ class StorageServer:
             # pynetdicom removes the spool file only after a handler that returns; one
             # that raised would leave it in .incoming/ (and the store never needs it now).
             spooled.unlink(missing_ok=True)
-
-    def _receive(self, spooled: Path, record: dict[str, Any]) -> Dataset:
-        calling_ae = str(record["calling_ae"])
-        sop_class = str(record["sop_class_uid"])
-        sop_instance = str(record["sop_instance_uid"])
-        reason: str | None = self._refuse_for_resources(spooled)
-        if reason is not None:
-            log.info("instance refused with A700: %s", reason)
-            record["sop_instance_uid"] = sop_instance if _plain(sop_instance) else None
-            self._journal.record_received(
-                **record, outcome="refused", status=STATUS_OUT_OF_RESOURCES, reason=reason
-            )
-            self._observer(
-                InstanceReceived(
-                    calling_ae=calling_ae,
-                    sop_instance_uid=record["sop_instance_uid"],
-                    study_uid=None,
-                    outcome="refused",
-                    status=STATUS_OUT_OF_RESOURCES,
-                    reason=reason,
-                )
-            )
-            return _status(STATUS_OUT_OF_RESOURCES, reason)
-        outcomes: list[str] = []
-
-        def journal_it(put: PutResult) -> None:
-            # Called by the store before it lets go of the instance: if this raises, the
-            # instance is removed again, so it is journaled with its study or not kept.
-            conflict = put.outcome == "conflict"
-            outcomes.append(
-                self._journal.record_received(
-                    **(
-                        record
-                        | {
-                            "study_uid": put.study_uid,
-                            "series_uid": put.series_uid,
-                            "size": put.size,
-                            "digest": put.digest,
-                            "path": str(put.path),
-                        }
-                    ),
-                    outcome=put.outcome,
-                    status=STATUS_CONFLICT if conflict else STATUS_SUCCESS,
-                    reason=(
-                        "conflict: this SOP Instance UID is stored with other content"
-                        if conflict
-                        else None
-                    ),
-                    study_folder=(
-                        None if conflict else str(self._store.study_folder(put.path, put.study_uid))
-                    ),
-                    receiver=self.receiver_id,
-                )
-            )
-
-        try:
-            put = self._store.put(
-                spooled,
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_instance,
-                transfer_syntax=str(record["transfer_syntax"]),
-                calling_ae=calling_ae,
-                record=journal_it,
-            )
-        except (RefusedInstance, StoreWriteError) as exc:
-            if isinstance(exc, RefusedInstance):
-                status = STATUS_CANNOT_UNDERSTAND
-                # A refused UID may be hostile; keep it out of the journal's key columns.
-                record["sop_instance_uid"] = sop_instance if _plain(sop_instance) else None
-            else:
-                status = STATUS_OUT_OF_RESOURCES
-                log.error("store failed: %s", exc)
-            reason = str(exc)
-            outcome = "refused"
-            self._journal.record_received(**record, outcome=outcome, status=status, reason=reason)
-        else:
-            record.update(
-                study_uid=put.study_uid,
-                series_uid=put.series_uid,
-                size=put.size,
-                digest=put.digest,
-                path=str(put.path),
-            )
-            outcome = outcomes[0]
-            if outcome == "conflict":
-                status = STATUS_CONFLICT
-                reason = "conflict: this SOP Instance UID is stored with other content"
-            else:
-                status, reason = STATUS_SUCCESS, None
-        if outcome in ("stored", "duplicate") and record["study_uid"]:
-            record_note_from_instance(
-                self._journal,
-                study_uid=record["study_uid"],
-                sop_class_uid=sop_class,
-                path=Path(record["path"]),
-                sender_ae=calling_ae,
-            )
-            if outcome == "stored" and self.settings.sr_to_pdf:
-                render_sr_beside(
-                    self._store,
-                    self._journal,
-                    sr_path=Path(record["path"]),
-                    sop_class_uid=sop_class,
-                    calling_ae=calling_ae,
-                    spool=self.settings.store / SPOOL_DIR,
-                )
-        self._observer(
-            InstanceReceived(
-                calling_ae=calling_ae,
-                sop_instance_uid=record["sop_instance_uid"],
-                study_uid=record["study_uid"],
-                outcome=outcome,
-                status=status,
-                reason=reason,
-            )
-        )
-        return _status(status, reason)
+        return _status(done.status, done.reason)
 
 
 def _address_allowed(address: str, networks: tuple[Network, ...]) -> bool:

@@ -391,3 +391,48 @@ def test_a_crash_before_the_package_is_filed_leaves_it_for_the_next_pass(
     records = [json.loads(line) for line in audit_file.read_text().splitlines()]
     assert sorted(r["study"]["uid"] for r in records) == sorted(s.study_uid for s in studies)
     assert all(r["outcome"] == 0 and r["action"] == "C" for r in records)
+
+
+def test_watch_runs_again_a_hook_cut_off_by_a_kill_as_a_listening_receiver_does(
+    tmp_path: Path, dvdexit_home: Path, outbox: Path
+) -> None:
+    """A ``kill -9`` while the hook runs leaves its run journaled as running; the next
+    ``receive --watch`` runs it again (a listening receiver does so at start)."""
+    package = _package(tmp_path, dvdexit_home, outbox, "watch-hook-killed")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    shutil.move(package, drop / package.name)
+    marker, started = tmp_path / "runs.txt", tmp_path / "started.txt"
+    slow = tmp_path / "slow-hook.sh"
+    slow.write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
+    quick = tmp_path / "hook.sh"
+    quick.write_text(HOOK)
+    args = ["receive", "--watch", str(drop), "--settle", "0", "--store", str(tmp_path / "store")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvdexit_cli", *args, "--once", "--on-complete", f"sh {slow}"],
+        env=dvdexit_env(dvdexit_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() or not started.read_text().strip():
+            assert proc.poll() is None, "the watcher ended before its hook started"
+            assert time.monotonic() < deadline, "the hook never started"
+            time.sleep(0.1)
+        proc.kill()  # kill -9: the hook run stays journaled as running
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hook_pid = started.read_text().strip() if started.exists() else ""
+        if hook_pid:
+            os.kill(int(hook_pid), signal.SIGKILL)
+
+    again = run_dvdexit(*args, "--once", "--on-complete", f"sh {quick} {marker}", home=dvdexit_home)
+
+    assert again.returncode == 0, again.stderr
+    assert (drop / "done" / package.name).exists()
+    runs = marker.read_text().splitlines() if marker.exists() else []
+    assert len(runs) == 2, runs  # the package's two studies, each run to its end this time

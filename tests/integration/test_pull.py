@@ -287,3 +287,72 @@ def test_pull_from_a_folder_peer_is_a_usage_error(tmp_path: Path, dvdexit_home: 
 
     assert done.returncode == 2, done.stderr
     assert "DICOMweb and DIMSE" in done.stderr
+
+
+def test_pull_over_c_move_finds_every_instance_under_a_non_default_layout(
+    tmp_path: Path, dvdexit_home: Path, orthanc: Any, dvdexit_receiver: Any
+) -> None:
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=3, sc_images=1)
+    store = tmp_path / "store"
+    layout = "{received_date}/{study}/{series}/{sop}.dcm"
+    receiver = dvdexit_receiver(store, ae="DVDEXIT", extra=["--layout", layout])
+    pacs = orthanc(modalities={"DVDEXIT": ("DVDEXIT", "127.0.0.1", receiver.port)})
+    _upload(pacs, media)
+    _add_dimse(dvdexit_home, pacs)
+    study = media.study_uids[0]
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--move-dest", "DVDEXIT",
+        "--store", store, "--json", home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["outcome"] == "complete"
+    counts = report["studies"][0]
+    assert counts["stored"] == counts["listed"] == 3 and counts["missing"] == 0
+    stored = {p.stem: dataset_digest(p)[1] for p in store.glob(f"*/{study}/*/*.dcm")}
+    served = _served_digests(pacs, tmp_path)
+    assert len(stored) == 3 and all(served[sop] == digest for sop, digest in stored.items())
+    assert {sop for sop, outcome in _received_rows(dvdexit_home)} == set(stored)
+
+
+def test_pull_stores_under_the_receivers_layout_and_renders_srs_as_pdf_like_listening(
+    tmp_path: Path, dvdexit_home: Path, orthanc: Any
+) -> None:
+    import pydicom
+
+    from dvdexit_cli.dicom.reports import ENCAPSULATED_PDF, transfer_note_sr
+
+    media = make_sample_dvd(tmp_path / "dvd", ct_slices=2, sc_images=1)
+    study = media.study_uids[0]
+    first = next(p for p in media.path_by_sop_uid.values() if _study(p) == study)
+    sr = transfer_note_sr(reference=pydicom.dcmread(first), note="compare with the prior")
+    (tmp_path / "note").mkdir()
+    sr.save_as(tmp_path / "note" / "NOTE.dcm", enforce_file_format=True)
+    pacs = orthanc(modalities={"DVDEXIT": ("DVDEXIT", "127.0.0.1", free_port())})
+    _upload(pacs, media)
+    transport = DicomwebTransport(pacs.dicomweb_url, name="orthanc")
+    transport.store_batch(scan([tmp_path / "note"]).instances)
+    transport.close()
+    _add_dimse(dvdexit_home, pacs)
+    store = tmp_path / "store"
+
+    done = run_dvdexit(
+        "receive", "--from", "pacs", "--study", study, "--store", store, "--json",
+        "--layout", "{received_date}/{study}/{series}/{sop}.dcm", "--sr-to-pdf",
+        home=dvdexit_home,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    stored = list(store.glob(f"*/{study}/*/*.dcm"))
+    assert not list((store / study).glob("*/*.dcm"))  # not the default layout
+    classes = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in stored]
+    assert classes.count(ENCAPSULATED_PDF) == 1  # the SR, also as a PDF
+    assert len(stored) == json.loads(done.stdout)["studies"][0]["listed"] + 1
+
+
+def _study(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
