@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role
+from pynetdicom import build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from dvdexit_cli.config import DEFAULT_MAX_PDU
 from dvdexit_cli.dicom.digest import MalformedFileError, NotPart10Error, dataset_digest
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.transport.dimse import bound_pdus
+from dvdexit_cli.transport.handoff import HandoffAE
 
 __all__ = [
     "COMMITMENT_INSTANCE",
@@ -185,7 +186,7 @@ def _send(
             requester,
         )
         return False
-    ae = AE(ae_title=ae_title)
+    ae = HandoffAE(ae_title=ae_title)
     ae.add_requested_context(COMMITMENT_CLASS)
     role = build_role(COMMITMENT_CLASS, scp_role=True)
     tls = (ssl_context, address[0]) if ssl_context is not None else None

@@ -48,6 +48,7 @@ from dvdexit_cli.errors import (
 from dvdexit_cli.fsmode import PRIVATE
 from dvdexit_cli.tls import peer_context
 from dvdexit_cli.transport.dimse import bound_pdus, guard_reactor, set_nodelay
+from dvdexit_cli.transport.handoff import HandoffAE
 
 __all__ = [
     "CHECK_COMMIT",
@@ -88,7 +89,7 @@ _MAX_CONTEXTS = 128
 
 
 def _ae(peer: DimsePeer, timeout: float) -> AE:
-    ae = AE(ae_title=peer.calling_ae)
+    ae = HandoffAE(ae_title=peer.calling_ae)
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout

@@ -18,6 +18,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.transport import T_CONNECT, AddressInformation, AssociationSocket
 
 from dvdexit_cli.errors import PeerUnreachableError
@@ -96,12 +97,43 @@ class _ConnectedSocket(AssociationSocket):
             self._ready.set()
 
 
+_ASSOCIATE_RJ = 0x03
+
+
 class HandoffAE(AE):
-    """An AE that can request an association over a socket the caller already connected."""
+    """An AE that can request an association over a socket the caller already connected.
+
+    It also keeps a peer's rejection that pynetdicom loses: when the peer sends
+    A-ASSOCIATE-RJ and closes the connection at once, pynetdicom's reactor sometimes
+    takes the close first and reports an abort without an answer (seen against Orthanc
+    in about 1 of 30 attempts on a loaded machine, with pynetdicom's own sockets too).
+    The rejection PDU did arrive; it is decoded here so that the caller can name the
+    peer's reason instead of calling the peer unreachable.
+    """
 
     def __init__(self, ae_title: str = "PYNETDICOM") -> None:
         super().__init__(ae_title=ae_title)
         self._handoff = threading.local()
+
+    def associate(self, addr: str, port: int, **kwargs: Any) -> Association:  # type: ignore[override]
+        """``AE.associate``, with a rejection that pynetdicom lost restored (see above)."""
+        received: list[bytes] = []
+
+        def keep_rejection(event: evt.Event) -> None:
+            data = bytes(event.data)
+            if data[:1] == bytes([_ASSOCIATE_RJ]) and not received:
+                received.append(data)
+
+        handlers = list(kwargs.pop("evt_handlers", None) or [])
+        handlers.append((evt.EVT_DATA_RECV, keep_rejection))
+        assoc = super().associate(addr, port, evt_handlers=handlers, **kwargs)
+        if received and not assoc.is_established and not assoc.is_rejected:
+            pdu = A_ASSOCIATE_RJ()
+            pdu.decode(received[0])
+            assoc.acceptor.primitive = pdu.to_primitive()
+            assoc.is_rejected = True
+            assoc.is_aborted = False
+        return assoc
 
     def associate_over(
         self, sock: socket.socket, host: str, port: int, **kwargs: Any
