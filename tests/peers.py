@@ -442,3 +442,35 @@ class RecordingListener:
             self.server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self.server.close()
         self._thread.join(timeout=10)
+
+
+def recording_hook(
+    tmp_path: Path,
+    name: str = "hook",
+    fields: Sequence[str] = ("STUDY_UID", "INSTANCE_COUNT", "COMPLETED_BY"),
+) -> tuple[str, Path]:
+    """An ``--on-complete`` command that appends its ``DVDEXIT_*`` fields to a marker file.
+
+    Returns the command and the marker; ``hook_runs`` reads the runs back.
+    """
+    script = tmp_path / f"{name}.sh"
+    line = "|".join(f"${{DVDEXIT_{field}}}" for field in fields)
+    script.write_text(f'#!/bin/sh\necho "{line}" >> "$1"\n')
+    marker = tmp_path / f"{name}-runs.txt"
+    return f"sh {script} {marker}", marker
+
+
+def hook_runs(marker: Path) -> list[list[str]]:
+    """Each run of a ``recording_hook``: its fields, in order."""
+    if not marker.exists():
+        return []
+    return [line.split("|") for line in marker.read_text().splitlines()]
+
+
+def wait_for_hook_runs(marker: Path, count: int, *, timeout: float = 30.0) -> list[list[str]]:
+    """The runs, once there are ``count``; fails after ``timeout`` (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while len(found := hook_runs(marker)) < count:
+        assert time.monotonic() < deadline, f"the hook ran {len(found)} time(s), not {count}"
+        time.sleep(0.1)
+    return found

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from peers import LOOPBACK, run_dcmsend, run_dvdexit
+from peers import (
+    LOOPBACK,
+    hook_runs,
+    recording_hook,
+    run_dcmsend,
+    run_dvdexit,
+    wait_for_hook_runs,
+)
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
@@ -26,33 +33,6 @@ from dvdexit_cli.journal import Journal
 from dvdexit_cli.samples import sample_uid, write_study
 
 pytestmark = pytest.mark.peer
-
-HOOK = """\
-#!/bin/sh
-echo "$DVDEXIT_STUDY_UID|$DVDEXIT_STUDY_DIR|$DVDEXIT_INSTANCE_COUNT|$DVDEXIT_CALLING_AE|\
-$DVDEXIT_COMPLETED_BY" >> "$1"
-"""
-
-
-def hook(tmp_path: Path) -> tuple[str, Path]:
-    script = tmp_path / "hook.sh"
-    script.write_text(HOOK)
-    marker = tmp_path / "hook-runs.txt"
-    return f"sh {script} {marker}", marker
-
-
-def runs(marker: Path) -> list[list[str]]:
-    if not marker.exists():
-        return []
-    return [line.split("|") for line in marker.read_text().splitlines()]
-
-
-def wait_for_runs(marker: Path, count: int, *, timeout: float = 30.0) -> list[list[str]]:
-    deadline = time.monotonic() + timeout
-    while len(found := runs(marker)) < count:
-        assert time.monotonic() < deadline, f"the hook ran {len(found)} time(s), not {count}"
-        time.sleep(0.1)
-    return found
 
 
 @contextmanager
@@ -74,18 +54,21 @@ def test_idle_study_completes_once_and_the_hook_gets_its_environment(
     tmp_path, dvdexit_receiver, dvdexit_home
 ):
     study = write_study(tmp_path / "study", n_instances=3, seed="idle-complete")
-    command, marker = hook(tmp_path)
+    command, marker = recording_hook(
+        tmp_path,
+        fields=("STUDY_UID", "STUDY_DIR", "INSTANCE_COUNT", "CALLING_AE", "COMPLETED_BY"),
+    )
     receiver = dvdexit_receiver(
         tmp_path / "STORE", extra=["--idle-timeout", "1", "--on-complete", command]
     )
     push(study, receiver.port)
 
-    ((uid, folder, count, calling, by),) = wait_for_runs(marker, 1)
+    ((uid, folder, count, calling, by),) = wait_for_hook_runs(marker, 1)
     assert receiver.stop() == 0
     assert uid == study_uid(study[0])
     assert Path(folder) == receiver.store / uid and Path(folder).is_dir()
     assert (count, calling, by) == ("3", "HOSP_A", "idle")
-    assert len(runs(marker)) == 1, "the hook ran more than once"
+    assert len(hook_runs(marker)) == 1, "the hook ran more than once"
     assert f"complete: study {uid} (3 instance(s), by idle)" in receiver.stderr
     with journal_of(dvdexit_home) as journal:
         (run,) = journal.hook_runs(uid)
@@ -119,15 +102,18 @@ def test_failing_hook_loses_nothing_and_rerun_hooks_runs_it_again_once(
     )
     assert still_failing.returncode == 6, still_failing.stderr
 
-    command, marker = hook(tmp_path)
+    command, marker = recording_hook(
+        tmp_path,
+        fields=("STUDY_UID", "STUDY_DIR", "INSTANCE_COUNT", "CALLING_AE", "COMPLETED_BY"),
+    )
     fixed = run_dvdexit("receive", "--rerun-hooks", "--on-complete", command, home=dvdexit_home)
     assert fixed.returncode == 0, fixed.stderr
-    ((ran_uid, _, count, calling, by),) = runs(marker)
+    ((ran_uid, _, count, calling, by),) = hook_runs(marker)
     assert (ran_uid, count, calling, by) == (uid, "2", "HOSP_A", "idle")
 
     again = run_dvdexit("receive", "--rerun-hooks", "--on-complete", command, home=dvdexit_home)
     assert again.returncode == 0, again.stderr
-    assert len(runs(marker)) == 1, "a hook that succeeded was run again"
+    assert len(hook_runs(marker)) == 1, "a hook that succeeded was run again"
     with journal_of(dvdexit_home) as journal:
         assert [r["outcome"] for r in journal.hook_runs(uid)] == ["failed", "failed", "succeeded"]
 
@@ -186,7 +172,10 @@ def test_commitment_naming_a_missing_instance_fails_it_and_completes_only_when_i
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         named.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
     uid = study_uid(study[0])
-    command, marker = hook(tmp_path)
+    command, marker = recording_hook(
+        tmp_path,
+        fields=("STUDY_UID", "STUDY_DIR", "INSTANCE_COUNT", "CALLING_AE", "COMPLETED_BY"),
+    )
     # A long idle timeout: only the commitment can complete the study here.
     receiver = dvdexit_receiver(
         tmp_path / "STORE", extra=["--idle-timeout", "3600", "--on-complete", command]
@@ -207,14 +196,14 @@ def test_commitment_naming_a_missing_instance_fails_it_and_completes_only_when_i
     event_type, info = requester.request(named, name="second")
     assert event_type == 1
     assert len(info.ReferencedSOPSequence) == 4 and "FailedSOPSequence" not in info
-    ((ran_uid, _, count, calling, by),) = wait_for_runs(marker, 1)
+    ((ran_uid, _, count, calling, by),) = wait_for_hook_runs(marker, 1)
     assert (ran_uid, count, calling, by) == (uid, "4", "HOSP_A", "commitment")
 
     # Asked again, the answer is the same and the hook does not fire a second time.
     event_type, _ = requester.request(named, name="third")
     assert event_type == 1
     assert receiver.stop() == 0
-    assert len(runs(marker)) == 1
+    assert len(hook_runs(marker)) == 1
     with journal_of(dvdexit_home) as journal:
         assert [r["outcome"] for r in journal.hook_runs(uid)] == ["succeeded"]
         study_row = journal.study(uid)
@@ -234,7 +223,10 @@ def test_commitment_for_an_instance_whose_file_changed_reports_a_processing_fail
     for path in study:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         named.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
-    command, marker = hook(tmp_path)
+    command, marker = recording_hook(
+        tmp_path,
+        fields=("STUDY_UID", "STUDY_DIR", "INSTANCE_COUNT", "CALLING_AE", "COMPLETED_BY"),
+    )
     receiver = dvdexit_receiver(
         tmp_path / "STORE", extra=["--idle-timeout", "3600", "--on-complete", command]
     )
@@ -250,7 +242,7 @@ def test_commitment_for_an_instance_whose_file_changed_reports_a_processing_fail
     (failed,) = info.FailedSOPSequence
     assert (failed.ReferencedSOPInstanceUID, failed.FailureReason) == (named[0][1], 0x0110)
     assert receiver.stop() == 0
-    assert runs(marker) == []
+    assert hook_runs(marker) == []
 
 
 def test_commitment_report_goes_to_the_configured_address_when_the_requester_left(
@@ -313,7 +305,10 @@ def test_a_custom_layout_stores_by_date_and_the_hook_gets_that_study_folder(
 ):
     study = write_study(tmp_path / "study", n_instances=2, seed="layout")
     first = pydicom.dcmread(study[0], stop_before_pixels=True)
-    command, marker = hook(tmp_path)
+    command, marker = recording_hook(
+        tmp_path,
+        fields=("STUDY_UID", "STUDY_DIR", "INSTANCE_COUNT", "CALLING_AE", "COMPLETED_BY"),
+    )
     receiver = dvdexit_receiver(
         tmp_path / "STORE",
         extra=[
@@ -326,7 +321,7 @@ def test_a_custom_layout_stores_by_date_and_the_hook_gets_that_study_folder(
         ],
     )
     push(study, receiver.port)
-    ((uid, folder, count, _, _),) = wait_for_runs(marker, 1)
+    ((uid, folder, count, _, _),) = wait_for_hook_runs(marker, 1)
     assert receiver.stop() == 0
     expected_folder = receiver.store / str(first.StudyDate) / uid
     assert (Path(folder), count) == (expected_folder, "2")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from peers import LOOPBACK, dcmtk_env, run_dvdexit
+from peers import LOOPBACK, dcmtk_env, hook_runs, recording_hook, run_dvdexit
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -30,24 +30,6 @@ from dvdexit_cli.journal import Journal
 from dvdexit_cli.samples import write_study
 
 pytestmark = pytest.mark.peer
-
-HOOK = """\
-#!/bin/sh
-echo "$DVDEXIT_STUDY_UID|$DVDEXIT_INSTANCE_COUNT|$DVDEXIT_COMPLETED_BY" >> "$1"
-"""
-
-
-def hook(tmp_path: Path, name: str = "hook") -> tuple[str, Path]:
-    script = tmp_path / f"{name}.sh"
-    script.write_text(HOOK)
-    marker = tmp_path / f"{name}-runs.txt"
-    return f"sh {script} {marker}", marker
-
-
-def runs(marker: Path) -> list[list[str]]:
-    if not marker.exists():
-        return []
-    return [line.split("|") for line in marker.read_text().splitlines()]
 
 
 def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
@@ -109,7 +91,7 @@ def test_instance_that_cannot_be_journaled_is_answered_a700_and_a_resend_complet
         home=dvdexit_home,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    command, marker = hook(tmp_path)
+    command, marker = recording_hook(tmp_path)
     receiver = dvdexit_receiver(
         tmp_path / "STORE",
         extra=["--idle-timeout", "2", "--on-complete", command, "--forward-to", "pacs"],
@@ -126,15 +108,15 @@ def test_instance_that_cannot_be_journaled_is_answered_a700_and_a_resend_complet
     assert stored == {f"{pydicom.dcmread(f).SOPInstanceUID}.dcm" for f in study[:2]}, (
         "the refused instance was left in the store"
     )
-    wait_until(lambda: len(runs(marker)) >= 1, "the study to complete with two instances")
-    assert runs(marker)[0] == [uid, "2", "idle"]
+    wait_until(lambda: len(hook_runs(marker)) >= 1, "the study to complete with two instances")
+    assert hook_runs(marker)[0] == [uid, "2", "idle"]
 
     again = storescu(study[2:], receiver.port)
     assert again.returncode == 0 and "OutOfResources" not in again.stdout, again.stdout
 
     # The resent instance is new: the study re-opens and completes whole.
-    wait_until(lambda: len(runs(marker)) >= 2, "the study to complete again with all three")
-    assert runs(marker)[1] == [uid, "3", "idle"]
+    wait_until(lambda: len(hook_runs(marker)) >= 2, "the study to complete again with all three")
+    assert hook_runs(marker)[1] == [uid, "3", "idle"]
     wait_until(lambda: len(pacs.stored_files()) == 3, "the forward of all three instances")
     assert receiver.stop() == 0
     assert "answered A700: journal unavailable" in receiver.stderr

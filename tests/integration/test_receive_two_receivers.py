@@ -8,44 +8,17 @@ it with its own idle timeout, runs its own hook and forwards it. Another listene
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from peers import run_dcmsend, run_dvdexit
+from peers import hook_runs, recording_hook, run_dcmsend, run_dvdexit, wait_for_hook_runs
 
 from dvdexit_cli.config import resolve_paths
 from dvdexit_cli.journal import Journal
 from dvdexit_cli.samples import write_study
 
 pytestmark = pytest.mark.peer
-
-HOOK = """\
-#!/bin/sh
-echo "$DVDEXIT_STUDY_UID|$DVDEXIT_INSTANCE_COUNT|$DVDEXIT_COMPLETED_BY" >> "$1"
-"""
-
-
-def hook(tmp_path: Path, name: str) -> tuple[str, Path]:
-    script = tmp_path / f"{name}.sh"
-    script.write_text(HOOK)
-    marker = tmp_path / f"{name}-runs.txt"
-    return f"sh {script} {marker}", marker
-
-
-def runs(marker: Path) -> list[list[str]]:
-    if not marker.exists():
-        return []
-    return [line.split("|") for line in marker.read_text().splitlines()]
-
-
-def wait_for_runs(marker: Path, count: int, *, timeout: float = 30.0) -> list[list[str]]:
-    deadline = time.monotonic() + timeout
-    while len(found := runs(marker)) < count:
-        assert time.monotonic() < deadline, f"the hook ran {len(found)} time(s), not {count}"
-        time.sleep(0.1)
-    return found
 
 
 def study_of(home: Path, uid: str):
@@ -60,13 +33,13 @@ def test_a_listener_with_a_shorter_idle_timeout_leaves_the_other_listeners_study
     uid = str(pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
     store = tmp_path / "STORE"
     quick = dvdexit_receiver(store, extra=["--idle-timeout", "1"])
-    command, marker = hook(tmp_path, "slow")
+    command, marker = recording_hook(tmp_path, "slow")
     slow = dvdexit_receiver(store, extra=["--idle-timeout", "4", "--on-complete", command])
 
     sent = run_dcmsend(study, slow.port, called_ae="DVDEXIT", calling_ae="HOSP_B")
     assert sent.returncode == 0, sent.stderr
 
-    ((ran_uid, count, by),) = wait_for_runs(marker, 1)
+    ((ran_uid, count, by),) = wait_for_hook_runs(marker, 1)
     assert (ran_uid, count, by) == (uid, "3", "idle")
     assert quick.stop() == 0 and slow.stop() == 0
     assert f"complete: study {uid}" not in quick.stderr, "the other listener completed it"
@@ -82,10 +55,10 @@ def test_a_watch_import_of_copies_already_received_keeps_the_listeners_completio
     study = write_study(tmp_path / "study", n_instances=3, seed="watch-copies")
     uid = str(pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
     store = tmp_path / "STORE"
-    command, marker = hook(tmp_path, "listener")
+    command, marker = recording_hook(tmp_path, "listener")
     listener = dvdexit_receiver(store, extra=["--idle-timeout", "1", "--on-complete", command])
     assert run_dcmsend(study, listener.port, called_ae="DVDEXIT").returncode == 0
-    wait_for_runs(marker, 1)
+    wait_for_hook_runs(marker, 1)
     assert listener.stop() == 0
 
     # The same study arrives again as a package (sent by a colleague to the drop folder).
@@ -97,7 +70,7 @@ def test_a_watch_import_of_copies_already_received_keeps_the_listeners_completio
     drop.mkdir()
     (package,) = outbox.iterdir()
     shutil.move(package, drop / package.name)
-    watch_command, watch_marker = hook(tmp_path, "watch")
+    watch_command, watch_marker = recording_hook(tmp_path, "watch")
     watched = run_dvdexit(
         "receive", "--watch", drop, "--once", "--settle", "0", "--store", store,
         "--on-complete", watch_command, home=dvdexit_home,
@@ -108,5 +81,5 @@ def test_a_watch_import_of_copies_already_received_keeps_the_listeners_completio
     completed = study_of(dvdexit_home, uid)
     assert completed is not None
     assert (completed.state, completed.completed_by) == ("complete", "idle")
-    assert runs(watch_marker) == [], "the import ran its hook for a study it did not import"
-    assert len(runs(marker)) == 1
+    assert hook_runs(watch_marker) == [], "the import ran its hook for a study it did not import"
+    assert len(hook_runs(marker)) == 1
